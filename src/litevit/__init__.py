@@ -1,0 +1,23 @@
+"""litevit: lightweight vision transformers, exactly as published, fast at inference."""
+
+from . import models  # noqa: F401  (registers every family)
+from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from .deploy import FuseError, fuse
+from .registry import DataConfig, Paper, Variant, create_model, get_variant, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "DataConfig",
+    "FuseError",
+    "Paper",
+    "Variant",
+    "create_model",
+    "fuse",
+    "get_variant",
+    "list_models",
+    "load_checkpoint",
+    "read_state_dict",
+    "__version__",
+]

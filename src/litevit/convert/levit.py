@@ -1,0 +1,108 @@
+"""LeViT checkpoint layouts: facebookresearch/LeViT (``official``) and timm's ``levit_*`` / ``levit_conv_*``."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+LAYOUTS = ("official", "timm")
+
+# timm: stem.conv{1..4} -> our stem.{0,2,4,6}
+_TIMM_STEM = {"1": "0", "2": "2", "3": "4", "4": "6"}
+_TIMM_RULES = [
+    (re.compile(r"^stem\.conv(\d)\.linear\.(.*)$"), lambda m: f"stem.{_TIMM_STEM[m[1]]}.conv.{m[2]}"),
+    (re.compile(r"^stem\.conv(\d)\.bn\.(.*)$"), lambda m: f"stem.{_TIMM_STEM[m[1]]}.bn.{m[2]}"),
+    (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.q\.ln\.(.*)$"), lambda m: f"{m[1]}.downsample.attn.q.{m[2]}"),
+    (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.proj\.ln\.(.*)$"),
+     lambda m: f"{m[1]}.downsample.attn.proj.{m[2]}"),
+    (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.(.*)$"), lambda m: f"{m[1]}.downsample.attn.{m[2]}"),
+    (re.compile(r"^(stages\.\d+)\.downsample\.mlp\.ln(\d)\.(.*)$"), lambda m: f"{m[1]}.downsample.mlp.m.fc{m[2]}.{m[3]}"),
+    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.proj\.ln\.(.*)$"), lambda m: f"{m[1]}.attn.m.proj.{m[2]}"),
+    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.(.*)$"), lambda m: f"{m[1]}.attn.m.{m[2]}"),
+    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.mlp\.ln(\d)\.(.*)$"), lambda m: f"{m[1]}.mlp.m.fc{m[2]}.{m[3]}"),
+    (re.compile(r"^(head(?:_dist)?\.(?:bn|linear)\..*)$"), lambda m: m[1]),
+]
+
+# official sub-module names -> ours, inside one attention / MLP / stem entry
+_OFFICIAL_SUB = [
+    (re.compile(r"^(qkv|kv|proj\.1|q\.1|0|2)\.c\.(.*)$"), "linear"),
+    (re.compile(r"^(qkv|kv|proj\.1|q\.1|0|2)\.bn\.(.*)$"), "bn"),
+]
+_OFFICIAL_NAMES = {"qkv": "qkv", "kv": "kv", "proj.1": "proj", "q.1": "q", "0": "fc1", "2": "fc2"}
+
+
+def detect(state: dict[str, torch.Tensor]) -> str | None:
+    if any(k.startswith("patch_embed.") for k in state) and any(k.startswith("blocks.") for k in state):
+        return "official"
+    if any(k.startswith("stem.conv1.") for k in state):
+        return "timm"
+    return None
+
+
+def _official_block_prefixes(state: dict[str, torch.Tensor]) -> dict[int, str]:
+    """Map each official ``blocks.{n}`` to its place in our stages (the official list is flat)."""
+    indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+    prefixes, stage, block, after_downsample = {}, 0, 0, False
+    for n in indices:
+        if f"blocks.{n}.kv.c.weight" in state:  # shrinking attention: opens the next stage
+            stage, block, after_downsample = stage + 1, 0, True
+            prefixes[n] = f"stages.{stage}.downsample.attn."
+        elif f"blocks.{n}.m.qkv.c.weight" in state:
+            prefixes[n] = f"stages.{stage}.blocks.{block}.attn.m."
+            after_downsample = False
+        elif after_downsample:
+            prefixes[n] = f"stages.{stage}.downsample.mlp.m."
+            after_downsample = False
+        else:
+            prefixes[n] = f"stages.{stage}.blocks.{block}.mlp.m."
+            block += 1
+    return prefixes
+
+
+def _official_key(key: str, prefixes: dict[int, str]) -> str | None:
+    if key.endswith("attention_bias_idxs"):
+        return None  # rebuilt by the model
+    if m := re.match(r"^patch_embed\.(\d+)\.c\.(.*)$", key):
+        return f"stem.{m[1]}.conv.{m[2]}"
+    if key.startswith("patch_embed."):
+        return "stem." + key.removeprefix("patch_embed.")
+    if m := re.match(r"^(head(?:_dist)?)\.l\.(.*)$", key):
+        return f"{m[1]}.linear.{m[2]}"
+    if key.startswith(("head.", "head_dist.")):
+        return key
+    if m := re.match(r"^blocks\.(\d+)\.(?:m\.)?(.*)$", key):
+        prefix, rest = prefixes[int(m[1])], m[2]
+        if rest == "attention_biases":
+            return prefix + rest
+        for pattern, kind in _OFFICIAL_SUB:
+            if sub := pattern.match(rest):
+                return f"{prefix}{_OFFICIAL_NAMES[sub[1]]}.{kind}.{sub[2]}"
+    raise KeyError(f"unrecognised key in an official LeViT checkpoint: {key}")
+
+
+def _timm_key(key: str) -> str | None:
+    if key.endswith("attention_bias_idxs"):
+        return None
+    for pattern, rename in _TIMM_RULES:
+        if m := pattern.match(key):
+            return rename(m)
+    raise KeyError(f"unrecognised key in a timm LeViT checkpoint: {key}")
+
+
+def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    if layout == "official":
+        prefixes = _official_block_prefixes(state)
+        rename = lambda k: _official_key(k, prefixes)  # noqa: E731
+    else:
+        rename = _timm_key
+    out = {}
+    for key, value in state.items():
+        new = rename(key)
+        if new is None:
+            continue
+        # levit_conv_*: 1x1 conv weights (out, in, 1, 1) become linear weights, except in the conv stem
+        if value.ndim == 4 and value.shape[-2:] == (1, 1) and not new.startswith("stem."):
+            value = value.flatten(1)
+        out[new] = value
+    return out

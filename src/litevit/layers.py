@@ -1,0 +1,191 @@
+"""Layers shared by every family: the Conv-BN family, a residual with drop path, helpers.
+
+Every layer that can be simplified for inference has ``fuse() -> nn.Module`` returning an
+equivalent plain module; :func:`litevit.fuse` walks a model and calls them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to a multiple of ``divisor`` without going below ``round_limit`` of it (MobileNetV2 rule)."""
+    min_value = min_value or divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < round_limit * value:
+        new_value += divisor
+    return new_value
+
+
+def _bn_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (scale, shift) such that ``bn(x) == x * scale + shift`` in eval mode."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError(f"cannot fold {bn}: it tracks no running statistics")
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _batchnorm_init(bn: nn.Module, weight_init: float) -> None:
+    nn.init.constant_(bn.weight, weight_init)
+    nn.init.zeros_(bn.bias)
+
+
+class ConvBN(nn.Module):
+    """Conv2d without bias followed by BatchNorm2d; ``fuse()`` folds the BN into the conv."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = (kernel_size - 1) // 2 * dilation
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        _batchnorm_init(self.bn, bn_weight_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        scale, shift = _bn_scale_shift(self.bn)
+        conv = self.conv
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            padding_mode=conv.padding_mode,
+        ).to(conv.weight)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(shift)
+        return fused
+
+
+class LinearBN(nn.Module):
+    """Linear without bias followed by BatchNorm1d over all tokens (inputs ``B, N, C`` or ``B, C``)."""
+
+    def __init__(self, in_features: int, out_features: int, bn_weight_init: float = 1.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features)
+        _batchnorm_init(self.bn, bn_weight_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        # B, N, C -> B*N, C: BatchNorm1d normalises each channel over batch and tokens alike
+        return self.bn(x.flatten(0, -2)).reshape_as(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        scale, shift = _bn_scale_shift(self.bn)
+        fused = nn.Linear(self.linear.in_features, self.linear.out_features, bias=True).to(self.linear.weight)
+        fused.weight.copy_(self.linear.weight * scale[:, None])
+        fused.bias.copy_(shift)
+        return fused
+
+
+class BNLinear(nn.Module):
+    """BatchNorm1d followed by Linear: the classifier head of LeViT and EfficientViT."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_features)
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        nn.init.trunc_normal_(self.linear.weight, std=std)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.bn(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        # linear(x * s + t) = (W * s) x + (W t + b)
+        scale, shift = _bn_scale_shift(self.bn)
+        w = self.linear.weight
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=True).to(w)
+        fused.weight.copy_(w * scale[None, :])
+        bias = w @ shift
+        if self.linear.bias is not None:
+            bias = bias + self.linear.bias
+        fused.bias.copy_(bias)
+        return fused
+
+
+def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): zero whole samples with probability ``prob``, rescale the rest."""
+    if prob == 0.0 or not training:
+        return x
+    keep = 1.0 - prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    def __init__(self, prob: float = 0.0) -> None:
+        super().__init__()
+        self.prob = prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"prob={self.prob}"
+
+
+class Residual(nn.Module):
+    """``x + drop_path(m(x))``."""
+
+    def __init__(self, m: nn.Module, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.m = m
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + drop_path(self.m(x), self.drop_path, self.training)
+
+    def fuse(self) -> Residual:
+        # drop path is the identity at inference; the walker then fuses ``m`` itself
+        return Residual(self.m, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"drop_path={self.drop_path}"
+
+
+def resample_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resample a ``(C, H0, W0)`` grid of per-offset values to ``(C, H, W)``."""
+    if tuple(table.shape[-2:]) == tuple(size):
+        return table
+    dtype = table.dtype
+    out = F.interpolate(table[None].double(), size=size, mode="bicubic", align_corners=False)
+    return out[0].to(dtype)
+
+
+def square_side(n: int, what: str) -> int:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{what}: expected a square grid of {n} entries, cannot infer its side")
+    return side

@@ -1,0 +1,320 @@
+"""LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference.
+
+Graham, El-Nouby, Touvron, Stock, Joulin, Jégou, Douze. ICCV 2021. arXiv:2104.01136.
+Official code: https://github.com/facebookresearch/LeViT (``levit.py``); timm port ``timm/models/levit.py``.
+
+Differences from the official code:
+- the shrinking attention between stages is the first block of the next stage (``stages[i].downsample``)
+  rather than the last block of the previous one; the computation is identical;
+- the attention-bias index table is rebuilt by the model and never read from checkpoints, and it covers
+  non-square inputs (offset index ``|dy| * W + |dx|``, equal to the official enumeration when ``H == W``);
+- the attention biases are gathered on every forward in the trainable model and precomputed only by
+  ``litevit.fuse`` (which also folds the ``D ** -0.5`` scale into the query weights), so that no cached
+  table can go stale after loading weights or moving the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import BNLinear, ConvBN, LinearBN, Residual, resample_table, square_side
+from ..registry import DataConfig, Paper, register
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _halve(n: int) -> int:
+    """Output length of a stride-2 step with kernel 3 / padding 1, or of ``[::2]`` slicing."""
+    return (n - 1) // 2 + 1
+
+
+@dataclass(frozen=True)
+class LeViTConfig:
+    dims: tuple[int, ...] = (128, 256, 384)  # C: embedding width of each stage
+    key_dim: int = 16  # D: width of queries and keys per head
+    num_heads: tuple[int, ...] = (4, 6, 8)  # N: heads of each stage
+    depths: tuple[int, ...] = (2, 3, 4)  # X: attention + MLP pairs per stage
+    attn_ratio: float = 2.0  # value width = attn_ratio * D inside stages
+    mlp_ratio: float = 2.0  # MLP hidden width = mlp_ratio * C
+    down_attn_ratio: float = 4.0  # value width of the shrinking attention (its heads are C / D)
+    down_mlp_ratio: float = 2.0  # MLP after the shrinking attention
+    distilled: bool = True  # add the DeiT distillation head
+    drop_path: float = 0.0  # p: stochastic depth on every residual
+    num_classes: int = 1000
+    img_size: int | tuple[int, int] = 224
+    in_chans: int = 3
+
+
+class LeViTAttention(nn.Module):
+    """Multi-head attention with a learned per-head bias over |dy|, |dx| offsets (Sec. 4.2, 4.3).
+
+    With ``stride`` 2 it is the shrinking attention of Sec. 4.2: queries come from a subsampled grid,
+    keys and values from the full one, and there is no residual around it.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        key_dim: int,
+        num_heads: int,
+        attn_ratio: float,
+        resolution: tuple[int, int],
+        stride: int = 1,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = int(attn_ratio * key_dim)
+        self.scale = key_dim**-0.5
+        self.stride = stride
+        self.resolution = resolution
+        self.out_resolution = (_halve(resolution[0]), _halve(resolution[1])) if stride == 2 else resolution
+        if stride == 1:
+            self.qkv = LinearBN(dim, num_heads * (2 * key_dim + self.val_dim))
+        else:
+            self.q = LinearBN(dim, num_heads * key_dim)
+            self.kv = LinearBN(dim, num_heads * (key_dim + self.val_dim))
+        self.act = nn.Hardswish()
+        self.proj = LinearBN(num_heads * self.val_dim, out_dim, bn_weight_init=0.0 if stride == 1 else 1.0)
+        height, width = resolution
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, height * width))
+        self.register_buffer("attention_bias_idxs", self._bias_index(), persistent=False)
+        self.register_buffer("fused_bias", None)
+
+    def _bias_index(self) -> torch.Tensor:
+        (height, width), (out_h, out_w), s = self.resolution, self.out_resolution, self.stride
+        queries = itertools.product(range(out_h), range(out_w))
+        keys = list(itertools.product(range(height), range(width)))
+        idx = [abs(qy * s - ky) * width + abs(qx * s - kx) for qy, qx in queries for ky, kx in keys]
+        return torch.tensor(idx, dtype=torch.long).view(out_h * out_w, height * width)
+
+    def attention_bias(self) -> torch.Tensor:
+        """Per-head bias of shape ``(heads, N_queries, N_keys)``."""
+        if self.fused_bias is not None:
+            return self.fused_bias
+        return self.attention_biases[:, self.attention_bias_idxs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        kd, vd, heads = self.key_dim, self.val_dim, self.num_heads
+        if self.stride == 1:
+            # B, N, heads * (2 kd + vd) -> three of B, heads, N, d
+            q, k, v = self.qkv(x).view(B, N, heads, -1).split([kd, kd, vd], dim=3)
+            q = q.transpose(1, 2)
+        else:
+            k, v = self.kv(x).view(B, N, heads, -1).split([kd, vd], dim=3)
+            height, width = self.resolution
+            # B, N, C -> B, H, W, C -> every stride-th row and column -> B, N', C
+            sub = x.view(B, height, width, -1)[:, :: self.stride, :: self.stride].reshape(B, -1, x.shape[-1])
+            q = self.q(sub).view(B, -1, heads, kd).transpose(1, 2)  # B, heads, N', kd
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # B, heads, N, d
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias()
+        x = attn.softmax(dim=-1) @ v  # B, heads, N', vd
+        x = x.transpose(1, 2).reshape(B, -1, heads * vd)  # B, N', heads * vd
+        return self.proj(self.act(x))
+
+    @torch.no_grad()
+    def fuse(self) -> LeViTAttention:
+        """Fold BatchNorms, gather the bias table once and fold the query scale into the query weights."""
+        fused = copy.deepcopy(self)
+        for name in ("qkv", "q", "kv", "proj"):
+            layer = getattr(fused, name, None)
+            if isinstance(layer, LinearBN):
+                setattr(fused, name, layer.fuse())
+        q_layer = fused.qkv if self.stride == 1 else fused.q
+        per_head = q_layer.out_features // self.num_heads
+        # rows of head h: [h * per_head, h * per_head + kd) are its query weights
+        rows = q_layer.weight.view(self.num_heads, per_head, -1)
+        rows[:, : self.key_dim] *= self.scale
+        q_layer.bias.view(self.num_heads, per_head)[:, : self.key_dim] *= self.scale
+        fused.scale = 1.0
+        fused.fused_bias = self.attention_bias().detach().clone()
+        del fused.attention_biases
+        return fused
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, key_dim={self.key_dim}, stride={self.stride}, resolution={self.resolution}"
+
+
+class LeViTMlp(nn.Sequential):
+    """Linear+BN, Hardswish, Linear+BN: the MLP with expansion 2 that follows every attention (Sec. 4.2)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = LinearBN(dim, hidden)
+        self.act = nn.Hardswish()
+        self.fc2 = LinearBN(hidden, dim, bn_weight_init=0.0)
+
+
+class LeViTBlock(nn.Sequential):
+    """Residual attention followed by a residual MLP."""
+
+    def __init__(self, dim: int, config: LeViTConfig, num_heads: int, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.attn = Residual(
+            LeViTAttention(dim, dim, config.key_dim, num_heads, config.attn_ratio, resolution), config.drop_path
+        )
+        self.mlp = Residual(LeViTMlp(dim, int(dim * config.mlp_ratio)), config.drop_path)
+
+
+class LeViTDownsample(nn.Sequential):
+    """Shrinking attention (stride 2, heads C / D, no residual) followed by a residual MLP (Sec. 4.2)."""
+
+    def __init__(self, in_dim: int, out_dim: int, config: LeViTConfig, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.attn = LeViTAttention(
+            in_dim, out_dim, config.key_dim, in_dim // config.key_dim, config.down_attn_ratio, resolution, stride=2
+        )
+        self.mlp = Residual(LeViTMlp(out_dim, int(out_dim * config.down_mlp_ratio)), config.drop_path)
+
+
+class LeViTStage(nn.Module):
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+        self.resolution = resolution  # token grid of this stage's output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class LeViT(nn.Module):
+    """LeViT: conv stem to 1/16, three attention stages on a 14 -> 7 -> 4 grid, average pool, BN+Linear heads."""
+
+    head_prefixes = ("head.", "head_dist.")
+
+    def __init__(self, config: LeViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims = config.dims
+        if not (len(dims) == len(config.depths) == len(config.num_heads)):
+            raise ValueError(f"dims, depths and num_heads must have equal lengths, got {config}")
+        c = dims[0]
+        self.stem = nn.Sequential(  # Sec. 4.2: four 3x3 stride-2 convolutions, 3 -> C/8 -> C/4 -> C/2 -> C
+            ConvBN(config.in_chans, c // 8, 3, 2, 1),
+            nn.Hardswish(),
+            ConvBN(c // 8, c // 4, 3, 2, 1),
+            nn.Hardswish(),
+            ConvBN(c // 4, c // 2, 3, 2, 1),
+            nn.Hardswish(),
+            ConvBN(c // 2, c, 3, 2, 1),
+        )
+        self.img_size = _pair(config.img_size)
+        resolution = tuple(_halve(_halve(_halve(_halve(n)))) for n in self.img_size)
+        self.stem_resolution = resolution
+        stages = []
+        for i, (dim, depth, heads) in enumerate(zip(dims, config.depths, config.num_heads)):
+            downsample: nn.Module = nn.Identity()
+            if i > 0:
+                downsample = LeViTDownsample(dims[i - 1], dim, config, resolution)
+                resolution = downsample.attn.out_resolution
+            blocks = [LeViTBlock(dim, config, heads, resolution) for _ in range(depth)]
+            stages.append(LeViTStage(downsample, blocks, resolution))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = dims[-1]
+        self.head: nn.Module
+        self.head_dist: nn.Module | None
+        self.reset_classifier(config.num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier(s) with fresh ones for ``num_classes`` (0: no classifier, features out)."""
+        dim = self.num_features
+        self.head = BNLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = None
+        if self.config.distilled:
+            self.head_dist = BNLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if "attention_biases" in name}
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        name = getattr(self, "variant_name", "LeViT")
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
+        grid = tuple(_halve(_halve(_halve(_halve(n)))) for n in x.shape[-2:])
+        if grid != self.stem_resolution:
+            (gh, gw), (h, w) = self.stem_resolution, self.img_size
+            raise ValueError(
+                f"{name} was built for {h}x{w} inputs (it accepts heights {16 * gh - 15}..{16 * gh} and widths "
+                f"{16 * gw - 15}..{16 * gw}); got {x.shape[-2]}x{x.shape[-1]}. "
+                f"Build it with img_size=({x.shape[-2]}, {x.shape[-1]}) to run at that size."
+            )
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps ``B, C_i, H_i, W_i`` after each stage (1/16, 1/32, 1/64 at 224)."""
+        self._check_input(x)
+        x = self.stem(x).flatten(2).transpose(1, 2)  # B, C, H, W -> B, N, C
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            height, width = stage.resolution
+            features.append(x.transpose(1, 2).reshape(x.shape[0], -1, height, width))  # B, N, C -> B, C, H, W
+        return features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens of the last stage, ``B, N, C``."""
+        self._check_input(x)
+        x = self.stem(x).flatten(2).transpose(1, 2)  # B, C, H, W -> B, N, C
+        return self.stages(x)
+
+    def forward_head(
+        self, x: torch.Tensor, pre_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = x.mean(1)  # B, N, C -> B, C
+        if pre_logits:
+            return x
+        if self.head_dist is None:
+            return self.head(x)
+        logits, logits_dist = self.head(x), self.head_dist(x)
+        if self.training:
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Eval: class logits (the mean of both heads when distilled). Train: (class, distillation) logits."""
+        return self.forward_head(self.forward_features(x))
+
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resample attention-bias tables of a checkpoint trained at another resolution (bicubic over offsets)."""
+        state = dict(state)
+        for name, module in self.named_modules():
+            key = f"{name}.attention_biases"
+            if not isinstance(module, LeViTAttention) or key not in state:
+                continue
+            table = state[key]
+            height, width = module.resolution
+            if table.ndim != 2 or table.shape[0] != module.num_heads or table.shape[1] == height * width:
+                continue
+            side = square_side(table.shape[1], key)
+            grid = table.view(module.num_heads, side, side)  # heads, |dy|, |dx|
+            state[key] = resample_table(grid, (height, width)).reshape(module.num_heads, height * width)
+        return state
+
+
+def _levit(dims: tuple[int, ...], key_dim: int, heads: tuple[int, ...], depths: tuple[int, ...], drop: float) -> LeViTConfig:
+    return LeViTConfig(dims=dims, key_dim=key_dim, num_heads=heads, depths=depths, drop_path=drop)
+
+
+_PAPER = "LeViT paper, Table 3 (top-1 with distillation, 1000 epochs); params and FLOPs (= MACs) as published"
+_DATA = DataConfig(img_size=224, crop_pct=0.875, interpolation="bicubic")  # DeiT evaluation transform
+
+register("levit_128s", LeViT, _levit((128, 256, 384), 16, (4, 6, 8), (2, 3, 4), 0.0),
+         Paper(7.8, 305, 76.6, 224, _PAPER), _DATA, ("LeViT_128S", "levit_128s", "levit_conv_128s"))
+register("levit_128", LeViT, _levit((128, 256, 384), 16, (4, 8, 12), (4, 4, 4), 0.0),
+         Paper(9.2, 406, 78.6, 224, _PAPER), _DATA, ("LeViT_128", "levit_128", "levit_conv_128"))
+register("levit_192", LeViT, _levit((192, 288, 384), 32, (3, 5, 6), (4, 4, 4), 0.0),
+         Paper(11.0, 658, 80.0, 224, _PAPER), _DATA, ("LeViT_192", "levit_192", "levit_conv_192"))
+register("levit_256", LeViT, _levit((256, 384, 512), 32, (4, 6, 8), (4, 4, 4), 0.0),
+         Paper(18.9, 1120, 81.6, 224, _PAPER), _DATA, ("LeViT_256", "levit_256", "levit_conv_256"))
+register("levit_384", LeViT, _levit((384, 512, 768), 32, (6, 9, 12), (4, 4, 4), 0.1),
+         Paper(39.1, 2353, 82.6, 224, _PAPER), _DATA, ("LeViT_384", "levit_384", "levit_conv_384"))

@@ -1,0 +1,133 @@
+"""The model registry: one :class:`Variant` record per published model, and ``create_model``."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Paper:
+    """What the paper (or the official repository's README) reports for a variant."""
+
+    params_m: float  # parameters, millions
+    macs_m: float  # multiply-accumulates at ``img_size``, millions (papers' "FLOPs" for LeViT/EfficientViT)
+    top1: float | None  # ImageNet-1k top-1, %
+    img_size: int  # the evaluation resolution the numbers refer to
+    source: str  # where the numbers come from (paper table, README)
+    throughput: dict[str, float] = field(default_factory=dict)  # hardware -> images/s as published
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How the official checkpoints expect images: resolution, crop, interpolation, pixel range, normalisation."""
+
+    img_size: int = 224
+    crop_pct: float = 0.875  # resize the short side to img_size / crop_pct, then centre-crop img_size
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # applied after scaling pixels to [0, 1]
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    family: str
+    builder: Callable[[Any], nn.Module]  # model class taking the config
+    config: Any  # frozen dataclass of the family
+    paper: Paper
+    data: DataConfig
+    external_names: tuple[str, ...] = ()  # names of the same model in the official code and in timm
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(
+    name: str,
+    builder: Callable[[Any], nn.Module],
+    config: Any,
+    paper: Paper,
+    data: DataConfig = DataConfig(),
+    external_names: tuple[str, ...] = (),
+) -> Variant:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    family = builder.__module__.rsplit(".", 1)[-1]
+    variant = Variant(name, family, builder, config, paper, data, external_names)
+    _REGISTRY[name] = variant
+    return variant
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, in registration order."""
+    return [name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern)]
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}") from None
+
+
+def find_variant(external_name: str) -> Variant | None:
+    """The variant that the official code or timm calls ``external_name``, if any."""
+    for variant in _REGISTRY.values():
+        if external_name == variant.name or external_name in variant.external_names:
+            return variant
+    return None
+
+
+def build_config(name: str, num_classes: int | None = None, img_size: Any = None, **overrides: Any) -> Any:
+    """The variant's config with ``num_classes``, ``img_size`` and any field overrides applied."""
+    variant = get_variant(name)
+    valid = {f.name for f in dataclasses.fields(variant.config)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for {name}; valid options: {', '.join(sorted(valid))}"
+        )
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if img_size is not None:
+        overrides["img_size"] = img_size
+    return dataclasses.replace(variant.config, **overrides)
+
+
+def create_model(
+    name: str,
+    *,
+    checkpoint: str | os.PathLike | dict[str, torch.Tensor] | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model, optionally loading a checkpoint (official, timm or litevit layout).
+
+    ``num_classes`` different from the checkpoint's keeps a fresh head; ``img_size`` different from the
+    checkpoint's resamples its resolution-dependent tables.
+    """
+    variant = get_variant(name)
+    config = build_config(name, num_classes=num_classes, img_size=img_size, **overrides)
+    model = variant.builder(config)
+    model.variant_name = variant.name
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model
