@@ -92,11 +92,11 @@ def load_checkpoint(
         state = adapt(state)
     own = model.state_dict()
     head_prefixes = tuple(getattr(model, "head_prefixes", ()))
-    head_mismatch = [
-        k for k in state if k.startswith(head_prefixes) and k in own and state[k].shape != own[k].shape
-    ]
+    head_mismatch = [k for k in state if k.startswith(head_prefixes) and k in own and state[k].shape != own[k].shape]
     if head_mismatch:
-        log.info("checkpoint classifier does not match num_classes; keeping a fresh head (%s)", ", ".join(head_mismatch))
+        log.info(
+            "checkpoint classifier does not match num_classes; keeping a fresh head (%s)", ", ".join(head_mismatch)
+        )
         state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
         state.update({k: v for k, v in own.items() if k.startswith(head_prefixes)})
     missing = sorted(set(own) - set(state))

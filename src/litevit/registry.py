@@ -131,3 +131,20 @@ def create_model(
 
         load_checkpoint(model, checkpoint)
     return model
+
+
+def variants_markdown(names: list[str] | None = None) -> str:
+    """The README's table of variants, generated from the registry."""
+    rows = [
+        "| model | family | params (M) | MACs (M) | top-1 (%) | input | crop | interpolation | source of the numbers |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name in names if names is not None else list_models():
+        v = get_variant(name)
+        p, d = v.paper, v.data
+        top1 = f"{p.top1:.1f}" if p.top1 is not None else "-"
+        rows.append(
+            f"| `{name}` | {v.family} | {p.params_m:.1f} | {p.macs_m:.0f} | {top1} | {p.img_size} | "
+            f"{d.crop_pct:g} | {d.interpolation} | {p.source} |"
+        )
+    return "\n".join(rows)

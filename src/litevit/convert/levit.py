@@ -13,11 +13,19 @@ _TIMM_STEM = {"1": "0", "2": "2", "3": "4", "4": "6"}
 _TIMM_RULES = [
     (re.compile(r"^stem\.conv(\d)\.linear\.(.*)$"), lambda m: f"stem.{_TIMM_STEM[m[1]]}.conv.{m[2]}"),
     (re.compile(r"^stem\.conv(\d)\.bn\.(.*)$"), lambda m: f"stem.{_TIMM_STEM[m[1]]}.bn.{m[2]}"),
-    (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.q\.ln\.(.*)$"), lambda m: f"{m[1]}.downsample.attn.q.{m[2]}"),
-    (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.proj\.ln\.(.*)$"),
-     lambda m: f"{m[1]}.downsample.attn.proj.{m[2]}"),
+    (
+        re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.q\.ln\.(.*)$"),
+        lambda m: f"{m[1]}.downsample.attn.q.{m[2]}",
+    ),
+    (
+        re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.proj\.ln\.(.*)$"),
+        lambda m: f"{m[1]}.downsample.attn.proj.{m[2]}",
+    ),
     (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.(.*)$"), lambda m: f"{m[1]}.downsample.attn.{m[2]}"),
-    (re.compile(r"^(stages\.\d+)\.downsample\.mlp\.ln(\d)\.(.*)$"), lambda m: f"{m[1]}.downsample.mlp.m.fc{m[2]}.{m[3]}"),
+    (
+        re.compile(r"^(stages\.\d+)\.downsample\.mlp\.ln(\d)\.(.*)$"),
+        lambda m: f"{m[1]}.downsample.mlp.m.fc{m[2]}.{m[3]}",
+    ),
     (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.proj\.ln\.(.*)$"), lambda m: f"{m[1]}.attn.m.proj.{m[2]}"),
     (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.(.*)$"), lambda m: f"{m[1]}.attn.m.{m[2]}"),
     (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.mlp\.ln(\d)\.(.*)$"), lambda m: f"{m[1]}.mlp.m.fc{m[2]}.{m[3]}"),

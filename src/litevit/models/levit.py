@@ -20,7 +20,6 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers import BNLinear, ConvBN, LinearBN, Residual, resample_table, square_side
@@ -301,20 +300,52 @@ class LeViT(nn.Module):
         return state
 
 
-def _levit(dims: tuple[int, ...], key_dim: int, heads: tuple[int, ...], depths: tuple[int, ...], drop: float) -> LeViTConfig:
+def _levit(
+    dims: tuple[int, ...], key_dim: int, heads: tuple[int, ...], depths: tuple[int, ...], drop: float
+) -> LeViTConfig:
     return LeViTConfig(dims=dims, key_dim=key_dim, num_heads=heads, depths=depths, drop_path=drop)
 
 
 _PAPER = "LeViT paper, Table 3 (top-1 with distillation, 1000 epochs); params and FLOPs (= MACs) as published"
 _DATA = DataConfig(img_size=224, crop_pct=0.875, interpolation="bicubic")  # DeiT evaluation transform
 
-register("levit_128s", LeViT, _levit((128, 256, 384), 16, (4, 6, 8), (2, 3, 4), 0.0),
-         Paper(7.8, 305, 76.6, 224, _PAPER), _DATA, ("LeViT_128S", "levit_128s", "levit_conv_128s"))
-register("levit_128", LeViT, _levit((128, 256, 384), 16, (4, 8, 12), (4, 4, 4), 0.0),
-         Paper(9.2, 406, 78.6, 224, _PAPER), _DATA, ("LeViT_128", "levit_128", "levit_conv_128"))
-register("levit_192", LeViT, _levit((192, 288, 384), 32, (3, 5, 6), (4, 4, 4), 0.0),
-         Paper(11.0, 658, 80.0, 224, _PAPER), _DATA, ("LeViT_192", "levit_192", "levit_conv_192"))
-register("levit_256", LeViT, _levit((256, 384, 512), 32, (4, 6, 8), (4, 4, 4), 0.0),
-         Paper(18.9, 1120, 81.6, 224, _PAPER), _DATA, ("LeViT_256", "levit_256", "levit_conv_256"))
-register("levit_384", LeViT, _levit((384, 512, 768), 32, (6, 9, 12), (4, 4, 4), 0.1),
-         Paper(39.1, 2353, 82.6, 224, _PAPER), _DATA, ("LeViT_384", "levit_384", "levit_conv_384"))
+register(
+    "levit_128s",
+    LeViT,
+    _levit((128, 256, 384), 16, (4, 6, 8), (2, 3, 4), 0.0),
+    Paper(7.8, 305, 76.6, 224, _PAPER),
+    _DATA,
+    ("LeViT_128S", "levit_128s", "levit_conv_128s"),
+)
+register(
+    "levit_128",
+    LeViT,
+    _levit((128, 256, 384), 16, (4, 8, 12), (4, 4, 4), 0.0),
+    Paper(9.2, 406, 78.6, 224, _PAPER),
+    _DATA,
+    ("LeViT_128", "levit_128", "levit_conv_128"),
+)
+register(
+    "levit_192",
+    LeViT,
+    _levit((192, 288, 384), 32, (3, 5, 6), (4, 4, 4), 0.0),
+    Paper(11.0, 658, 80.0, 224, _PAPER),
+    _DATA,
+    ("LeViT_192", "levit_192", "levit_conv_192"),
+)
+register(
+    "levit_256",
+    LeViT,
+    _levit((256, 384, 512), 32, (4, 6, 8), (4, 4, 4), 0.0),
+    Paper(18.9, 1120, 81.6, 224, _PAPER),
+    _DATA,
+    ("LeViT_256", "levit_256", "levit_conv_256"),
+)
+register(
+    "levit_384",
+    LeViT,
+    _levit((384, 512, 768), 32, (6, 9, 12), (4, 4, 4), 0.1),
+    Paper(39.1, 2353, 82.6, 224, _PAPER),
+    _DATA,
+    ("LeViT_384", "levit_384", "levit_conv_384"),
+)
