@@ -212,7 +212,7 @@ class LeViT(nn.Module):
         resolution = tuple(_halve(_halve(_halve(_halve(n)))) for n in self.img_size)
         self.stem_resolution = resolution
         stages = []
-        for i, (dim, depth, heads) in enumerate(zip(dims, config.depths, config.num_heads)):
+        for i, (dim, depth, heads) in enumerate(zip(dims, config.depths, config.num_heads, strict=True)):
             downsample: nn.Module = nn.Identity()
             if i > 0:
                 downsample = LeViTDownsample(dims[i - 1], dim, config, resolution)
