@@ -1,0 +1,89 @@
+"""Registry, create_model options, checkpoint reading and the CLI list command."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import pytest
+import torch
+
+import litevit
+from litevit import cli
+from litevit.checkpoint import CheckpointError, read_state_dict
+
+
+def test_list_models_and_patterns() -> None:
+    names = litevit.list_models()
+    assert len(names) == len(set(names))
+    assert litevit.list_models("levit_*") == ["levit_128s", "levit_128", "levit_192", "levit_256", "levit_384"]
+    assert litevit.list_models("no_such_*") == []
+
+
+def test_unknown_name_lists_valid_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown model 'levit_999'; valid names: .*levit_128s.*levit_384"):
+        litevit.create_model("levit_999")
+
+
+def test_unknown_override_lists_valid_options() -> None:
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'depth' for levit_128s; valid options: .*depths"):
+        litevit.create_model("levit_128s", depth=3)
+
+
+def test_overrides_reach_the_model() -> None:
+    model = litevit.create_model("levit_128s", num_classes=5, drop_path=0.1, in_chans=1)
+    assert model.config.num_classes == 5 and model.config.drop_path == 0.1
+    assert model.stem[0].conv.in_channels == 1
+    assert model.variant_name == "levit_128s"
+
+
+@pytest.mark.parametrize("name", litevit.list_models())
+def test_paper_and_data_records_are_complete(name: str) -> None:
+    variant = litevit.get_variant(name)
+    paper, data = variant.paper, variant.data
+    assert paper.params_m > 0 and paper.macs_m > 0 and paper.source
+    assert paper.top1 is None or 50 < paper.top1 < 100
+    assert 0.5 < data.crop_pct <= 1.0 and data.interpolation in {"bilinear", "bicubic", "nearest"}
+    assert len(data.mean) == len(data.std) == 3 and data.channel_order in {"RGB", "BGR"}
+
+
+def test_reader_rejects_pickled_code(tmp_path) -> None:
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": torch.zeros(1)}, "hook": print}, f)
+    with pytest.raises(CheckpointError, match=r"weights_only=True"):
+        read_state_dict(path)
+
+
+def test_reader_errors(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"checkpoint file not found"):
+        read_state_dict(tmp_path / "nope.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match=r"expected a state dict"):
+        read_state_dict(tmp_path / "list.pth")
+    torch.save({"epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(CheckpointError, match=r"no tensors found"):
+        read_state_dict(tmp_path / "empty.pth")
+
+
+def test_reader_unwraps_nesting_and_ddp_prefix() -> None:
+    state = {"module.a": torch.ones(1)}
+    assert list(read_state_dict({"model": state, "epoch": 1})) == ["a"]
+    both = {"state_dict": {"a": torch.zeros(1)}, "state_dict_ema": {"a": torch.ones(1)}}
+    assert read_state_dict(both)["a"].item() == 0.0
+    assert read_state_dict(both, use_ema=True)["a"].item() == 1.0
+
+
+def test_cli_list(capsys) -> None:
+    assert cli.main(["list", "levit_1*"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"levit_128s\s+7\.8M params\s+305M MACs\s+top-1 76\.6%", out)
+    assert "levit_256" not in out
+
+
+def test_readme_table_is_generated_from_registry() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = litevit.registry.variants_markdown()
+    assert table in readme, "README's variant table is stale: regenerate it with `litevit list --markdown`"
