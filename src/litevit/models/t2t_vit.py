@@ -1,0 +1,472 @@
+"""Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet.
+
+Yuan, Chen, Wang, Yu, Shi, Jiang, Tay, Feng, Yan. ICCV 2021. arXiv:2101.11986.
+Official code: https://github.com/yitu-opensource/T2T-ViT (``models/t2t_vit.py``, ``models/token_performer.py``,
+``models/token_transformer.py``, ``models/transformer_block.py``).
+
+Differences from the official code:
+- the attention scale of the backbone is ``head_dim ** -0.5`` (``qk_scale=None``), as the official evaluation builds
+  the model (``main.py`` calls the factories with ``pretrained=False`` and loads the checkpoint afterwards). The
+  official factories, when called with ``pretrained=True``, silently set ``qk_scale = embed_dim ** -0.5`` (``512 **
+  -0.5`` for T2T-ViT-14-wide), a different network; ``qk_scale`` in the config reproduces that if ever wanted;
+- the token transformer of the T2T module keeps the official scale ``dim ** -0.5`` where ``dim`` is the width of
+  its *input* (147 and 576), not of its 64-wide queries: that is what the released checkpoints were trained with;
+- the performer's random feature matrix ``w`` is called ``random_features`` and its MLP ``mlp.fc1``/``mlp.fc2``
+  (official ``mlp.0``/``mlp.2``); :mod:`litevit.convert.t2t_vit` renames the keys. Like the official ``w`` it is a
+  frozen parameter (``requires_grad=False``) that is saved in and loaded from checkpoints, never redrawn;
+- the token grids are tracked as ``(H, W)`` instead of ``sqrt(N)``, so non-square ``img_size`` works; the sinusoid
+  table is, as in the official code, indexed by the flattened token position (class token first);
+- the performer's kernel features are computed in at least float32 with autocast disabled (the official code casts
+  to float32 for the same reason), and keep float64 when the model is float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import drop_path, resample_table, square_side
+from ..registry import DataConfig, Paper, register
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The fixed position table of "Attention is all you need": ``(1, num_positions, dim)``, float32.
+
+    Entry ``(p, j)`` is ``sin`` (even ``j``) or ``cos`` (odd ``j``) of ``p / 10000 ** (2 * (j // 2) / dim)``.
+    """
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    exponent = 2 * torch.div(torch.arange(dim), 2, rounding_mode="floor").to(torch.float64) / dim
+    angle = position / torch.pow(10000.0, exponent)  # positions, dim
+    table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
+    return table.to(torch.float32)[None]
+
+
+@dataclass(frozen=True)
+class T2TViTConfig:
+    embed_dim: int = 384  # C: width of the backbone tokens ("hidden dim" in Table 1)
+    depth: int = 14  # b: number of backbone transformer blocks
+    num_heads: int = 6  # heads of every backbone block
+    mlp_ratio: float = 3.0  # MLP hidden width = mlp_ratio * C
+    qkv_bias: bool = False  # bias on the backbone's qkv projection
+    qk_scale: float | None = None  # backbone attention scale; None: head_dim ** -0.5 (the official evaluation)
+    tokens_type: str = "performer"  # re-structurization layer of the T2T module: "performer" or "transformer"
+    token_dim: int = 64  # C': width of the tokens inside the T2T module
+    kernel_sizes: tuple[int, ...] = (7, 3, 3)  # k: soft-split kernels (Sec. 3.1, Eq. 3)
+    strides: tuple[int, ...] = (4, 2, 2)  # k - s is the overlap of neighbouring patches
+    paddings: tuple[int, ...] = (2, 1, 1)  # p: zero padding of each soft split
+    kernel_ratio: float = 0.5  # performer: random features m = kernel_ratio * C'
+    t2t_mlp_ratio: float = 1.0  # MLP hidden width of the T2T layers = t2t_mlp_ratio * C'
+    t2t_dropout: float = 0.1  # performer dropout after attention and MLP (hard-coded 0.1 in the official code)
+    drop_rate: float = 0.0  # dropout on positions, projections and MLPs of the backbone (main.py --drop)
+    drop_path: float = 0.1  # stochastic depth of the last block, linear from 0 (main.py --drop-path)
+    num_classes: int = 1000
+    img_size: int | tuple[int, int] = 224
+    in_chans: int = 3
+
+
+class SoftSplit(nn.Module):
+    """Soft split (Sec. 3.1): overlapping ``k x k`` patches of a ``B, C, H, W`` map become ``B, N, C*k*k`` tokens."""
+
+    def __init__(self, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        height, width = ((n + 2 * self.padding - self.kernel_size) // self.stride + 1 for n in size)
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # B, C, H, W -> B, C*k*k, N -> B, N, C*k*k (channel-major within a patch, as nn.Unfold)
+        return F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class Mlp(nn.Module):
+    """Linear, GELU, Linear, with optional dropout after each linear."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class TokenPerformer(nn.Module):
+    """Re-structurization with a single-head Performer layer (Sec. 3.1; Choromanski et al., FAVOR+).
+
+    Softmax attention is approximated with ``m`` positive random features ``phi(x) = exp(W x - |x|^2 / 2) / sqrt(m)``;
+    the token width changes from ``dim`` to ``out_dim``, so the skip connection is taken from the values.
+    """
+
+    def __init__(self, dim: int, out_dim: int, kernel_ratio: float, mlp_ratio: float, drop: float) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.num_features = int(out_dim * kernel_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.kqv = nn.Linear(dim, 3 * out_dim)  # keys, queries, values, in this order
+        self.proj = nn.Linear(out_dim, out_dim)
+        self.drop = nn.Dropout(drop)
+        self.norm2 = nn.LayerNorm(out_dim)
+        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), drop=drop)
+        self.epsilon = 1e-8  # keeps the normaliser away from zero
+        # orthogonal rows scaled to norm sqrt(m); drawn once, frozen, saved in the checkpoint
+        features = nn.init.orthogonal_(torch.empty(self.num_features, out_dim)) * math.sqrt(self.num_features)
+        self.random_features = nn.Parameter(features, requires_grad=False)
+
+    def kernel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``phi(x)``: B, N, d -> B, N, m."""
+        half_norm = x.square().sum(dim=-1, keepdim=True) / 2  # B, N, 1
+        projected = x @ self.random_features.to(x.dtype).t()  # B, N, m
+        return torch.exp(projected - half_norm) / math.sqrt(self.num_features)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        k, q, v = self.kqv(x).split(self.out_dim, dim=-1)  # three of B, N, out_dim
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            k, q, v = k.to(dtype), q.to(dtype), v.to(dtype)
+            kp, qp = self.kernel_features(k), self.kernel_features(q)  # B, N, m
+            normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # B, N, m @ B, m, 1 -> B, N, 1
+            context = kp.transpose(1, 2) @ v  # B, m, N @ B, N, out_dim -> B, m, out_dim
+            y = (qp @ context) / (normaliser + self.epsilon)  # B, N, out_dim
+        return v + self.drop(self.proj(y))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+    def extra_repr(self) -> str:
+        return f"random_features={self.num_features}"
+
+
+class TokenAttention(nn.Module):
+    """Single-head attention from ``dim``-wide tokens to ``out_dim``-wide ones, skip connection from the values."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.scale = dim**-0.5  # official: head_dim of the *input* width (see the module docstring)
+        self.qkv = nn.Linear(dim, 3 * out_dim, bias=False)
+        self.proj = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).split(self.out_dim, dim=-1)  # three of B, N, out_dim
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # B, N, out_dim
+        return v + self.proj(y)
+
+
+class TokenTransformer(nn.Module):
+    """Re-structurization with a single-head transformer layer (Sec. 3.1, Eq. 1): T2T-ViT_t variants."""
+
+    def __init__(self, dim: int, out_dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = TokenAttention(dim, out_dim)
+        self.norm2 = nn.LayerNorm(out_dim)
+        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class T2TModule(nn.Module):
+    """The Tokens-to-Token module (Sec. 3.1, Fig. 4): soft split, two re-structurizations, final projection.
+
+    ``224 x 224`` images become ``56 x 56`` (1/4), ``28 x 28`` (1/8) and finally ``14 x 14`` (1/16) token grids.
+    """
+
+    def __init__(self, config: T2TViTConfig) -> None:
+        super().__init__()
+        if not (len(config.kernel_sizes) == len(config.strides) == len(config.paddings) == 3):
+            raise ValueError(f"the T2T module has three soft splits; got {config}")
+        splits = list(zip(config.kernel_sizes, config.strides, config.paddings, strict=True))
+        self.soft_split0, self.soft_split1, self.soft_split2 = (SoftSplit(*s) for s in splits)
+        c, k = config.token_dim, config.kernel_sizes
+        widths = (config.in_chans * k[0] ** 2, c * k[1] ** 2)
+        if config.tokens_type == "performer":
+            self.attention1: nn.Module = TokenPerformer(
+                widths[0], c, config.kernel_ratio, config.t2t_mlp_ratio, config.t2t_dropout
+            )
+            self.attention2: nn.Module = TokenPerformer(
+                widths[1], c, config.kernel_ratio, config.t2t_mlp_ratio, config.t2t_dropout
+            )
+        elif config.tokens_type == "transformer":
+            self.attention1 = TokenTransformer(widths[0], c, config.t2t_mlp_ratio)
+            self.attention2 = TokenTransformer(widths[1], c, config.t2t_mlp_ratio)
+        else:
+            raise ValueError(f"tokens_type must be 'performer' or 'transformer', got {config.tokens_type!r}")
+        self.project = nn.Linear(c * k[2] ** 2, config.embed_dim)
+
+    def grids(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Token grids after each soft split for an ``H x W`` image."""
+        grids = []
+        for split in (self.soft_split0, self.soft_split1, self.soft_split2):
+            size = split.output_size(size)
+            grids.append(size)
+        return grids
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final tokens ``B, N, C`` and the two re-structurized maps ``B, C', H_i, W_i``."""
+        B = x.shape[0]
+        grids = self.grids((x.shape[-2], x.shape[-1]))
+        maps = []
+        for split, layer, (height, width) in zip(
+            (self.soft_split0, self.soft_split1), (self.attention1, self.attention2), grids[:2], strict=True
+        ):
+            x = layer(split(x))  # B, N, C'
+            x = x.transpose(1, 2).reshape(B, -1, height, width)  # B, N, C' -> B, C', H, W
+            maps.append(x)
+        return self.project(self.soft_split2(x)), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_intermediates(x)[0]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention of the backbone."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None, drop: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = qk_scale if qk_scale is not None else (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        # B, N, 3C -> 3, B, heads, N, C / heads
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # B, heads, N, C / heads
+        x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, C / heads -> B, N, C
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block of the deep-narrow backbone (Sec. 3.2, Eq. 6)."""
+
+    def __init__(self, config: T2TViTConfig, drop_path: float) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, config.num_heads, config.qkv_bias, config.qk_scale, config.drop_rate)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), drop=config.drop_rate)
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_path={self.drop_path}"
+
+
+class T2TViT(nn.Module):
+    """T2T-ViT: the T2T module to a 1/16 token grid, a class token and a fixed sinusoid table, a deep-narrow ViT."""
+
+    head_prefixes = ("head.",)
+
+    def __init__(self, config: T2TViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.img_size = _pair(config.img_size)
+        if min(self.img_size) < 16:
+            raise ValueError(f"img_size must be at least 16, got {config.img_size}")
+        self.tokens_to_token = T2TModule(config)
+        self.grids = self.tokens_to_token.grids(self.img_size)
+        self.grid = self.grids[-1]
+        num_patches = self.grid[0] * self.grid[1]
+        dim = config.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # fixed, frozen, and part of the official checkpoints (which a resolution change interpolates)
+        self.pos_embed = nn.Parameter(sinusoid_table(num_patches + 1, dim), requires_grad=False)
+        self.pos_drop = nn.Dropout(config.drop_rate)
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.Sequential(*(Block(config, rate) for rate in rates))
+        self.norm = nn.LayerNorm(dim)
+        self.num_features = dim
+        self.head: nn.Module
+        self.reset_classifier(config.num_classes)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: no classifier, features out)."""
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        name = getattr(self, "variant_name", "T2T-ViT")
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < 16 or self.tokens_to_token.grids((x.shape[-2], x.shape[-1]))[-1] != self.grid:
+            height, width = self.img_size
+            raise ValueError(
+                f"{name} was built for {height}x{width} inputs (a {self.grid[0]}x{self.grid[1]} token grid); got "
+                f"{x.shape[-2]}x{x.shape[-1]}. Build it with img_size=({x.shape[-2]}, {x.shape[-1]}) to run at "
+                f"that size."
+            )
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # B, 1, C
+        return self.pos_drop(torch.cat((cls, tokens), dim=1) + self.pos_embed)  # B, 1 + N, C
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps ``B, C_i, H_i, W_i``: the two T2T maps (1/4, 1/8) and the normed last block (1/16)."""
+        self._check_input(x)
+        tokens, maps = self.tokens_to_token.forward_intermediates(x)
+        x = self.norm(self.blocks(self._embed(tokens)))[:, 1:]  # drop the class token: B, N, C
+        height, width = self.grid
+        return maps + [x.transpose(1, 2).reshape(x.shape[0], -1, height, width)]  # B, N, C -> B, C, H, W
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens ``B, 1 + N, C``, class token first."""
+        self._check_input(x)
+        return self.norm(self.blocks(self._embed(self.tokens_to_token(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0]  # B, 1 + N, C -> B, C: the class token
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fit a checkpoint's position table to this model's token grid.
+
+        A checkpoint without ``pos_embed`` keeps the model's sinusoid table (it is fixed, not learned). One trained
+        at another resolution has its grid part bicubically interpolated, as the official
+        ``utils.resize_pos_embed`` does; the class-token row is kept.
+        """
+        state = dict(state)
+        table = state.get("pos_embed")
+        if table is None:
+            state["pos_embed"] = self.pos_embed.detach().clone()
+            return state
+        own = self.pos_embed
+        if table.shape == own.shape or table.ndim != 3 or table.shape[0] != 1 or table.shape[2] != own.shape[2]:
+            return state
+        side = square_side(table.shape[1] - 1, "pos_embed of the checkpoint (without its class token)")
+        grid = table[0, 1:].t().reshape(-1, side, side)  # N, C -> C, side, side
+        resized = resample_table(grid, self.grid).flatten(1).t()  # C, H, W -> N', C
+        state["pos_embed"] = torch.cat((table[:, :1], resized[None]), dim=1)
+        return state
+
+
+def _t2t(embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, tokens_type: str) -> T2TViTConfig:
+    return T2TViTConfig(
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, tokens_type=tokens_type
+    )
+
+
+_PAPER = (
+    "official README (yitu-opensource/T2T-ViT, 'T2T-ViT Models' tables: Top1 Acc, #params, MACs at 224); "
+    "#params counts the frozen sinusoid table and random features"
+)
+_DATA = DataConfig(img_size=224, crop_pct=0.9, interpolation="bicubic")  # the official default_cfg, used by main.py
+
+register(
+    "t2t_vit_7",
+    T2TViT,
+    _t2t(256, 7, 4, 2.0, "performer"),
+    Paper(4.3, 1100, 71.7, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_7", "T2t_vit_7"),
+)
+register(
+    "t2t_vit_10",
+    T2TViT,
+    _t2t(256, 10, 4, 2.0, "performer"),
+    Paper(5.9, 1500, 75.2, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_10", "T2t_vit_10"),
+)
+register(
+    "t2t_vit_12",
+    T2TViT,
+    _t2t(256, 12, 4, 2.0, "performer"),
+    Paper(6.9, 1800, 76.5, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_12", "T2t_vit_12"),
+)
+register(
+    "t2t_vit_14",
+    T2TViT,
+    _t2t(384, 14, 6, 3.0, "performer"),
+    Paper(21.5, 4800, 81.5, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_14", "T2t_vit_14"),
+)
+register(
+    "t2t_vit_19",
+    T2TViT,
+    _t2t(448, 19, 7, 3.0, "performer"),
+    Paper(39.2, 8500, 81.9, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_19", "T2t_vit_19"),
+)
+register(
+    "t2t_vit_24",
+    T2TViT,
+    _t2t(512, 24, 8, 3.0, "performer"),
+    Paper(64.1, 13800, 82.3, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_24", "T2t_vit_24"),
+)
+register(
+    "t2t_vit_t_14",
+    T2TViT,
+    _t2t(384, 14, 6, 3.0, "transformer"),
+    Paper(21.5, 6100, 81.7, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_t_14", "T2t_vit_t_14"),
+)
+register(
+    "t2t_vit_t_19",
+    T2TViT,
+    _t2t(448, 19, 7, 3.0, "transformer"),
+    Paper(39.2, 9800, 82.4, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_t_19", "T2t_vit_t_19"),
+)
+register(
+    "t2t_vit_t_24",
+    T2TViT,
+    _t2t(512, 24, 8, 3.0, "transformer"),
+    Paper(64.1, 15000, 82.6, 224, _PAPER),
+    _DATA,
+    ("t2t_vit_t_24", "T2t_vit_t_24"),
+)
