@@ -10,9 +10,10 @@ from types import ModuleType
 
 import torch
 
+from . import efficientvit_msra
 from . import levit
 
-CONVERTERS: dict[str, ModuleType] = {"levit": levit}
+CONVERTERS: dict[str, ModuleType] = {"levit": levit, "efficientvit_msra": efficientvit_msra}
 
 
 def to_litevit(state_dict: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], str]:
