@@ -1,0 +1,520 @@
+"""MobileViT v1, v2 and v3: one family, with v2 and v3 written as the changes they make to the v1 block.
+
+- MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer. Mehta, Rastegari. ICLR 2022.
+  arXiv:2110.02178. Official code: https://github.com/apple/ml-cvnets (``cvnets/models/classification/mobilevit.py``,
+  ``cvnets/modules/mobilevit_block.py``, ``config/classification/imagenet/mobilevit.yaml``).
+- Separable Self-attention for Mobile Vision Transformers (MobileViTv2). Mehta, Rastegari. arXiv:2206.02680.
+  Official code: apple/ml-cvnets (``mobilevit_v2.py``, ``MobileViTBlockv2``, ``config/.../mobilevit_v2.yaml``).
+- MobileViTv3: Mobile-Friendly Vision Transformer with Simple and Effective Fusion of Local, Global and Input
+  Features. Wadekar, Chaurasia. arXiv:2209.15159. Official code: https://github.com/micronDLA/MobileViTv3
+  (``MobileViTv3-v1`` on the v1 network: XXS/XS/S and their ``_fast`` = L2 variants; ``MobileViTv3-v2`` on the v2
+  network: widths 0.5/0.75/1.0).
+
+The network (all versions): a 3x3 stride-2 stem, five stages ``layer_1..layer_5`` of MobileNetV2 inverted residuals,
+the last three each ending in a MobileViT block, an optional final 1x1 conv, global average pooling and a linear
+classifier. Every convolution is Conv+BN(+SiLU). The three block versions differ only in:
+
+===================  ==========================  =============================  ==============================
+                     v1 (``mhsa``, ``concat``)   v2 (``separable``, ``none``)   v3 (``local_global``)
+===================  ==========================  =============================  ==============================
+local n x n conv     full conv                   depthwise                      depthwise
+global mixing        multi-head self-attention   separable self-attention        as its base (v1 or v2)
+                     over tokens, LayerNorm      (linear in tokens), GroupNorm(1)
+fusion               n x n conv on               none (1x1 projection, no act)   1x1 conv on cat(local, global)
+                     cat(input, global)                                         plus the block input (residual)
+===================  ==========================  =============================  ==============================
+
+Differences from the official code:
+- unfold/fold are reshape + permute in every version (cvnets v2 uses ``F.unfold``/``F.fold``; same ordering).
+- cvnets' ``LayerNorm`` treats a ``(B*P, N, C)`` token tensor as channel-first when ``N == C`` (and then divides
+  by ``std + eps``); litevit always normalises over channels, as the paper describes. The two agree whenever the
+  number of patches differs from the transformer width, which holds for every variant at 256 x 256.
+- the official classifiers apply dropout before the linear layer during training; here it is ``drop_rate``
+  (default 0). Dropout inside the transformer is left out (inference is unaffected); ``drop_path`` is offered.
+- ``litevit.fuse`` folds BatchNorm into convolutions, the affine part of every pre-norm into the projection that
+  follows it, and the attention scale into the query weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import ConvBN, drop_path, make_divisible
+from ..registry import DataConfig, Paper, register
+
+ATTENTIONS = ("mhsa", "separable")
+FUSIONS = ("concat", "none", "local_global")
+
+
+@dataclass(frozen=True)
+class MobileViTConfig:
+    stem_chs: int = 16  # channels of the 3x3 stride-2 stem
+    dims: tuple[int, ...] = (16, 24, 48, 64, 80)  # C: output channels of layer_1 .. layer_5
+    depths: tuple[int, ...] = (1, 3)  # MV2 blocks in layer_1 and layer_2 (layer_3..5: one stride-2 MV2 + one block)
+    transformer_dims: tuple[int, ...] = (64, 80, 96)  # d: transformer width in layer_3 .. layer_5
+    transformer_depths: tuple[int, ...] = (2, 4, 3)  # L: transformer layers in layer_3 .. layer_5
+    expand_ratio: float = 2.0  # MV2 expansion (hidden = make_divisible(C_in * ratio, 8))
+    mlp_ratio: float = 2.0  # transformer FFN width = mlp_ratio * d
+    num_heads: int = 4  # heads of the v1 multi-head attention (the official configs set ``number_heads: 4``)
+    patch_size: int = 2  # h = w: patch side for unfolding
+    kernel_size: int = 3  # n: the local conv (and the v1 fusion conv)
+    attention: str = "mhsa"  # "mhsa" (v1, LayerNorm on tokens) or "separable" (v2, GroupNorm(1) on B, C, P, N)
+    fusion: str = "concat"  # "concat" (v1), "none" (v2) or "local_global" (v3: 1x1 fusion + input residual)
+    local_depthwise: bool = False  # depthwise n x n local conv (v2 and v3) instead of a full conv (v1)
+    final_expansion: int = 4  # last 1x1 conv to min(factor * C_5, 960) channels; 0: none (v2 networks)
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path: float = 0.0  # stochastic depth on the transformer and MV2 residuals
+    num_classes: int = 1000
+    img_size: int | tuple[int, int] = 256
+    in_chans: int = 3
+
+
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    """Conv+BN, followed by SiLU when ``act``; the fuse walker turns ``[0]`` into a plain conv."""
+    layers: list[nn.Module] = [ConvBN(in_channels, out_channels, kernel_size, stride, groups=groups)]
+    if act:
+        layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def unfold(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``B, C, H, W -> B, C, P, N``: P = patch * patch pixel positions, N = (H / patch) * (W / patch) patches."""
+    B, C, H, W = x.shape
+    nh, nw = H // patch, W // patch
+    # B, C, H, W -> B, C, nh, ph, nw, pw -> B, C, ph, pw, nh, nw
+    x = x.reshape(B, C, nh, patch, nw, patch).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(B, C, patch * patch, nh * nw)  # B, C, P, N
+
+
+def fold(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`unfold`: ``B, C, P, N -> B, C, H, W``."""
+    B, C = x.shape[:2]
+    nh, nw = size[0] // patch, size[1] // patch
+    # B, C, P, N -> B, C, ph, pw, nh, nw -> B, C, nh, ph, nw, pw
+    x = x.reshape(B, C, patch, patch, nh, nw).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(B, C, nh * patch, nw * patch)  # B, C, H, W
+
+
+def _fold_affine_into(
+    norm: nn.LayerNorm | nn.GroupNorm, layer: nn.Linear | nn.Conv2d, channels: slice | None = None
+) -> None:
+    """``layer(norm(x))`` with the norm's per-channel affine folded into ``layer`` (in place; norm made plain).
+
+    ``channels`` selects the input channels of ``layer`` that receive the normalised tensor (default: all).
+    """
+    weight, bias = norm.weight, norm.bias
+    if weight is None:
+        return
+    channels = channels if channels is not None else slice(None)
+    w = layer.weight  # out, in (, 1, 1)
+    w2 = w.reshape(w.shape[0], w.shape[1], -1)
+    shift = (w2[:, channels] * bias[None, :, None]).sum(dim=(1, 2))
+    w2[:, channels] *= weight[None, :, None]
+    if layer.bias is None:
+        layer.bias = nn.Parameter(shift)
+    else:
+        layer.bias += shift
+    if isinstance(norm, nn.LayerNorm):
+        norm.weight, norm.bias, norm.elementwise_affine = None, None, False
+    else:
+        norm.weight, norm.bias, norm.affine = None, None, False
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block (MV2 in the MobileViT papers, Fig. 1b): 1x1 expand, n x n depthwise, 1x1 linear project."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, expand_ratio: float, drop_path: float = 0.0
+    ) -> None:
+        super().__init__()
+        hidden = make_divisible(int(round(in_channels * expand_ratio)), 8)
+        self.expand = _conv_bn(in_channels, hidden) if expand_ratio != 1 else nn.Identity()
+        self.dw = _conv_bn(hidden, hidden, 3, stride, groups=hidden)
+        self.project = _conv_bn(hidden, out_channels, act=False)
+        self.residual = stride == 1 and in_channels == out_channels
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.dw(self.expand(x)))
+        if self.residual:
+            return x + drop_path(out, self.drop_path, self.training)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual}"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention among the patches that share a pixel position (v1, Sec. 3.1)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"transformer width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        # B, N, 3C -> 3, B, heads, N, C / heads
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))  # B, heads, N, c -> B, N, C
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, scale={self.scale:.4g}"
+
+
+class SeparableAttention(nn.Module):
+    """Separable self-attention (v2, Sec. 3.2), linear in the number of patches N, on ``B, d, P, N``.
+
+    One context score per token (softmax over N) weights the keys into a context vector per pixel position,
+    which scales ReLU(values) element-wise.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv = nn.Conv2d(dim, 1 + 2 * dim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv(x).split([1, self.dim, self.dim], dim=1)  # B, 1|d|d, P, N
+        scores = query.softmax(dim=-1)  # B, 1, P, N
+        context = (key * scores).sum(dim=-1, keepdim=True)  # B, d, P, 1
+        return self.proj(F.relu(value) * context)
+
+
+def _mlp(dim: int, hidden: int, conv: bool) -> nn.Sequential:
+    fc = (lambda i, o: nn.Conv2d(i, o, 1)) if conv else nn.Linear
+    return nn.Sequential(OrderedDict(fc1=fc(dim, hidden), act=nn.SiLU(), fc2=fc(hidden, dim)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer layer: attention then FFN, each ``x + f(norm(x))``.
+
+    v1 (``mhsa``): tokens ``B*P, N, d`` with LayerNorm. v2 (``separable``): ``B, d, P, N`` with GroupNorm(1),
+    1x1 convs as the linear layers (as the official code has them).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float, attention: str, num_heads: int, drop_path: float = 0.0) -> None:
+        super().__init__()
+        separable = attention == "separable"
+        self.norm1 = nn.GroupNorm(1, dim) if separable else nn.LayerNorm(dim)
+        self.attn = SeparableAttention(dim) if separable else Attention(dim, num_heads)
+        self.norm2 = nn.GroupNorm(1, dim) if separable else nn.LayerNorm(dim)
+        hidden = int(mlp_ratio * dim) // 16 * 16 if separable else int(mlp_ratio * dim)  # cvnets rounds v2 to 16
+        self.mlp = _mlp(dim, hidden, conv=separable)
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+    @torch.no_grad()
+    def fuse(self) -> TransformerBlock:
+        """Fold both norms' affine terms into qkv / fc1 and the attention scale into the query rows."""
+        fused = copy.deepcopy(self)
+        fused.drop_path = 0.0
+        _fold_affine_into(fused.norm1, fused.attn.qkv)
+        _fold_affine_into(fused.norm2, fused.mlp.fc1)
+        if isinstance(fused.attn, Attention):
+            dim = fused.attn.proj.out_features
+            fused.attn.qkv.weight[:dim] *= fused.attn.scale
+            fused.attn.qkv.bias[:dim] *= fused.attn.scale
+            fused.attn.scale = 1.0
+        return fused
+
+
+class MobileViTBlock(nn.Module):
+    """The MobileViT block (v1 Sec. 3.1, Fig. 1b), with the v2 (Sec. 3.3) and v3 (Sec. 3.1) changes as options.
+
+    Local n x n conv and 1x1 to width d; unfold into patch x patch patches; L transformer layers across patches;
+    norm; fold; 1x1 back to C; then the version's fusion. Feature maps whose sides are not multiples of the patch
+    are resized bilinearly as the official code does: v1 resizes the local features and resizes the folded map
+    back (``align_corners=False``); v2 resizes the block input (``align_corners=True``) and keeps that size.
+    """
+
+    def __init__(self, dim: int, transformer_dim: int, depth: int, config: MobileViTConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.fusion_type = config.fusion
+        self.separable = config.attention == "separable"
+        k = config.kernel_size
+        self.local_conv = _conv_bn(dim, dim, k, groups=dim if config.local_depthwise else 1)
+        self.local_proj = nn.Conv2d(dim, transformer_dim, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *[
+                TransformerBlock(
+                    transformer_dim, config.mlp_ratio, config.attention, config.num_heads, config.drop_path
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.norm = nn.GroupNorm(1, transformer_dim) if self.separable else nn.LayerNorm(transformer_dim)
+        self.fusion: nn.Module | None = None
+        if self.separable:
+            # v2: 1x1 projection without activation; v3 feeds it cat(global, local)
+            proj_in = 2 * transformer_dim if config.fusion == "local_global" else transformer_dim
+            self.conv_proj = _conv_bn(proj_in, dim, act=False)
+        else:
+            self.conv_proj = _conv_bn(transformer_dim, dim)
+            if config.fusion == "concat":  # v1: n x n conv on cat(input, global)
+                self.fusion = _conv_bn(2 * dim, dim, k)
+            elif config.fusion == "local_global":  # v3: 1x1 conv on cat(local, global)
+                self.fusion = _conv_bn(transformer_dim + dim, dim)
+
+    def _global(self, local: torch.Tensor) -> torch.Tensor:
+        """Unfold, transformer, norm, fold: ``B, d, H, W -> B, d, H, W`` (sides multiples of the patch)."""
+        size = (local.shape[-2], local.shape[-1])
+        p = self.patch_size
+        x = unfold(local, p)  # B, d, P, N
+        if self.separable:
+            x = self.norm(self.transformer(x))
+            return fold(x, p, size)
+        B, d, P, N = x.shape
+        x = x.permute(0, 2, 3, 1).reshape(B * P, N, d)  # B, d, P, N -> B*P, N, d
+        x = self.norm(self.transformer(x))
+        x = x.reshape(B, P, N, d).permute(0, 3, 1, 2)  # B*P, N, d -> B, d, P, N
+        return fold(x, p, size)
+
+    def _grid(self, height: int, width: int) -> tuple[int, int]:
+        p = self.patch_size
+        return math.ceil(height / p) * p, math.ceil(width / p) * p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        grid = self._grid(*size)
+        if self.separable:
+            if grid != size:
+                x = F.interpolate(x, size=grid, mode="bilinear", align_corners=True)
+            local = self.local_proj(self.local_conv(x))
+            glob = self._global(local)
+            if self.fusion_type == "local_global":
+                return x + self.conv_proj(torch.cat((glob, local), dim=1))
+            return self.conv_proj(glob)
+        local = self.local_proj(self.local_conv(x))
+        resized = local if grid == size else F.interpolate(local, size=grid, mode="bilinear", align_corners=False)
+        glob = self._global(resized)
+        if grid != size:
+            glob = F.interpolate(glob, size=size, mode="bilinear", align_corners=False)
+        glob = self.conv_proj(glob)
+        if self.fusion_type == "concat":
+            return self.fusion(torch.cat((x, glob), dim=1))
+        if self.fusion_type == "local_global":
+            return x + self.fusion(torch.cat((local, glob), dim=1))
+        return glob
+
+    @torch.no_grad()
+    def fuse(self) -> MobileViTBlock:
+        """Fold the final norm's affine into the (already fused) 1x1 projection: fold and resizing commute with it."""
+        fused = copy.deepcopy(self)
+        proj = fused.conv_proj[0]
+        if not isinstance(proj, nn.Conv2d):
+            proj = proj.fuse()
+            fused.conv_proj[0] = proj
+        _fold_affine_into(fused.norm, proj, slice(0, self.local_proj.out_channels))
+        return fused
+
+
+class MobileViT(nn.Module):
+    """MobileViT v1/v2/v3: stem, five stages (MV2 blocks; MobileViT blocks in the last three), pool, classifier."""
+
+    head_prefixes = ("head.",)
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {config.attention!r}")
+        if config.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
+        if config.attention == "separable" and config.fusion == "concat":
+            raise ValueError("the v1 concat fusion is defined for multi-head attention blocks only")
+        if len(config.dims) != 5 or len(config.depths) != 2:
+            raise ValueError(f"expected 5 dims and 2 MV2 depths, got dims={config.dims}, depths={config.depths}")
+        if len(config.transformer_dims) != 3 or len(config.transformer_depths) != 3:
+            raise ValueError("expected 3 transformer_dims and 3 transformer_depths (layer_3 .. layer_5)")
+        self.stem = _conv_bn(config.in_chans, config.stem_chs, 3, 2)
+        stages: list[nn.Sequential] = []
+        in_ch = config.stem_chs
+        for i, dim in enumerate(config.dims):
+            blocks: list[nn.Module] = []
+            if i < 2:
+                for j in range(config.depths[i]):
+                    stride = 2 if (i == 1 and j == 0) else 1
+                    blocks.append(InvertedResidual(in_ch, dim, stride, config.expand_ratio, config.drop_path))
+                    in_ch = dim
+            else:
+                blocks.append(InvertedResidual(in_ch, dim, 2, config.expand_ratio, config.drop_path))
+                blocks.append(
+                    MobileViTBlock(dim, config.transformer_dims[i - 2], config.transformer_depths[i - 2], config)
+                )
+                in_ch = dim
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.final_conv: nn.Module = nn.Identity()
+        if config.final_expansion:
+            self.num_features = min(config.final_expansion * in_ch, 960)
+            self.final_conv = _conv_bn(in_ch, self.num_features)
+        else:
+            self.num_features = in_ch
+        self.head_drop = nn.Dropout(config.drop_rate)
+        self.head: nn.Module
+        self.reset_classifier(config.num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh linear classifier for ``num_classes`` (0: none, pooled features out)."""
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        name = getattr(self, "variant_name", "MobileViT")
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < 32:
+            raise ValueError(f"{name} needs images of at least 32x32 (five stride-2 stages); got {tuple(x.shape[-2:])}")
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps ``B, C_i, H_i, W_i`` after each stage (strides 2, 4, 8, 16, 32)."""
+        self._check_input(x)
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map ``B, num_features, H / 32, W / 32``."""
+        self._check_input(x)
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))  # B, C, H, W -> B, C
+        if pre_logits:
+            return x
+        return self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _v1(
+    stem: int,
+    dims: tuple[int, ...],
+    tdims: tuple[int, ...],
+    tdepths: tuple[int, ...],
+    expand: float,
+    fusion: str = "concat",
+) -> MobileViTConfig:
+    return MobileViTConfig(
+        stem_chs=stem,
+        dims=dims,
+        depths=(1, 3),
+        transformer_dims=tdims,
+        transformer_depths=tdepths,
+        expand_ratio=expand,
+        attention="mhsa",
+        fusion=fusion,
+        local_depthwise=fusion == "local_global",
+        final_expansion=4,
+    )
+
+
+def _v2(width: float, fusion: str = "none") -> MobileViTConfig:
+    """The width-multiplier rule of cvnets' ``config/mobilevit_v2.py`` (and MobileViTv3-v2's copy of it)."""
+
+    def ch(value: float, divisor: int = 8) -> int:
+        return make_divisible(value * width, divisor)
+
+    stem = make_divisible(min(max(32 * width, 16), 64), 8, min_value=16)
+    return MobileViTConfig(
+        stem_chs=stem,
+        dims=(ch(64, 16), ch(128), ch(256), ch(384), ch(512)),
+        depths=(1, 2),
+        transformer_dims=(ch(128), ch(192), ch(256)),
+        transformer_depths=(2, 4, 3),
+        expand_ratio=2.0,
+        attention="separable",
+        fusion=fusion,
+        local_depthwise=True,
+        final_expansion=0,
+    )
+
+
+# Official evaluation transforms (config/classification/imagenet/*.yaml): resize the short side to 288, centre
+# crop 256, pixels in [0, 1] with no mean/std normalisation. cvnets v1 read images with OpenCV and feeds BGR; the
+# published conversions of the v1 and v2 checkpoints (Hugging Face ``apple/mobilevit-*``, ``apple/mobilevitv2-*``
+# preprocessor configs: ``do_flip_channel_order: true``) flip RGB to BGR for both, so both are BGR here.
+_CROP = 256 / 288
+_NO_NORM = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="BGR")
+_DATA_V1 = DataConfig(img_size=256, crop_pct=_CROP, interpolation="bilinear", **_NO_NORM)
+_DATA_V2 = DataConfig(img_size=256, crop_pct=_CROP, interpolation="bicubic", **_NO_NORM)
+
+_V1_PAPER = "MobileViT paper (arXiv 2110.02178), Table 1 / Fig. 6; MACs: litevit count at 256"
+_V2_PAPER = "MobileViTv2 paper (arXiv 2206.02680), Table 8 (ImageNet-1k, 256x256)"
+_V3_PAPER = "MobileViTv3 paper (arXiv 2209.15159), Tables 1, 2 and 6; top-1 as in the official README"
+
+_V1_XXS = ((16, 24, 48, 64, 80), (64, 80, 96))
+_V1_XS = ((32, 48, 64, 80, 96), (96, 120, 144))
+_V1_S = ((32, 64, 96, 128, 160), (144, 192, 240))
+_V3_XXS = ((16, 24, 64, 80, 128), (64, 80, 96))
+_V3_XS = ((32, 48, 96, 160, 160), (96, 120, 144))
+_V3_S = ((32, 64, 128, 256, 320), (144, 192, 240))
+
+# fmt: off
+register("mobilevit_xxs", MobileViT, _v1(16, *_V1_XXS, (2, 4, 3), 2.0), Paper(1.3, 364, 69.0, 256, _V1_PAPER),
+         _DATA_V1, ("mobilevit_xx_small", "mobilevit_xxs"))
+register("mobilevit_xs", MobileViT, _v1(16, *_V1_XS, (2, 4, 3), 4.0), Paper(2.3, 986, 74.8, 256, _V1_PAPER),
+         _DATA_V1, ("mobilevit_x_small", "mobilevit_xs"))
+register("mobilevit_s", MobileViT, _v1(16, *_V1_S, (2, 4, 3), 4.0), Paper(5.6, 2009, 78.4, 256, _V1_PAPER),
+         _DATA_V1, ("mobilevit_small", "mobilevit_s"))
+
+for _width, _name, _params, _macs, _top1 in (
+    (0.5, "050", 1.4, 500, 70.18), (0.75, "075", 2.9, 1000, 75.56), (1.0, "100", 4.9, 1800, 78.09),
+    (1.25, "125", 7.5, 2800, 79.65), (1.5, "150", 10.6, 4000, 80.38), (1.75, "175", 14.3, 5500, 80.84),
+    (2.0, "200", 18.4, 7500, 81.17),
+):
+    register(f"mobilevitv2_{_name}", MobileViT, _v2(_width), Paper(_params, _macs, _top1, 256, _V2_PAPER),
+             _DATA_V2, (f"mobilevit_v2_{_width}", f"mobilevitv2_{_name}"))
+
+register("mobilevitv3_xxs", MobileViT, _v1(16, *_V3_XXS, (2, 4, 3), 2.0, "local_global"),
+         Paper(1.2, 289, 70.98, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_xx_small_v3",))
+register("mobilevitv3_xs", MobileViT, _v1(16, *_V3_XS, (2, 4, 3), 4.0, "local_global"),
+         Paper(2.5, 927, 76.7, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_x_small_v3",))
+register("mobilevitv3_s", MobileViT, _v1(16, *_V3_S, (2, 4, 3), 4.0, "local_global"),
+         Paper(5.8, 1841, 79.3, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_small_v3",))
+register("mobilevitv3_xxs_l2", MobileViT, _v1(16, *_V3_XXS, (2, 2, 3), 2.0, "local_global"),
+         Paper(1.1, 256, 70.23, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_xx_small_v3_fast",))
+register("mobilevitv3_xs_l2", MobileViT, _v1(16, *_V3_XS, (2, 2, 3), 4.0, "local_global"),
+         Paper(2.3, 853, 76.10, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_x_small_v3_fast",))
+register("mobilevitv3_s_l2", MobileViT, _v1(16, *_V3_S, (2, 2, 3), 4.0, "local_global"),
+         Paper(5.2, 1638, 79.06, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_small_v3_fast",))
+
+for _width, _name, _params, _macs, _top1 in (
+    (0.5, "050", 1.4, 481, 72.33), (0.75, "075", 3.0, 1064, 76.55), (1.0, "100", 5.1, 1876, 78.64),
+):
+    register(f"mobilevitv3_{_name}", MobileViT, _v2(_width, "local_global"),
+             Paper(_params, _macs, _top1, 256, _V3_PAPER), _DATA_V2, (f"mobilevit_v3_{_width}",))
+# fmt: on
