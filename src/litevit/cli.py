@@ -36,11 +36,61 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_list)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    models = [n for pattern in args.models for n in list_models(pattern)] if args.models else None
+    if args.models and not models:
+        raise ValueError(f"no registered model matches {args.models}; see `litevit list`")
+    img_size = (
+        None if args.img_size is None else (args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size))
+    )
+    result = bench.run_bench(
+        models, device=args.device, batch_sizes=args.batch_size, threads=args.threads, img_size=img_size,
+        dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime, seconds=args.seconds,
+        warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
+    )  # fmt: skip
+    if args.out:
+        bench.write_jsonl(result, args.out)
+    if args.plot:
+        bench.plot(result, args.plot)
+    table = bench.markdown(result)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    print(table)
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure latency and throughput, unfused vs deployed (default: a model set)")
+    p.add_argument("models", nargs="*", help="names or patterns (default: smallest of each family + levit_256, m4)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--batch-size", type=int, nargs="+", help="batch sizes (default: 1 16 on CPU, 256 on GPU)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, the papers' CPU protocol)")
+    p.add_argument("--img-size", type=int, nargs="+", help="input size: S or H W (default: each model's)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default fp32 on CPU, fp16 AMP on GPU")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
+    p.add_argument(
+        "--runtime", nargs="+", default=["eager"], choices=["eager", "compile", "onnxruntime"],
+        help="runtimes to time (several allowed; default eager)",
+    )  # fmt: skip
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per runner and batch size")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up time per runner (s)")
+    p.add_argument("--compare", choices=["timm"], help="also time timm's model with the same weights + 2 CNNs")
+    p.add_argument("--out", help="append JSON-lines records to this file")
+    p.add_argument("--markdown", help="also write the markdown tables to this file")
+    p.add_argument("--plot", help="PNG of throughput against MACs and against paper top-1")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litevit", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_list(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -116,7 +116,11 @@ class LeViTAttention(nn.Module):
             sub = x.view(B, height, width, -1)[:, :: self.stride, :: self.stride].reshape(B, -1, x.shape[-1])
             q = self.q(sub).view(B, -1, heads, kd).transpose(1, 2)  # B, heads, N', kd
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # B, heads, N, d
-        attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias()
+        attn = q @ k.transpose(-2, -1)  # B, heads, N', N
+        if self.fused_bias is None:
+            attn = attn * self.scale + self.attention_bias()
+        else:
+            attn += self.fused_bias  # deploy: the scale lives in the query weights; in place saves a pass
         x = attn.softmax(dim=-1) @ v  # B, heads, N', vd
         x = x.transpose(1, 2).reshape(B, -1, heads * vd)  # B, N', heads * vd
         return self.proj(self.act(x))

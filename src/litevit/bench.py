@@ -1,0 +1,508 @@
+"""Measured speed: params, MACs, batch-1 latency and batched throughput, unfused vs deployed, per runtime.
+
+Protocol: every runner of a comparison group (same model, batch size and input) is warmed up for a fixed
+time, then the runners are called in interleaved rounds (rotating order) until the time budget is spent;
+each call is timed on its own (with device synchronisation on GPU). We report the median and the
+10th/90th percentiles of the per-call times, and ratios as the median (and p10/p90) of the per-round
+ratios, so that drifts in machine load hit both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .deploy import fuse
+from .flops import count_macs, count_params
+from .registry import create_model, get_variant, list_models
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("eager", "compile", "onnxruntime")
+# reference CNNs from timm for the papers' comparison: name -> (top-1 %, source)
+REFERENCE_CNNS = {
+    "efficientnet_b0": (77.1, "EfficientNet paper (Tan & Le 2019), Table 2"),
+    "mobilenetv3_large_100": (75.2, "MobileNetV3 paper (Howard et al. 2019), Table 3"),
+}
+
+
+@dataclass
+class BenchRecord:
+    model: str
+    source: str  # "litevit", "timm"
+    runtime: str  # eager | compile | onnxruntime
+    fused: bool
+    batch_size: int
+    img_size: tuple[int, int]
+    dtype: str
+    channels_last: bool
+    device: str
+    device_name: str
+    threads: int
+    torch_version: str
+    git_commit: str
+    params_m: float
+    macs_m: float
+    paper_top1: float | None
+    median_ms: float  # per call
+    p10_ms: float
+    p90_ms: float
+    images_per_s: float  # batch_size / median call time
+    samples: int
+    baseline: str | None  # the runner the speedups are against (None: this is it)
+    speedup_median: float  # baseline time / this time, per interleaved round
+    speedup_p10: float
+    speedup_p90: float
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_interleaved(
+    runners: dict[str, Callable[[], Any]], seconds: float, warmup: float, sync: Callable[[], None] = lambda: None
+) -> dict[str, list[float]]:
+    """Per-call times (s) of each runner, measured in interleaved rounds after a time-based warm-up."""
+    for run in runners.values():
+        start = time.perf_counter()
+        while time.perf_counter() - start < warmup:
+            run()
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    deadline = time.perf_counter() + seconds
+    round_index = 0
+    while time.perf_counter() < deadline or round_index < 3:
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync()
+            start = time.perf_counter()
+            runners[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+        round_index += 1
+    return times
+
+
+def matmul_gflops(threads: int, seconds: float = 2.0, size: int = 1024) -> float:
+    """Single-process float32 matmul rate (GFLOP/s) with ``threads`` threads: the machine's reference rate."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        times = time_interleaved({"mm": lambda: torch.mm(a, b)}, seconds, warmup=0.5)["mm"]
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+@dataclass
+class Subject:
+    """One model to time: how to build it and what to report about it."""
+
+    name: str
+    source: str
+    build: Callable[[], nn.Module]
+    paper_top1: float | None
+
+
+def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | None) -> list[Subject]:
+    """litevit's model, and with ``compare="timm"`` timm's model of the same variant carrying the same weights:
+    timm's random initialisation, read into litevit through litevit's own checkpoint converter."""
+    variant = get_variant(name)
+    top1 = variant.paper.top1
+    timm_name = None
+    if compare == "timm":
+        import timm
+
+        timm_name = next((n for n in variant.external_names if n in timm.list_models()), None)
+    if timm_name is None:
+        return [Subject(name, "litevit", lambda: create_model(name, img_size=img_size), top1)]
+    kwargs = {} if img_size is None else {"img_size": img_size}
+    theirs = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
+
+    def ours() -> nn.Module:
+        model = create_model(name, img_size=img_size, checkpoint=theirs.state_dict()).eval()
+        height, width = model_input_size(model)
+        x = torch.randn(2, 3, height, width)
+        with torch.inference_mode():
+            expected, got = theirs(x), model(x)
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
+            raise RuntimeError(f"litevit's {name} and timm's {timm_name} disagree on the same weights")
+        return model
+
+    return [Subject(name, "litevit", ours, top1), Subject(timm_name, "timm", lambda: theirs, top1)]
+
+
+def model_input_size_of(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int]:
+    return model_input_size_of(getattr(getattr(model, "config", None), "img_size", 224))
+
+
+def _onnx_session(model: nn.Module, x: torch.Tensor, threads: int, name: str, source: str) -> Callable[[], Any]:
+    """An onnxruntime session of the model: litevit's own exporter for litevit models (fused), a plain
+    ``torch.onnx.export`` of the unmodified model for timm's, so that each side gets its natural export."""
+    import onnxruntime as ort
+
+    path = Path(tempfile.mkdtemp(prefix="litevit-bench-")) / f"{name}.onnx"
+    if source == "litevit":
+        from .export import export
+
+        export(model, path, format="onnx", batch="dynamic", img_size=tuple(x.shape[-2:]))
+    else:
+        torch.onnx.export(
+            model, (x.float().cpu(),), str(path), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.float().cpu().numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _runner(
+    model: nn.Module, runtime: str, x: torch.Tensor, threads: int, autocast: Any, name: str, source: str
+) -> Callable[[], Any]:
+    if runtime == "onnxruntime":
+        return _onnx_session(model, x, threads, name, source)
+    if runtime not in ("eager", "compile"):
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    forward = torch.compile(model) if runtime == "compile" else model
+
+    def run() -> Any:
+        with torch.inference_mode(), autocast:
+            return forward(x)
+
+    return run
+
+
+@dataclass
+class Comparison:
+    """litevit's fastest runner against another source's fastest on the same model, batch and machine."""
+
+    model: str
+    batch_size: int
+    ours: str
+    theirs: str
+    speedup_median: float  # their time / our time, per interleaved round
+    speedup_p10: float
+    speedup_p90: float
+
+
+def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> list[float]:
+    return [a / b for a, b in zip(times[slow], times[fast], strict=True)]
+
+
+def bench_group(
+    subjects: list[Subject],
+    *,
+    runtimes: Iterable[str] = ("eager",),
+    batch_size: int = 1,
+    img_size: int | tuple[int, int] | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    channels_last: bool = False,
+    threads: int = 1,
+    seconds: float = 3.0,
+    warmup: float = 1.0,
+) -> tuple[list[BenchRecord], list[Comparison]]:
+    """Time every subject (litevit: unfused and fused) under every runtime, all interleaved together.
+
+    ``seconds`` is the measuring budget per runner. Speedups in the records are against the first runner
+    (litevit eager unfused); comparisons pit litevit's fastest runner against each other source's fastest.
+    """
+    if dtype not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    autocast: Any = nullcontext()
+    if dtype != "fp32":
+        autocast = torch.autocast(device.split(":")[0], dtype=torch.float16 if dtype == "fp16" else torch.bfloat16)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    runners: dict[str, Callable[[], Any]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for subject in subjects:
+        model = subject.build().eval()
+        height, width = model_input_size(model) if img_size is None else model_input_size_of(img_size)
+        macs, params = count_macs(model, (height, width)) / 1e6, count_params(model) / 1e6
+        forms = [(False, model)] + ([(True, fuse(model))] if subject.source == "litevit" else [])
+        for fused, form in forms:
+            x = torch.randn(batch_size, 3, height, width, device=device)
+            form = form.to(device)
+            if channels_last:
+                form, x = form.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            for runtime in runtimes:
+                if runtime == "onnxruntime" and (device != "cpu" or dtype != "fp32"):
+                    continue  # the CPU execution provider in float32 only
+                key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
+                runners[key] = _runner(form, runtime, x, threads, autocast, subject.name, subject.source)
+                meta[key] = dict(
+                    model=subject.name, source=subject.source, runtime=runtime, fused=fused, params_m=params,
+                    macs_m=macs, paper_top1=subject.paper_top1, img_size=(height, width),
+                )  # fmt: skip
+    times = time_interleaved(runners, seconds * len(runners), warmup, sync)
+    common = dict(
+        batch_size=batch_size, dtype=dtype, channels_last=channels_last, device=device,
+        device_name=device_name(device), threads=threads, torch_version=torch.__version__, git_commit=git_commit(),
+    )  # fmt: skip
+    baseline = next(iter(runners))
+    records = []
+    for key, samples in times.items():
+        median = statistics.median(samples)
+        ratios = _ratio(times, baseline, key)
+        records.append(
+            BenchRecord(
+                **meta[key],
+                **common,
+                median_ms=median * 1e3,
+                p10_ms=_percentile(samples, 0.1) * 1e3,
+                p90_ms=_percentile(samples, 0.9) * 1e3,
+                images_per_s=batch_size / median,
+                samples=len(samples),
+                baseline=None if key == baseline else baseline,
+                speedup_median=statistics.median(ratios),
+                speedup_p10=_percentile(ratios, 0.1),
+                speedup_p90=_percentile(ratios, 0.9),
+            )  # fmt: skip
+        )
+    fastest: dict[str, str] = {}
+    for key, samples in times.items():
+        source = meta[key]["source"]
+        if source not in fastest or statistics.median(samples) < statistics.median(times[fastest[source]]):
+            fastest[source] = key
+    comparisons = []
+    if "litevit" in fastest:
+        ours = fastest["litevit"]
+        for source, theirs in fastest.items():
+            if source != "litevit":
+                ratios = _ratio(times, theirs, ours)
+                comparisons.append(
+                    Comparison(
+                        meta[ours]["model"],
+                        batch_size,
+                        ours,
+                        theirs,
+                        statistics.median(ratios),
+                        _percentile(ratios, 0.1),
+                        _percentile(ratios, 0.9),
+                    )  # fmt: skip
+                )
+    return records, comparisons
+
+
+def default_models() -> list[str]:
+    """The smallest variant (by paper MACs) of each family, plus LeViT-256 and EfficientViT-M4."""
+    smallest: dict[str, str] = {}
+    for name in list_models():
+        family = get_variant(name).family
+        if family not in smallest or get_variant(name).paper.macs_m < get_variant(smallest[family]).paper.macs_m:
+            smallest[family] = name
+    extra = [n for n in ("levit_256", "efficientvit_m4") if n in list_models()]
+    return list(dict.fromkeys(list(smallest.values()) + extra))
+
+
+@dataclass
+class BenchResult:
+    records: list[BenchRecord]
+    comparisons: list[Comparison]
+    matmul_gflops: float | None = None  # the machine's matmul rate with the same threads, measured in the run
+    levit_128s_gflops: float | None = None  # achieved by LeViT-128S's fastest litevit runner at the largest batch
+
+
+def run_bench(
+    models: list[str] | None = None,
+    *,
+    device: str = "cpu",
+    batch_sizes: list[int] | None = None,
+    threads: int = 1,
+    img_size: int | tuple[int, int] | None = None,
+    dtype: str | None = None,
+    channels_last: bool = False,
+    runtimes: Iterable[str] = ("eager",),
+    seconds: float = 3.0,
+    warmup: float = 1.0,
+    compare: str | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP."""
+    names = models or default_models()
+    gpu = device.startswith("cuda")
+    batch_sizes = batch_sizes or ([256] if gpu else [1, 16])
+    dtype = dtype or ("fp16" if gpu else "fp32")
+    runtimes = list(runtimes)
+    if compare not in (None, "timm"):
+        raise ValueError(f"--compare supports 'timm' only, got {compare!r}")
+    tasks: list[tuple[list[Subject], int]] = []
+    for name in names:
+        subjects = _subjects(name, img_size, compare)
+        tasks += [(subjects, batch) for batch in batch_sizes]
+    if compare == "timm":
+        import timm
+
+        for cnn, (top1, _) in REFERENCE_CNNS.items():
+            subject = Subject(cnn, "timm", lambda cnn=cnn: timm.create_model(cnn, pretrained=False), top1)
+            tasks += [([subject], batch) for batch in batch_sizes]
+    from tqdm import tqdm
+
+    records: list[BenchRecord] = []
+    comparisons: list[Comparison] = []
+    for subjects, batch in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
+        group_records, group_comparisons = bench_group(
+            subjects, runtimes=runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
+            channels_last=channels_last, threads=threads, seconds=seconds, warmup=warmup,
+        )  # fmt: skip
+        records += group_records
+        comparisons += group_comparisons
+    result = BenchResult(records, comparisons)
+    levit = [
+        r for r in records if r.model == "levit_128s" and r.source == "litevit" and r.batch_size == max(batch_sizes)
+    ]
+    if levit and not gpu:
+        best = max(levit, key=lambda r: r.images_per_s)
+        result.levit_128s_gflops = 2 * best.macs_m * 1e6 * best.images_per_s / 1e9
+        result.matmul_gflops = matmul_gflops(threads)
+    return result
+
+
+def write_jsonl(result: BenchResult, path: str | os.PathLike) -> None:
+    with open(path, "a") as f:
+        for record in result.records:
+            f.write(json.dumps({"kind": "record", **dataclasses.asdict(record)}) + "\n")
+        for comparison in result.comparisons:
+            f.write(json.dumps({"kind": "comparison", **dataclasses.asdict(comparison)}) + "\n")
+        if result.matmul_gflops is not None:
+            summary = {"matmul_gflops": result.matmul_gflops, "levit_128s_gflops": result.levit_128s_gflops}
+            f.write(json.dumps({"kind": "flop_rate", **summary}) + "\n")
+
+
+def markdown(result: BenchResult) -> str:
+    """Tables of the run: every runner, then litevit-vs-other comparisons, then the FLOP-rate line."""
+    first = result.records[0] if result.records else None
+    lines = []
+    if first is not None:
+        lines += [
+            f"Hardware: {first.device_name} ({first.device}), {first.threads} thread(s); torch {first.torch_version}; "
+            f"dtype {first.dtype}; commit {first.git_commit}.",
+            "",
+        ]
+    lines += [
+        "| model | source | runtime | fused | batch | params (M) | MACs (M) | paper top-1 | median ms | p90 ms "
+        "| images/s | speedup vs unfused eager (p10-p90) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result.records:
+        top1 = f"{r.paper_top1:.1f}" if r.paper_top1 is not None else "-"
+        speed = (
+            "baseline" if r.baseline is None else f"{r.speedup_median:.2f} ({r.speedup_p10:.2f}-{r.speedup_p90:.2f})"
+        )
+        if r.source != "litevit":
+            speed = "-"
+        lines.append(
+            f"| {r.model} | {r.source} | {r.runtime} | {'yes' if r.fused else 'no'} | {r.batch_size} | "
+            f"{r.params_m:.2f} | {r.macs_m:.0f} | {top1} | {r.median_ms:.2f} | {r.p90_ms:.2f} | "
+            f"{r.images_per_s:.1f} | {speed} |"
+        )
+    if result.comparisons:
+        lines += [
+            "",
+            "| model | batch | litevit fastest | other fastest | speedup (median) | p10-p90 |",
+            "|---|---:|---|---|---:|---|",
+        ]
+        for c in result.comparisons:
+            lines.append(
+                f"| {c.model} | {c.batch_size} | {c.ours.split(':', 2)[2]} | {c.theirs.split(':', 1)[0]}:"
+                f"{c.theirs.split(':', 2)[2]} | {c.speedup_median:.2f} | {c.speedup_p10:.2f}-{c.speedup_p90:.2f} |"
+            )
+    if result.matmul_gflops is not None and result.levit_128s_gflops is not None:
+        share = result.levit_128s_gflops / result.matmul_gflops
+        lines += [
+            "",
+            f"LeViT-128S fastest litevit runner: {result.levit_128s_gflops:.1f} GFLOP/s; float32 matmul (1024^3) on "
+            f"the same threads: {result.matmul_gflops:.1f} GFLOP/s; ratio {share:.0%}.",
+        ]
+    return "\n".join(lines)
+
+
+def plot(result: BenchResult, path: str | os.PathLike) -> None:
+    """PNG: throughput against MACs and against paper top-1, one point per model and runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = max(r.batch_size for r in result.records)
+    points: dict[tuple[str, str, str], BenchRecord] = {}
+    for r in result.records:
+        if r.batch_size == batch and (r.fused or r.source != "litevit"):
+            points[(r.source, r.model, r.runtime)] = r
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, attr, label in ((axes[0], "macs_m", "MACs (M)"), (axes[1], "paper_top1", "paper top-1 (%)")):
+        for (source, model, runtime), r in points.items():
+            value = getattr(r, attr)
+            if value is None:
+                continue
+            marker = {"eager": "o", "compile": "s", "onnxruntime": "^"}[runtime]
+            ax.scatter(value, r.images_per_s, marker=marker, color="C0" if source == "litevit" else "C3")
+            ax.annotate(f"{model} ({runtime})", (value, r.images_per_s), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xlabel(label)
+        ax.set_ylabel("images/s")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    first = result.records[0]
+    fig.suptitle(
+        f"batch {batch}, {first.device_name}, {first.threads} thread(s), torch {first.torch_version} "
+        "(blue: litevit fused, red: timm)", fontsize=9,
+    )  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
