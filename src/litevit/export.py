@@ -1,0 +1,436 @@
+"""Export to ONNX, TorchScript and ``torch.export`` (pt2), always from the fused eval model, with parity checks.
+
+Every exported file carries the variant name, the data config and the input size (ONNX ``metadata_props``, the
+``litevit.json`` extra file of TorchScript and pt2 archives), so that :class:`ExportedModel` can preprocess images
+for it without the Python model. ONNX files are single self-contained files with a dynamic batch axis by default,
+at the lowest opset that exports and runs correctly for the model (searched upwards from 9 unless given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .deploy import fuse
+from .registry import DataConfig, create_model, get_variant
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "pt2")
+SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2"}
+ONNX_OPSETS = tuple(range(9, 21))  # the opsets the TorchScript-based ONNX exporter can emit, lowest first
+RTOL = 1e-4  # parity: max |exported - pytorch| <= RTOL * max |pytorch|
+_META_KEY = "litevit.json"  # TorchScript / pt2 extra file and ONNX metadata key holding ExportMetadata as JSON
+_INPUT, _OUTPUT = "input", "logits"
+
+
+class ExportError(RuntimeError):
+    """An export that failed, or whose output does not match the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What an exported file needs to be used without litevit's Python model."""
+
+    variant: str | None  # registered name, None for a model built outside the registry
+    img_size: tuple[int, int]  # H, W the graph was exported for
+    num_classes: int
+    data: DataConfig  # preprocessing the weights expect
+    batch: str | int  # "dynamic" or the fixed batch size
+    format: str
+    opset: int | None = None  # ONNX only
+    litevit_version: str = ""
+    torch_version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportMetadata:
+        raw = json.loads(text)
+        data = raw.pop("data")
+        data = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        raw["img_size"] = tuple(raw["img_size"])
+        return cls(data=data, **raw)
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """The exported model against the fused PyTorch model on one random batch."""
+
+    batch: int
+    max_abs_diff: float
+    max_rel_diff: float  # max |exported - pytorch| / max |pytorch|
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    metadata: ExportMetadata
+    check: ParityCheck | None
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def _format_from(path: Path, format: str | None) -> str:
+    if format is None:
+        format = SUFFIXES.get(path.suffix.lower())
+        if format is None:
+            raise ValueError(
+                f"cannot tell the export format from {path.name!r}; pass format= one of {', '.join(FORMATS)} "
+                f"or use a suffix among {', '.join(SUFFIXES)}"
+            )
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    return format
+
+
+def _parse_batch(batch: str | int) -> str | int:
+    if batch == "dynamic":
+        return batch
+    try:
+        value = int(batch)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}") from None
+    if value < 1:
+        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+    return value
+
+
+def _resized(model: nn.Module, img_size: tuple[int, int]) -> nn.Module:
+    """``model`` rebuilt for another input size, its weights resampled by the model's ``adapt_checkpoint``."""
+    name = getattr(model, "variant_name", None)
+    config = getattr(model, "config", None)
+    if name is None or config is None:
+        raise ValueError(
+            "img_size differs from the model's and the model was not built by litevit.create_model; "
+            "build it at the wanted size instead"
+        )
+    config_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    config_fields.pop("img_size")
+    variant_defaults = dataclasses.asdict(get_variant(name).config)
+    overrides = {k: v for k, v in config_fields.items() if v != variant_defaults.get(k)}
+    return create_model(name, img_size=img_size, checkpoint=model.state_dict(), **overrides)
+
+
+def metadata_for(
+    model: nn.Module, img_size: tuple[int, int], batch: str | int, format: str, opset: int | None = None
+) -> ExportMetadata:
+    from . import __version__
+
+    name = getattr(model, "variant_name", None)
+    data = get_variant(name).data if name is not None else DataConfig()
+    config = getattr(model, "config", None)
+    num_classes = int(getattr(config, "num_classes", 0))
+    return ExportMetadata(
+        name, img_size, num_classes, data, batch, format, opset, __version__, torch.__version__.split("+")[0]
+    )
+
+
+def _example(batch: str | int, img_size: tuple[int, int], in_chans: int, seed: int) -> torch.Tensor:
+    """A random batch: 2 images for a dynamic export (sizes 0 and 1 get specialised by tracers), else ``batch``."""
+    generator = torch.Generator().manual_seed(seed)
+    n = 2 if batch == "dynamic" else int(batch)
+    return torch.randn(n, in_chans, *img_size, generator=generator)
+
+
+def _check_batch(batch: str | int) -> int:
+    """A batch size different from the exported one when the batch axis is dynamic (else the fixed size)."""
+    return 3 if batch == "dynamic" else int(batch)
+
+
+def _compare(exported: torch.Tensor, reference: torch.Tensor, batch: int) -> ParityCheck:
+    diff = (exported.float() - reference.float()).abs().max().item()
+    scale = max(reference.abs().max().item(), 1e-12)
+    return ParityCheck(batch, diff, diff / scale, diff <= RTOL * scale)
+
+
+@contextlib.contextmanager
+def _exporter_log_to_debug() -> Iterator[None]:
+    """Send what the ONNX exporter's C++ side writes to file descriptor 1 to this module's debug log.
+
+    torch's TorchScript-based exporter switches its C++ graph log on for every export (``setup_onnx_logging``
+    tests the function object ``_jit_is_onnx_log_enabled`` instead of calling it), so a failed attempt at a low
+    opset would otherwise dump the whole graph on stdout.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text:
+                log.debug("ONNX exporter log:\n%s", text[:20000])
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, batch: str | int, opset: int) -> bytes:
+    dynamic_axes = {_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}} if batch == "dynamic" else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # shape checks in forward() become trace-time constants: intended, the graph is exported for one H, W
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        with _exporter_log_to_debug():
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[_INPUT],
+                output_names=[_OUTPUT],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+                verbose=False,
+            )
+    return buffer.getvalue()
+
+
+def _ort_session(model: bytes | str | os.PathLike, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(session: Any, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def _onnx_model(
+    model: nn.Module, example: torch.Tensor, batch: str | int, opset: int | None, check_input: torch.Tensor | None
+) -> tuple[bytes, int]:
+    """Serialized ONNX at ``opset``, or at the lowest opset that exports and (with ``check_input``) runs correctly."""
+    opsets = ONNX_OPSETS if opset is None else (opset,)
+    failures = []
+    reference = None
+    if check_input is not None and opset is None:
+        with torch.inference_mode():
+            reference = model(check_input)
+    for candidate in opsets:
+        try:
+            data = _onnx_bytes(model, example, batch, candidate)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; each is reported below
+            failures.append(f"opset {candidate}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            log.debug("ONNX export at opset %d failed: %s", candidate, exc)
+            continue
+        if reference is not None:
+            try:
+                result = _compare(_run_onnx(_ort_session(data), check_input), reference, check_input.shape[0])
+            except Exception as exc:  # noqa: BLE001 - onnxruntime rejects some graphs at load or run time
+                failures.append(f"opset {candidate}: onnxruntime: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            if not result.passed:
+                failures.append(
+                    f"opset {candidate}: output differs (max relative difference {result.max_rel_diff:.2e})"
+                )
+                continue
+        return data, candidate
+    raise ExportError("ONNX export failed at every opset tried:\n  " + "\n  ".join(failures))
+
+
+def _save_onnx(data: bytes, path: Path, metadata: ExportMetadata) -> None:
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    entries = {
+        _META_KEY: metadata.to_json(),
+        "litevit.variant": metadata.variant or "",
+        "litevit.data_config": json.dumps(dataclasses.asdict(metadata.data)),
+    }
+    onnx.helper.set_model_props(proto, entries)
+    proto.producer_name = "litevit"
+    proto.producer_version = metadata.litevit_version
+    proto.doc_string = f"{metadata.variant or 'model'} exported by litevit {metadata.litevit_version}"
+    onnx.checker.check_model(proto)
+    # one self-contained file: the weights stay inside the protobuf
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: ExportMetadata) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={_META_KEY: metadata.to_json()})
+
+
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, metadata: ExportMetadata) -> None:
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if metadata.batch == "dynamic" else None
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, str(path), extra_files={_META_KEY: metadata.to_json()})
+
+
+def export(
+    model: nn.Module | str,
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    batch: str | int = "dynamic",
+    img_size: int | tuple[int, int] | None = None,
+    opset: int | None = None,
+    check: bool = False,
+) -> ExportResult:
+    """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
+
+    ``format``: ``"onnx"``, ``"torchscript"`` or ``"pt2"`` (default: from the suffix of ``path``). ``batch``:
+    ``"dynamic"`` or a fixed size. ``img_size``: the input size (default: the model's; another size rebuilds the
+    model and resamples its resolution-dependent weights). ``opset``: ONNX opset (default: the lowest that works).
+    ``check``: run the saved file (onnxruntime, or the reloaded TorchScript / exported program) on a batch size
+    different from the exported one and raise :class:`ExportError` if it differs from PyTorch by more than
+    ``RTOL`` relative.
+
+    Pass the model as :func:`litevit.create_model` returns it, not already fused: export fuses it.
+    """
+    path = Path(path)
+    format = _format_from(path, format)
+    batch = _parse_batch(batch)
+    if opset is not None and format != "onnx":
+        raise ValueError(f"opset applies to ONNX export only, not {format}")
+    if isinstance(model, str):
+        model = create_model(model)
+    config = getattr(model, "config", None)
+    model_size = getattr(config, "img_size", None)
+    size = _pair(img_size if img_size is not None else model_size if model_size is not None else 224)
+    if model_size is not None and size != _pair(model_size):
+        model = _resized(model, size)
+    in_chans = int(getattr(config, "in_chans", 3))
+    deployed = fuse(model).float()
+    for parameter in deployed.parameters():
+        parameter.requires_grad_(False)
+    example = _example(batch, size, in_chans, seed=0)
+    check_input = _example(_check_batch(batch), size, in_chans, seed=1)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            search_input = None
+        else:
+            search_input = check_input
+        data, used_opset = _onnx_model(deployed, example, batch, opset, search_input)
+        metadata = metadata_for(model, size, batch, format, used_opset)
+        _save_onnx(data, path, metadata)
+    else:
+        metadata = metadata_for(model, size, batch, format)
+        exporter = _export_torchscript if format == "torchscript" else _export_pt2
+        exporter(deployed, example, path, metadata)
+    log.info("exported %s to %s (%s)", metadata.variant or type(model).__name__, path, format)
+
+    parity = None
+    if check:
+        with torch.inference_mode():
+            reference = deployed(check_input)
+        exported = ExportedModel(path)
+        parity = _compare(exported(check_input), reference, check_input.shape[0])
+        if not parity.passed:
+            raise ExportError(
+                f"{path}: exported model differs from PyTorch at batch {parity.batch}: max |diff| "
+                f"{parity.max_abs_diff:.3e}, relative {parity.max_rel_diff:.3e} > {RTOL:g}"
+            )
+    return ExportResult(path, metadata, parity)
+
+
+class ExportedModel:
+    """An exported file (``.onnx``, ``.ts``/``.torchscript``, ``.pt2``) loaded for inference, with its metadata."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"exported model not found: {self.path}")
+        self.format = _format_from(self.path, None)
+        self._run: Callable[[torch.Tensor], torch.Tensor]
+        if self.format == "onnx":
+            import onnx
+
+            props = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
+            if _META_KEY not in props:
+                raise ValueError(f"{self.path} was not exported by litevit (no {_META_KEY!r} metadata)")
+            self.metadata = ExportMetadata.from_json(props[_META_KEY])
+            session = _ort_session(self.path, threads)
+            self._run = lambda x: _run_onnx(session, x)
+            return
+        extra = {_META_KEY: ""}
+        if self.format == "torchscript":
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+        else:
+            module = torch.export.load(str(self.path), extra_files=extra).module()
+        if not extra[_META_KEY]:
+            raise ValueError(f"{self.path} was not exported by litevit (no {_META_KEY!r} extra file)")
+        meta = extra[_META_KEY]
+        self.metadata = ExportMetadata.from_json(meta.decode() if isinstance(meta, bytes) else meta)
+        self._run = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        meta = self.metadata
+        if x.ndim != 4 or tuple(x.shape[-2:]) != meta.img_size:
+            raise ValueError(f"{self.path.name} expects images of shape (B, C, {meta.img_size[0]}, {meta.img_size[1]})")
+        if meta.batch != "dynamic" and x.shape[0] != meta.batch:
+            raise ValueError(f"{self.path.name} was exported for batch {meta.batch}; got {x.shape[0]}")
+        with torch.inference_mode():
+            return self._run(x.float().contiguous())
+
+
+def compare_onnx_speed(
+    model: nn.Module, onnx_path: str | os.PathLike, batch: int = 1, iters: int = 50, warmup: int = 10
+) -> dict[str, float]:
+    """Median latency (ms) of the fused eager model and of onnxruntime on ``onnx_path``, measured interleaved.
+
+    Both run with ``torch.get_num_threads()`` intra-op threads; each iteration times one eager call and one
+    onnxruntime call in alternating order so that machine load affects both alike.
+    """
+    fused = fuse(model).float()
+    threads = torch.get_num_threads()
+    exported = ExportedModel(onnx_path, threads=threads)
+    x = torch.randn(batch, int(getattr(fused.config, "in_chans", 3)), *exported.metadata.img_size)
+    runners = {"eager_ms": lambda: fused(x), "onnxruntime_ms": lambda: exported(x)}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            order = list(runners) if i % 2 == 0 else list(reversed(runners))
+            for key in order:
+                start = time.perf_counter()
+                runners[key]()
+                if i >= warmup:
+                    times[key].append((time.perf_counter() - start) * 1e3)
+    result = {k: float(np.median(v)) for k, v in times.items()}
+    result["speedup"] = result["eager_ms"] / result["onnxruntime_ms"]
+    result["threads"] = float(threads)
+    return result
