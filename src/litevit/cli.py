@@ -85,12 +85,36 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    if logging.getLogger().level > logging.INFO:  # the per-epoch metrics lines are the point of a training run
+        logging.getLogger(train.__name__).setLevel(logging.INFO)
+    try:
+        result = train.train(train.config_from_args(args))
+    except train.NonFiniteLossError as exc:
+        print(f"litevit train: {exc}", file=sys.stderr)
+        return 3
+    if result.rank == 0:  # under torchrun only rank 0 reports
+        print(train.summary(result))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from . import train
+
+    p = sub.add_parser("train", help="train or fine-tune a model on an ImageFolder (also under torchrun)")
+    train.add_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litevit", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_list(sub)
     _add_bench(sub)
+    _add_train(sub)
     return parser
 
 
