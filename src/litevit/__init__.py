@@ -3,6 +3,7 @@
 from . import models  # noqa: F401  (registers every family)
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from .deploy import FuseError, fuse
+from .export import export
 from .registry import DataConfig, Paper, Variant, create_model, get_variant, list_models
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __all__ = [
     "Paper",
     "Variant",
     "create_model",
+    "export",
     "fuse",
     "get_variant",
     "list_models",

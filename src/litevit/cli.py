@@ -108,6 +108,100 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _img_size(values: list[int] | None) -> int | tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) not in (1, 2):
+        raise ValueError(f"--img-size takes S or H W, got {len(values)} numbers")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export
+
+    model = create_model(args.model, checkpoint=args.checkpoint)
+    try:
+        result = export(
+            model, args.out, args.format, batch=args.batch, img_size=_img_size(args.img_size), opset=args.opset,
+            check=args.check,
+        )  # fmt: skip
+    except ExportError as exc:
+        print(f"litevit export: error: {exc}", file=sys.stderr)
+        return 1
+    meta = result.metadata
+    opset = f", opset {meta.opset}" if meta.opset is not None else ""
+    h, w = meta.img_size
+    print(f"{result.path}: {meta.format}{opset}, batch {meta.batch}, input {h}x{w}, {meta.num_classes} classes")
+    if result.check is not None:
+        c = result.check
+        print(f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e} (passed)")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the fused model to ONNX, TorchScript or torch.export (pt2)")
+    p.add_argument("model", help="registered model name (see `litevit list`)")
+    p.add_argument("--checkpoint", help="weights to load (official, timm or litevit layout); default random")
+    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], help="default: from the --out suffix")
+    p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2)")
+    p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+    p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the lowest that works for the model)")
+    p.add_argument("--check", action="store_true", help="run the exported file on another batch size vs PyTorch")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import load_classifier, predict
+
+    model = load_classifier(args.model, args.checkpoint, _img_size(args.img_size))
+    failed = 0
+    for result in predict(model, args.images, topk=args.topk, batch_size=args.batch_size):
+        if result.error is not None:
+            print(f"litevit predict: error: {result.error}", file=sys.stderr)
+            failed += 1
+            continue
+        print(result.path)
+        for index, name, prob in result.topk:
+            print(f"  {prob:7.2%}  {name} ({index})")
+    return 1 if failed else 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes of image files (registered model + checkpoint, or exported)")
+    p.add_argument("model", help="registered model name, or an exported .onnx / .ts / .pt2 file")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", help="weights for a registered model (official, timm or litevit layout)")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .predict import evaluate, load_classifier
+
+    model = load_classifier(args.model, args.checkpoint, _img_size(args.img_size))
+    result = evaluate(model, args.data, batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    print(
+        f"{args.model}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
+        f"({result.count} images, {result.num_classes} classes)"
+    )
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1 / top-5 / loss on an ImageFolder (registered model or exported file)")
+    p.add_argument("model", help="registered model name, or an exported .onnx / .ts / .pt2 file")
+    p.add_argument("--checkpoint", help="weights for a registered model (official, timm or litevit layout)")
+    p.add_argument("--data", required=True, help="ImageFolder root: DIR/<class>/<image>, classes in sorted order")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64")
+    p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
+    p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litevit", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
@@ -115,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(sub)
     _add_bench(sub)
     _add_train(sub)
+    _add_export(sub)
+    _add_predict(sub)
+    _add_eval(sub)
     return parser
 
 
