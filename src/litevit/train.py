@@ -43,7 +43,7 @@ from .recipes import get_recipe
 from .registry import DataConfig, create_model, get_variant, list_models
 from .sampler import MultiScaleBatchSampler, multi_scale_sizes
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("litevit.train")  # also when run as ``python -m litevit.train``
 
 _INTERPOLATIONS = {
     "nearest": InterpolationMode.NEAREST,
@@ -200,7 +200,8 @@ class DistillationLoss:
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         student = dist_logits if dist_logits is not None else logits
-        kd = distillation_loss(student.float(), teacher_logits.float(), self.kind, self.tau)
+        dtype = torch.promote_types(student.dtype, torch.float32)  # half-precision logits under AMP
+        kd = distillation_loss(student.to(dtype), teacher_logits.to(dtype), self.kind, self.tau)
         return base * (1.0 - self.alpha) + kd * self.alpha
 
 
@@ -304,15 +305,15 @@ def train_transform(data: DataConfig, img_size: int, config: TrainConfig) -> v2.
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {', '.join(_INTERPOLATIONS)}")
     mode = _INTERPOLATIONS[interpolation]
+    # geometric steps run on the PIL image, as in DeiT/timm (PIL resamples bicubically; tensor rotations cannot)
     steps: list[nn.Module] = [
-        v2.ToImage(),
         v2.RandomResizedCrop(img_size, scale=config.crop_scale, interpolation=mode, antialias=True),
     ]
     if config.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(config.hflip))
     if config.rand_augment is not None:
         steps.append(v2.RandAugment(num_ops=2, magnitude=config.rand_augment, interpolation=mode))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if data.channel_order == "BGR":
         steps.append(_FlipChannels())
     steps.append(v2.Normalize(mean=list(data.mean), std=list(data.std)))
@@ -587,13 +588,16 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, img_size:
     elif name in torchvision.models.list_models(module=torchvision.models):
         teacher = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if checkpoint is not None:
-            state = read_state_dict(checkpoint)
-            missing, unexpected = teacher.load_state_dict(state, strict=False)
-            if missing or unexpected:
+            state, own = read_state_dict(checkpoint), teacher.state_dict()
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+            if missing or unexpected or mismatched:
                 raise ValueError(
-                    f"{checkpoint} does not fit torchvision's {name} with {num_classes} classes: "
-                    f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+                    f"{checkpoint} does not fit torchvision's {name} with {num_classes} classes: missing "
+                    f"{missing[:8]}, unexpected {unexpected[:8]}, shape mismatch {mismatched[:8]}"
                 )
+            teacher.load_state_dict(state)
     else:
         raise ValueError(
             f"unknown teacher {name!r}: expected a file, a litevit model ({', '.join(list_models())}) "
