@@ -1,0 +1,148 @@
+"""Evaluation preprocessing against a hand-written PIL + numpy reference; image loading errors; class names."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import litevit
+from litevit.data import ImageLoadError, eval_transform, image_folder, imagenet_classes, load_image
+from litevit.registry import DataConfig
+
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def _photo(height: int, width: int, seed: int = 0) -> Image.Image:
+    """Smooth gradients plus noise, so that resampling filters and crops give visibly different results."""
+    rs = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = [128 + 100 * np.sin(xx / 17 + c) * np.cos(yy / 23 - c) for c in range(3)]
+    array = np.stack(channels, axis=-1) + rs.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _reference(image: Image.Image, data: DataConfig, size: int) -> np.ndarray:
+    """The DeiT/timm evaluation recipe written out: PIL resize of the short side, centre crop, scale, normalise."""
+    scaled = math.floor(size / data.crop_pct)
+    w, h = image.size
+    # the long side is truncated, as torchvision's Resize(int) (and so DeiT's and timm's evaluation) does
+    new_w, new_h = (scaled, int(h * scaled / w)) if w <= h else (int(w * scaled / h), scaled)
+    resized = image.resize((new_w, new_h), _PIL_FILTERS[data.interpolation])
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float64) / 255
+    if data.channel_order == "BGR":
+        crop = crop[..., ::-1]
+    return ((crop - np.array(data.mean)) / np.array(data.std)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("shape", [(300, 400), (411, 257)])
+def test_eval_transform_matches_reference(interpolation: str, shape: tuple[int, int]) -> None:
+    data = DataConfig(img_size=224, crop_pct=0.875, interpolation=interpolation)
+    image = _photo(*shape)
+    out = eval_transform(data)(image)
+    assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 224, 224)
+    np.testing.assert_allclose(out.numpy(), _reference(image, data, 224), atol=1e-5)
+
+
+def test_eval_transform_img_size_and_crop_pct() -> None:
+    data = DataConfig(img_size=256, crop_pct=0.9, interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    image = _photo(320, 300)
+    out = eval_transform(data, img_size=160)(image)
+    assert out.shape == (3, 160, 160)
+    assert 0 <= out.min() and out.max() <= 1  # pixel range [0, 1] when mean 0, std 1
+    np.testing.assert_allclose(out.numpy(), _reference(image, data, 160), atol=1e-5)
+    assert eval_transform(data)(image).shape == (3, 256, 256)
+
+
+def test_eval_transform_channel_order() -> None:
+    image = _photo(240, 260)
+    rgb = DataConfig(mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
+    bgr = dataclasses.replace(rgb, channel_order="BGR")
+    out = eval_transform(bgr)(image)
+    np.testing.assert_allclose(out.numpy(), _reference(image, bgr, 224), atol=1e-5)
+    # the BGR planes are the RGB ones reversed, normalised by the config's own (BGR-ordered) mean/std
+    plain = eval_transform(dataclasses.replace(rgb, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))(image)
+    expected = (plain.flip(0) - torch.tensor(bgr.mean)[:, None, None]) / torch.tensor(bgr.std)[:, None, None]
+    torch.testing.assert_close(out, expected)
+
+
+def test_eval_transform_non_square_and_tensor_input() -> None:
+    data = DataConfig(crop_pct=1.0, interpolation="bilinear")
+    image = _photo(200, 300)
+    assert eval_transform(data, img_size=(128, 192))(image).shape == (3, 128, 192)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # H, W, C -> C, H, W uint8
+    from_tensor = eval_transform(data)(tensor)
+    assert from_tensor.shape == (3, 224, 224)
+    # tensor resizing (antialiased) is close to, not identical with, PIL's
+    assert (from_tensor - eval_transform(data)(image)).abs().mean() < 0.05
+
+
+def test_every_variant_has_a_valid_data_config() -> None:
+    for name in litevit.list_models():
+        variant = litevit.get_variant(name)
+        out = eval_transform(variant.data)(_photo(64, 80))
+        assert out.shape == (3, variant.data.img_size, variant.data.img_size), name
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("interpolation", "lanczos5", "interpolation"),
+        ("channel_order", "RBG", "channel order"),
+        ("crop_pct", 1.5, "crop_pct"),
+    ],
+)
+def test_eval_transform_rejects_bad_config(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        eval_transform(dataclasses.replace(DataConfig(), **{field: value}))
+
+
+def test_load_image_errors_name_the_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    _photo(20, 30).convert("L").save(good)
+    assert load_image(good).mode == "RGB"  # greyscale files come back as RGB
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    _photo(64, 64).save(tmp_path / "full.jpg", quality=90)
+    truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    for path, reason in [
+        (tmp_path / "missing.png", "no such file"),
+        (text, "not an image"),
+        (truncated, "cannot decode"),
+        (tmp_path, "not a file"),
+    ]:
+        with pytest.raises(ImageLoadError, match=reason) as info:
+            load_image(path)
+        assert str(path) in str(info.value)
+        assert isinstance(info.value, ValueError)
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    for cls in ("b_cls", "a_cls"):
+        (tmp_path / cls).mkdir()
+        _photo(40, 50).save(tmp_path / cls / "x.png")
+    dataset = image_folder(tmp_path, eval_transform(DataConfig(img_size=32)))
+    assert dataset.classes == ["a_cls", "b_cls"] and len(dataset) == 2
+    image, label = dataset[1]
+    assert image.shape == (3, 32, 32) and label == 1
+    with pytest.raises(ValueError, match="not found"):
+        image_folder(tmp_path / "nope", eval_transform(DataConfig()))
+    with pytest.raises(ValueError, match="ImageFolder"):
+        image_folder(tmp_path / "a_cls", eval_transform(DataConfig()))  # files but no class folders
+
+
+def test_imagenet_classes() -> None:
+    names = imagenet_classes()
+    assert len(names) == 1000
+    # well-known ImageNet-1k indices
+    assert names[0] == "tench" and names[1] == "goldfish" and names[207] == "golden retriever"
+    assert names[999] == "toilet tissue"
