@@ -93,6 +93,8 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
 def unfold(x: torch.Tensor, patch: int) -> torch.Tensor:
     """``B, C, H, W -> B, C, P, N``: P = patch * patch pixel positions, N = (H / patch) * (W / patch) patches."""
     B, C, H, W = x.shape
+    if H % patch or W % patch:
+        raise ValueError(f"unfold needs sides that are multiples of the patch {patch}; got {H}x{W}")
     nh, nw = H // patch, W // patch
     # B, C, H, W -> B, C, nh, ph, nw, pw -> B, C, ph, pw, nh, nw
     x = x.reshape(B, C, nh, patch, nw, patch).permute(0, 1, 3, 5, 2, 4)
