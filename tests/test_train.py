@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from litevit import cli
+from litevit import cli, create_model, read_state_dict
 from litevit import train as T
 
 CLASSES = ("hstripes", "rings", "vstripes")
@@ -157,9 +157,45 @@ def test_distilled_student_learns_from_teacher(baseline: T.TrainResult, patterns
     assert all(np.isfinite(r["train_loss"]) for r in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_top1 is not None and result.best_top1 >= 50.0, [r["val_top1"] for r in result.history]
-    # the student has the distillation head and it was trained (it differs from its zero-mean init scale)
-    student = T.model_from_file(tmp_path / T.BEST_EXPORT)
+    # the distillation head learned to predict what the teacher predicts on held-out images
+    student, teacher = T.model_from_file(tmp_path / T.BEST_EXPORT).eval(), T.model_from_file(teacher_file).eval()
     assert student.head_dist is not None
+    images = torch.stack([_eval_image(path, 32) for path, _ in T.find_data(config).val_samples])
+    with torch.no_grad():
+        dist_pred = student.head_dist(student.forward_head(student.forward_features(images), pre_logits=True))
+        agreement = (dist_pred.argmax(-1) == teacher(images).argmax(-1)).float().mean().item()
+    assert agreement >= 0.5, agreement
+
+
+def _eval_image(path: str, size: int) -> torch.Tensor:
+    from litevit.data import eval_transform, load_image
+    from litevit.registry import get_variant
+
+    return eval_transform(get_variant("levit_128s").data, size)(load_image(path))
+
+
+def test_fine_tune_from_checkpoint_replaces_the_head(baseline: T.TrainResult, patterns: Path, tmp_path: Path) -> None:
+    # two of the three classes: the 3-way head of the checkpoint is replaced, the trunk is loaded
+    data = tmp_path / "two"
+    data.mkdir()
+    for kind in ("hstripes", "vstripes"):
+        (data / kind).symlink_to(patterns / "train" / kind)
+    source = baseline.out / T.BEST_EXPORT
+    config = tiny_config(
+        data, tmp_path / "run", epochs=1, lr=1e-4, checkpoint=str(source), model_kwargs={**TINY, "distilled": False}
+    )
+    result = T.train(config)
+    assert T.read_export_metadata(tmp_path / "run" / T.BEST_EXPORT)["classes"] == ["hstripes", "vstripes"]
+    trained = _checkpoint(tmp_path / "run" / T.LAST_CHECKPOINT)["model"]
+    loaded = read_state_dict(source)
+    assert trained["head.linear.weight"].shape[0] == 2
+    stem = "stem.0.conv.weight"
+    torch.manual_seed(config.seed)
+    fresh = create_model("levit_128s", num_classes=2, img_size=32, **TINY, distilled=False).state_dict()
+    # six steps at lr 1e-4 move the loaded trunk a little; the fresh initialisation is far from it
+    moved = (trained[stem] - loaded[stem]).abs().max()
+    assert moved < 0.1 * (fresh[stem] - loaded[stem]).abs().max()
+    assert result.finished
 
 
 # --------------------------------------------------------------------------------------------------- resume
