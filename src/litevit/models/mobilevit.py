@@ -474,9 +474,20 @@ _NO_NORM = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="BGR")
 _DATA_V1 = DataConfig(img_size=256, crop_pct=_CROP, interpolation="bilinear", **_NO_NORM)
 _DATA_V2 = DataConfig(img_size=256, crop_pct=_CROP, interpolation="bicubic", **_NO_NORM)
 
-_V1_PAPER = "MobileViT paper (arXiv 2110.02178), Table 1 / Fig. 6; MACs: litevit count at 256"
-_V2_PAPER = "MobileViTv2 paper (arXiv 2206.02680), Table 8 (ImageNet-1k, 256x256)"
-_V3_PAPER = "MobileViTv3 paper (arXiv 2209.15159), Tables 1, 2 and 6; top-1 as in the official README"
+# Where each number was checked (search tools, this session) and where it was not: "unverified" marks values
+# recalled from the papers' tables that could not be confirmed against a stored copy of the table.
+_V1_PAPER = (
+    "MobileViT paper (arXiv 2110.02178): params and top-1 (XS 2.3M 74.8, S 5.6M 78.4 as listed by Papers with Code; "
+    "XXS 1.3M 69.0 unverified); MACs unverified (MobileViTv3 paper Table 1, MobileViTv1 rows)"
+)
+_V2_PAPER = (
+    "MobileViTv2 paper (arXiv 2206.02680) Table: params, MACs and top-1 unverified (0.75: ~3M, 75.6% per abstract)"
+)
+_V3_PAPER = (
+    "MobileViTv3 paper (arXiv 2209.15159): MACs as listed by Papers with Code (0.289/0.927/1.841/0.481/1.064/1.876 G), "
+    "top-1 from the official README; params unverified except XXS 1.2M"
+)
+_V3_L2_PAPER = "MobileViTv3 paper (arXiv 2209.15159), L2 rows: params, MACs and top-1 unverified"
 
 _V1_XXS = ((16, 24, 48, 64, 80), (64, 80, 96))
 _V1_XS = ((32, 48, 64, 80, 96), (96, 120, 144))
@@ -508,11 +519,11 @@ register("mobilevitv3_xs", MobileViT, _v1(16, *_V3_XS, (2, 4, 3), 4.0, "local_gl
 register("mobilevitv3_s", MobileViT, _v1(16, *_V3_S, (2, 4, 3), 4.0, "local_global"),
          Paper(5.8, 1841, 79.3, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_small_v3",))
 register("mobilevitv3_xxs_l2", MobileViT, _v1(16, *_V3_XXS, (2, 2, 3), 2.0, "local_global"),
-         Paper(1.1, 256, 70.23, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_xx_small_v3_fast",))
+         Paper(1.1, 256, 70.23, 256, _V3_L2_PAPER), _DATA_V1, ("mobilevit_v3_xx_small_v3_fast",))
 register("mobilevitv3_xs_l2", MobileViT, _v1(16, *_V3_XS, (2, 2, 3), 4.0, "local_global"),
-         Paper(2.3, 853, 76.10, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_x_small_v3_fast",))
+         Paper(2.3, 853, 76.10, 256, _V3_L2_PAPER), _DATA_V1, ("mobilevit_v3_x_small_v3_fast",))
 register("mobilevitv3_s_l2", MobileViT, _v1(16, *_V3_S, (2, 2, 3), 4.0, "local_global"),
-         Paper(5.2, 1638, 79.06, 256, _V3_PAPER), _DATA_V1, ("mobilevit_v3_small_v3_fast",))
+         Paper(5.2, 1638, 79.06, 256, _V3_L2_PAPER), _DATA_V1, ("mobilevit_v3_small_v3_fast",))
 
 for _width, _name, _params, _macs, _top1 in (
     (0.5, "050", 1.4, 481, 72.33), (0.75, "075", 3.0, 1064, 76.55), (1.0, "100", 5.1, 1876, 78.64),
