@@ -298,7 +298,7 @@ class T2TViT(nn.Module):
         # fixed, frozen, and part of the official checkpoints (which a resolution change interpolates)
         self.pos_embed = nn.Parameter(sinusoid_table(num_patches + 1, dim), requires_grad=False)
         self.pos_drop = nn.Dropout(config.drop_rate)
-        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear from 0
         self.blocks = nn.Sequential(*(Block(config, rate) for rate in rates))
         self.norm = nn.LayerNorm(dim)
         self.num_features = dim
