@@ -149,6 +149,8 @@ class CascadedGroupAttention(nn.Module):
     @torch.no_grad()
     def fuse(self) -> CascadedGroupAttention:
         """Fold BatchNorms, gather the bias table once and fold the query scale into the key projection."""
+        if self.fused_bias is not None:
+            return self  # already in deploy form: fusing again must not scale the keys twice
         fused = copy.deepcopy(self)
         for group in (fused.qkvs, fused.dws):
             for i, layer in enumerate(group):
