@@ -10,10 +10,14 @@ from types import ModuleType
 
 import torch
 
-from . import efficientvit_msra
-from . import levit
+from . import efficientvit_msra, levit, mobilevit, t2t_vit
 
-CONVERTERS: dict[str, ModuleType] = {"levit": levit, "efficientvit_msra": efficientvit_msra}
+CONVERTERS: dict[str, ModuleType] = {
+    "levit": levit,
+    "efficientvit_msra": efficientvit_msra,
+    "mobilevit": mobilevit,
+    "t2t_vit": t2t_vit,
+}
 
 
 def to_litevit(state_dict: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], str]:

@@ -1,6 +1,5 @@
 """Model families; importing a family module registers its variants."""
 
-from . import efficientvit_msra  # noqa: F401
-from . import levit
+from . import efficientvit_msra, levit, mobilevit, t2t_vit
 
-__all__ = ["levit"]
+__all__ = ["efficientvit_msra", "levit", "mobilevit", "t2t_vit"]
