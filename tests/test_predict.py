@@ -1,0 +1,194 @@
+"""predict and eval on real image files, through PyTorch and through an exported ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from reference import recipe_value
+from torch import nn
+
+import litevit
+from litevit.cli import main
+from litevit.data import eval_transform, imagenet_classes
+from litevit.export import export
+from litevit.predict import evaluate, load_classifier, predict
+
+NAME = "levit_128s"
+
+
+def _live_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The reference fixtures' weight recipe applied to the model's own keys (every branch live)."""
+    return {
+        k: torch.from_numpy(recipe_value(k, list(v.shape))) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+
+
+def _calibrated_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Recipe weights, with the classifiers' BatchNorm statistics measured on pictures as training would set them.
+
+    Recipe weights give pooled features that barely depend on the image; normalising them by their statistics
+    over a few pictures makes the class ranking image-dependent, so that preprocessing mistakes show.
+    """
+    model.load_state_dict(_live_state(model))
+    transform = eval_transform(litevit.get_variant(NAME).data)
+    with torch.no_grad():
+        pooled = model.eval().forward_features(torch.stack([transform(_picture(50 + i)) for i in range(8)])).mean(1)
+    state = model.state_dict()
+    for head in ("head", "head_dist"):
+        state[f"{head}.bn.running_mean"] = pooled.mean(0)
+        state[f"{head}.bn.running_var"] = pooled.var(0)
+    return state
+
+
+def _picture(seed: int, size: tuple[int, int] = (180, 240)) -> Image.Image:
+    rs = np.random.RandomState(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    freq = rs.uniform(5, 40, size=3)
+    planes = [128 + 110 * np.sin(xx / freq[c] + rs.uniform(0, 6)) * np.cos(yy / freq[c]) for c in range(3)]
+    array = np.stack(planes, axis=-1) + rs.normal(0, 20, (height, width, 3))
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A checkpoint, its ONNX export, PNG and JPEG images, and files that are not images."""
+    root = tmp_path_factory.mktemp("predict")
+    model = litevit.create_model(NAME)
+    torch.save(_calibrated_state(model), root / "weights.pth")
+    export(litevit.create_model(NAME, checkpoint=root / "weights.pth"), root / "model.onnx")
+    paths = {"ckpt": root / "weights.pth", "onnx": root / "model.onnx"}
+    for i in range(3):
+        paths[f"png{i}"] = root / f"image{i}.png"
+        _picture(i).save(paths[f"png{i}"])
+        paths[f"jpg{i}"] = root / f"photo{i}.jpg"
+        _picture(10 + i, (300, 220)).save(paths[f"jpg{i}"], quality=92)
+    paths["corrupt"] = root / "corrupt.jpg"
+    paths["corrupt"].write_bytes(paths["jpg0"].read_bytes()[:200])
+    paths["text"] = root / "readme.png"
+    paths["text"].write_text("this is not a PNG")
+    paths["missing"] = root / "does_not_exist.jpg"
+    return paths
+
+
+def _images(files: dict[str, Path]) -> list[Path]:
+    return [files[k] for k in ("png0", "jpg0", "png1", "jpg1", "png2", "jpg2")]
+
+
+def test_pytorch_and_onnx_agree_on_real_images(files: dict[str, Path]) -> None:
+    images = _images(files)
+    torch_model = load_classifier(NAME, files["ckpt"])
+    onnx_model = load_classifier(str(files["onnx"]))
+    by_torch = predict(torch_model, images, topk=5, batch_size=4)  # batches of 4 and 2
+    by_onnx = predict(onnx_model, images, topk=5, batch_size=4)
+    assert [p.path for p in by_torch] == [str(p) for p in images]
+    top1 = [p.topk[0][0] for p in by_torch]
+    assert [p.topk[0][0] for p in by_onnx] == top1
+    assert len(set(top1)) > 1, "every image got the same class: the weights do not see the image"
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        assert a.error is None and len(a.topk) == 5
+        np.testing.assert_allclose([p for *_, p in a.topk], [p for *_, p in b.topk], atol=1e-5)
+
+    # independent recomputation: the DataConfig recipe by hand, then softmax of the unfused model
+    model = litevit.create_model(NAME, checkpoint=files["ckpt"]).eval()
+    for prediction, path in zip(by_torch, images, strict=True):
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        short = int(224 / 0.875)
+        image = image.resize((short, int(h * short / w)) if w <= h else (int(w * short / h), short), Image.BICUBIC)
+        left, top = round((image.size[0] - 224) / 2), round((image.size[1] - 224) / 2)
+        pixels = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255
+        x = torch.from_numpy((pixels - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]))
+        with torch.no_grad():
+            probs = model(x.permute(2, 0, 1)[None].float()).softmax(-1)[0]  # H, W, C -> 1, C, H, W
+        values, indices = probs.topk(5)
+        assert [c for c, *_ in prediction.topk] == indices.tolist()
+        np.testing.assert_allclose([p for *_, p in prediction.topk], values.numpy(), atol=1e-4)
+        assert [n for _, n, _ in prediction.topk] == [imagenet_classes()[i] for i in indices.tolist()]
+
+
+def test_bad_files_are_reported_and_the_rest_predicted(files: dict[str, Path]) -> None:
+    model = load_classifier(str(files["onnx"]))
+    order = [files["png0"], files["corrupt"], files["missing"], files["jpg1"], files["text"], files["png2"]]
+    results = predict(model, order, topk=3)
+    assert [r.path for r in results] == [str(p) for p in order]
+    for r, bad in zip(results, [False, True, True, False, True, False], strict=True):
+        if bad:
+            assert r.error is not None and r.path in r.error and not r.topk
+        else:
+            assert r.error is None and len(r.topk) == 3
+    good = predict(model, [files["png0"], files["jpg1"], files["png2"]], topk=3)
+    assert [r.topk for r in results if r.error is None] == [r.topk for r in good]
+
+
+def test_cli_predict(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    args = [str(files["png1"]), str(files["corrupt"]), str(files["missing"]), str(files["jpg2"])]
+    code = main(["predict", NAME, "--checkpoint", str(files["ckpt"]), "--topk", "2", *args])
+    out, err = capsys.readouterr()
+    assert code == 1  # some files failed
+    assert str(files["png1"]) in out and str(files["jpg2"]) in out
+    assert str(files["corrupt"]) in err and str(files["missing"]) in err
+    top = predict(load_classifier(NAME, files["ckpt"]), [files["png1"]], topk=2)[0].topk
+    assert f"{top[0][1]} ({top[0][0]})" in out
+    assert main(["predict", str(files["onnx"]), str(files["jpg0"])]) == 0
+    assert main(["predict", str(files["onnx"]), "--checkpoint", str(files["ckpt"]), str(files["jpg0"])]) == 2
+
+
+def test_class_names_follow_the_head(files: dict[str, Path]) -> None:
+    model = litevit.create_model(NAME, num_classes=7)
+    (p,) = predict(model, [files["png0"]], topk=10)
+    assert len(p.topk) == 7 and all(name == f"class_{i}" for i, name, _ in p.topk)
+    assert np.isclose(sum(prob for *_, prob in p.topk), 1.0, atol=1e-5)
+    assert [prob for *_, prob in p.topk] == sorted((prob for *_, prob in p.topk), reverse=True)
+
+
+@pytest.fixture(scope="module")
+def folder(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    for c, cls in enumerate(("cat", "dog", "eel")):
+        (root / cls).mkdir()
+        for i in range(3):
+            _picture(100 + 10 * c + i, (150 + 20 * i, 200)).save(root / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def _brute_force(model: nn.Module, root: Path) -> tuple[float, float, float]:
+    transform = eval_transform(litevit.get_variant(NAME).data)
+    hits1 = hits3 = 0
+    losses = []
+    for label, cls in enumerate(sorted(p.name for p in root.iterdir())):
+        for path in sorted((root / cls).iterdir()):
+            with torch.no_grad():
+                out = model(transform(Image.open(path).convert("RGB"))[None])[0]
+            losses.append(F.cross_entropy(out[None], torch.tensor([label])).item())
+            hits1 += int(out.argmax().item() == label)
+            hits3 += int(label in out.topk(3).indices.tolist())
+    n = len(losses)
+    return 100 * hits1 / n, 100 * hits3 / n, sum(losses) / n
+
+
+def test_evaluate_matches_brute_force(folder: Path) -> None:
+    model = litevit.create_model(NAME, num_classes=3)
+    model.load_state_dict(_calibrated_state(model))
+    result = evaluate(model, folder, batch_size=4, workers=0, progress=False)
+    top1, top3, loss = _brute_force(model, folder)
+    assert result.count == 9 and result.num_classes == 3
+    assert result.top1 == pytest.approx(top1) and result.top5 == pytest.approx(top3)  # top-5 is top-3 of 3 classes
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+
+
+def test_cli_eval_pytorch_and_onnx(folder: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--data", str(folder), "--batch-size", "4", "--workers", "0", "--no-progress"]
+    assert main(["eval", NAME, "--checkpoint", str(files["ckpt"]), *base]) == 0
+    by_torch = capsys.readouterr().out
+    assert main(["eval", str(files["onnx"]), *base]) == 0
+    by_onnx = capsys.readouterr().out
+    assert "9 images, 3 classes" in by_torch
+    assert by_torch.split(":", 1)[1] == by_onnx.split(":", 1)[1]  # same top-1, top-5 and loss to 4 decimals
+    assert main(["eval", NAME, "--data", str(folder / "missing"), "--workers", "0"]) == 2
