@@ -283,3 +283,11 @@ def test_data_config_is_the_official_evaluation() -> None:
     for name in MAIN:
         data = litevit.get_variant(name).data
         assert (data.img_size, data.crop_pct, data.interpolation) == (224, 0.9, "bicubic")
+
+
+def test_dropout_only_in_training() -> None:
+    x = torch.randn(2, 3, 64, 64)
+    quiet = litevit.create_model("t2t_vit_7", img_size=64, t2t_dropout=0.0, drop_path=0.0)
+    torch.testing.assert_close(quiet.train()(x), quiet.eval()(x))
+    noisy = litevit.create_model("t2t_vit_7", img_size=64)  # the official 0.1 performer dropout and drop path
+    assert not torch.allclose(noisy.train()(x), noisy.eval()(x))

@@ -92,17 +92,18 @@ class SoftSplit(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear, GELU, Linear, with optional dropout after each linear."""
+    """Linear, GELU, Linear, with dropout on the hidden activations and on the output."""
 
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, hidden_drop: float = 0.0, out_drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, out_dim or dim)
-        self.drop = nn.Dropout(drop)
+        self.drop1 = nn.Dropout(hidden_drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(out_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
 class TokenPerformer(nn.Module):
@@ -121,7 +122,7 @@ class TokenPerformer(nn.Module):
         self.proj = nn.Linear(out_dim, out_dim)
         self.drop = nn.Dropout(drop)
         self.norm2 = nn.LayerNorm(out_dim)
-        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), out_drop=drop)  # official: dropout after fc2 only
         self.epsilon = 1e-8  # keeps the normaliser away from zero
         # orthogonal rows scaled to norm sqrt(m); drawn once, frozen, saved in the checkpoint
         features = nn.init.orthogonal_(torch.empty(self.num_features, out_dim)) * math.sqrt(self.num_features)
@@ -267,7 +268,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, config.num_heads, config.qkv_bias, config.qk_scale, config.drop_rate)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), drop=config.drop_rate)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), config.drop_rate, config.drop_rate)
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
