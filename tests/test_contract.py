@@ -85,6 +85,8 @@ def test_fuse_is_exact_in_float64(name: str) -> None:
     with torch.no_grad():
         expected, got = model(x), fused(x)
     torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-9)
+    with torch.no_grad():  # fusing a fused model changes nothing (export and bench may fuse again)
+        torch.testing.assert_close(litevit.fuse(fused)(x), got, atol=0, rtol=0)
     assert model.training is False and any(isinstance(m, _BatchNorm) for m in model.modules()), "fuse mutated input"
 
 

@@ -129,6 +129,8 @@ class LeViTAttention(nn.Module):
     def fuse(self) -> LeViTAttention:
         """Fold BatchNorms, gather the bias table once and fold the query scale into the query weights."""
         fused = copy.deepcopy(self)
+        if self.fused_bias is not None:
+            return fused  # already in deploy form
         for name in ("qkv", "q", "kv", "proj"):
             layer = getattr(fused, name, None)
             if isinstance(layer, LinearBN):
