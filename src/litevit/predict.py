@@ -120,7 +120,6 @@ def predict(
         try:
             loaded.append((i, path, transform(load_image(path))))
         except ImageLoadError as exc:
-            log.warning("%s", exc)
             results[i] = Prediction(path, error=str(exc))
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start : start + batch_size]
