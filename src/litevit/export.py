@@ -132,11 +132,8 @@ def _resized(model: nn.Module, img_size: tuple[int, int]) -> nn.Module:
             "img_size differs from the model's and the model was not built by litevit.create_model; "
             "build it at the wanted size instead"
         )
-    config_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    config_fields.pop("img_size")
-    variant_defaults = dataclasses.asdict(get_variant(name).config)
-    overrides = {k: v for k, v in config_fields.items() if v != variant_defaults.get(k)}
-    return create_model(name, img_size=img_size, checkpoint=model.state_dict(), **overrides)
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "img_size"}
+    return create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
 
 
 def metadata_for(
@@ -388,13 +385,11 @@ class ExportedModel:
         self.format = _format_from(self.path, None)
         self._run: Callable[[torch.Tensor], torch.Tensor]
         if self.format == "onnx":
-            import onnx
-
-            props = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
+            session = _ort_session(self.path, threads)
+            props = session.get_modelmeta().custom_metadata_map
             if _META_KEY not in props:
                 raise ValueError(f"{self.path} was not exported by litevit (no {_META_KEY!r} metadata)")
             self.metadata = ExportMetadata.from_json(props[_META_KEY])
-            session = _ort_session(self.path, threads)
             self._run = lambda x: _run_onnx(session, x)
             return
         extra = {_META_KEY: ""}
