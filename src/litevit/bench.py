@@ -283,6 +283,8 @@ def bench_group(
             for runtime in runtimes:
                 if runtime == "onnxruntime" and (device != "cpu" or dtype != "fp32"):
                     continue  # the CPU execution provider in float32 only
+                if runtime == "onnxruntime" and subject.source == "litevit" and not fused:
+                    continue  # litevit's exporter always exports the fused model: timed once, as fused
                 key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
                 runners[key] = _runner(form, runtime, x, threads, autocast, subject.name, subject.source)
                 meta[key] = dict(
