@@ -72,6 +72,7 @@ def test_reader_unwraps_nesting_and_ddp_prefix() -> None:
     both = {"state_dict": {"a": torch.zeros(1)}, "state_dict_ema": {"a": torch.ones(1)}}
     assert read_state_dict(both)["a"].item() == 0.0
     assert read_state_dict(both, use_ema=True)["a"].item() == 1.0
+    assert read_state_dict({"state_dict_ema": {"a": torch.ones(1)}})["a"].item() == 1.0  # the only weights
 
 
 def test_cli_list(capsys) -> None:

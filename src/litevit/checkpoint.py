@@ -46,7 +46,8 @@ def read_state_dict(source: str | os.PathLike | dict[str, Any], use_ema: bool = 
                 ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a state dict (a dict of tensors), got {type(obj).__name__}")
-    for key in (_EMA_KEYS if use_ema else ()) + _NESTED_KEYS:
+    # EMA weights when asked, or when they are the only weights the file holds
+    for key in (_EMA_KEYS if use_ema else ()) + _NESTED_KEYS + _EMA_KEYS:
         if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
