@@ -10,7 +10,8 @@ from torch import nn
 
 import litevit
 from litevit.convert import mobilevit as convert
-from litevit.models.mobilevit import MobileViTBlock, fold, unfold
+from litevit.flops import count_macs
+from litevit.models.mobilevit import MobileViTBlock, MobileViTConfig, fold, unfold
 
 FIXTURES = fixture_files("official/mobilevit_*.json") + fixture_files("timm/mobilevit*.json")
 # the widest models take seconds each on a shared CPU: they run with the slow tests
@@ -158,3 +159,51 @@ def test_fresh_head_for_other_num_classes(tmp_path) -> None:
     torch.save(recipe_state_dict(spec), path)
     model = litevit.create_model("mobilevit_xxs", checkpoint=path, num_classes=10)
     assert model(torch.randn(1, 3, 256, 256)).shape == (1, 10)
+
+
+def _cvnets_minus_matmul(config: MobileViTConfig, side: int) -> int:
+    """Brute force, from the config alone: how ml-cvnets' profiler count differs from the true matmul count.
+
+    Transformer stages run at strides 8, 16, 32. Per layer on P pixel positions x N patches of width C: cvnets
+    counts attention (v1) as 2 * P * N * C * C instead of 2 * P * N * N * C, and one MAC per output element of
+    every biased linear / 1x1 conv (v1: qkv, proj, fc1, fc2; v2: the same, qkv with one extra query channel);
+    the classifier's bias adds num_classes.
+    """
+    diff = config.num_classes
+    for stride, dim, depth in zip((8, 16, 32), config.transformer_dims, config.transformer_depths, strict=True):
+        pixels = config.patch_size**2
+        patches = (side // stride // config.patch_size) ** 2
+        tokens = pixels * patches
+        if config.attention == "mhsa":
+            hidden = int(config.mlp_ratio * dim)
+            attention = 2 * pixels * patches * dim * dim - 2 * pixels * patches * patches * dim
+            biases = tokens * (3 * dim + dim + hidden + dim)
+        else:
+            hidden = int(config.mlp_ratio * dim) // 16 * 16
+            attention = 0  # separable attention: element-wise work, counted by neither
+            biases = tokens * (1 + 2 * dim + dim + hidden + dim)
+        diff += depth * (attention + biases)
+    return diff
+
+
+@pytest.mark.parametrize("name", [*KINDS, "mobilevitv3_xxs_l2"])
+def test_cvnets_mac_convention_differs_only_by_attention_and_biases(name: str) -> None:
+    """count_macs(convention="cvnets") minus the true count equals the difference worked out from the config."""
+    model = litevit.create_model(name)
+    true = count_macs(model, 256)
+    cvnets = count_macs(model, 256, convention="cvnets")
+    assert cvnets - true == _cvnets_minus_matmul(model.config, 256)
+
+
+def test_cvnets_convention_reproduces_the_published_counts_to_the_unit() -> None:
+    """The v3 README gives MACs to 1 M; the convention lands on them, where the true count is 15 % higher."""
+    for name in ("mobilevitv3_xxs", "mobilevitv3_xxs_l2"):
+        model = litevit.create_model(name)
+        published = litevit.get_variant(name).paper.macs_m
+        assert round(count_macs(model, 256, convention="cvnets") / 1e6) == published
+        assert count_macs(model, 256) / 1e6 > 1.1 * published
+
+
+def test_unknown_mac_convention_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="convention must be one of"):
+        count_macs(litevit.create_model("mobilevit_xxs"), 256, convention="fvcore")
