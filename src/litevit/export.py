@@ -323,7 +323,7 @@ def export(
     different from the exported one and raise :class:`ExportError` if it differs from PyTorch by more than
     ``RTOL`` relative.
 
-    Pass the model as :func:`litevit.create_model` returns it, not already fused: export fuses it.
+    The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
     path = Path(path)
     format = _format_from(path, format)
