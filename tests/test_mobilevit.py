@@ -14,11 +14,6 @@ from litevit.flops import count_macs
 from litevit.models.mobilevit import MobileViTBlock, MobileViTConfig, fold, unfold
 
 FIXTURES = fixture_files("official/mobilevit_*.json") + fixture_files("timm/mobilevit*.json")
-# the widest models take seconds each on a shared CPU: they run with the slow tests
-_LARGE = ("_1.25", "_1.5", "_1.75", "_2.0", "v2_125", "v2_150", "v2_175", "v2_200", "mobilevit_small", "mobilevit_s.")
-FIXTURE_PARAMS = [
-    pytest.param(rel, marks=pytest.mark.slow) if any(k in rel for k in _LARGE) else rel for rel in FIXTURES
-]
 # one of each block kind: v1, v2, v3 on v1, v3 on v2
 KINDS = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050")
 
@@ -29,7 +24,7 @@ def _variant_for(external: str) -> str:
     return found.name
 
 
-@pytest.mark.parametrize("rel", FIXTURE_PARAMS)
+@pytest.mark.parametrize("rel", FIXTURES)
 def test_fixture_logits(rel: str, tmp_path) -> None:
     """The recipe weights, saved as a checkpoint file in the fixture's own layout, reproduce its logits."""
     spec = load_fixture(rel)

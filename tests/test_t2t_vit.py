@@ -25,7 +25,6 @@ MAIN = [
     "t2t_vit_t_19",
     "t2t_vit_t_24",
 ]
-FAST = {"t2t_vit_7", "t2t_vit_t_14"}  # one per T2T layer type in the default run; the rest are marked slow
 # how the official code ships weights: timm's CheckpointSaver (state_dict + state_dict_ema), a bare state dict, a
 # DataParallel state dict; each fixture is written in one of them, in turn
 LAYOUTS = ("saver", "bare", "module")
@@ -72,8 +71,7 @@ def _fixtures() -> list:
         name = fixture.rsplit("/", 1)[-1].removesuffix(".json")
         if name not in litevit.list_models() and not fixture.startswith("<missing>"):
             continue  # an ablation variant that is not registered
-        marks = [] if name in FAST else [pytest.mark.slow]
-        params.append(pytest.param(fixture, LAYOUTS[i % len(LAYOUTS)], marks=marks, id=f"{name}-{LAYOUTS[i % 3]}"))
+        params.append(pytest.param(fixture, LAYOUTS[i % len(LAYOUTS)], id=f"{name}-{LAYOUTS[i % 3]}"))
     return params
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from .deploy import fuse
 from .flops import count_macs, count_params
+from .layers import to_2tuple
 from .registry import create_model, get_variant, list_models
 
 log = logging.getLogger(__name__)
@@ -178,12 +179,8 @@ def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | 
     return [Subject(name, "litevit", ours, top1), Subject(timm_name, "timm", lambda: theirs, top1)]
 
 
-def model_input_size_of(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def model_input_size(model: nn.Module) -> tuple[int, int]:
-    return model_input_size_of(getattr(getattr(model, "config", None), "img_size", 224))
+    return to_2tuple(getattr(getattr(model, "config", None), "img_size", 224))
 
 
 def _onnx_session(model: nn.Module, x: torch.Tensor, threads: int, name: str, source: str) -> Callable[[], Any]:
@@ -272,7 +269,7 @@ def bench_group(
     meta: dict[str, dict[str, Any]] = {}
     for subject in subjects:
         model = subject.build().eval()
-        height, width = model_input_size(model) if img_size is None else model_input_size_of(img_size)
+        height, width = model_input_size(model) if img_size is None else to_2tuple(img_size)
         macs, params = count_macs(model, (height, width)) / 1e6, count_params(model) / 1e6
         forms = [(False, model)] + ([(True, fuse(model))] if subject.source == "litevit" else [])
         for fused, form in forms:

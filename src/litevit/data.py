@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from .layers import to_2tuple
 from .registry import DataConfig
 
 if TYPE_CHECKING:
@@ -29,14 +30,7 @@ class ImageLoadError(ValueError):
     """A file that cannot be read as an image; the message names the file."""
 
 
-def _size_pair(img_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    height, width = img_size
-    return int(height), int(width)
-
-
-class _FlipChannels(torch.nn.Module):
+class FlipChannels(torch.nn.Module):
     """RGB -> BGR on a ``C, H, W`` (or ``B, C, H, W``) tensor, for checkpoints trained on OpenCV-decoded images."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +50,7 @@ def eval_transform(data: DataConfig, img_size: int | tuple[int, int] | None = No
         raise ValueError(f"unknown channel order {data.channel_order!r}; expected one of {', '.join(_CHANNEL_ORDERS)}")
     if not 0 < data.crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {data.crop_pct}")
-    height, width = _size_pair(img_size if img_size is not None else data.img_size)
+    height, width = to_2tuple(img_size if img_size is not None else data.img_size)
     if height == width:
         # an int resizes the short side and keeps the aspect ratio
         resize: int | tuple[int, int] = math.floor(height / data.crop_pct)
@@ -70,7 +64,7 @@ def eval_transform(data: DataConfig, img_size: int | tuple[int, int] | None = No
         v2.ToDtype(torch.float32, scale=True),
     ]
     if data.channel_order == "BGR":
-        steps.append(_FlipChannels())
+        steps.append(FlipChannels())
     steps += [v2.Normalize(mean=list(data.mean), std=list(data.std)), v2.ToPureTensor()]
     return v2.Compose(steps)
 
@@ -93,7 +87,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
 
 
-def image_folder(root: str | os.PathLike, transform: v2.Compose) -> ImageFolder:
+def image_folder(root: str | os.PathLike, transform: v2.Compose | None = None) -> ImageFolder:
     """An ImageNet-style ``root/<class>/<image>`` dataset; a clear error when ``root`` is missing or empty."""
     from torchvision.datasets import ImageFolder
 

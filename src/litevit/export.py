@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .deploy import fuse
+from .layers import to_2tuple
 from .registry import DataConfig, create_model, get_variant
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,6 @@ class ExportResult:
     path: Path
     metadata: ExportMetadata
     check: ParityCheck | None
-
-
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
 
 
 def _format_from(path: Path, format: str | None) -> str:
@@ -334,8 +328,8 @@ def export(
         model = create_model(model)
     config = getattr(model, "config", None)
     model_size = getattr(config, "img_size", None)
-    size = _pair(img_size if img_size is not None else model_size if model_size is not None else 224)
-    if model_size is not None and size != _pair(model_size):
+    size = to_2tuple(img_size if img_size is not None else model_size if model_size is not None else 224)
+    if model_size is not None and size != to_2tuple(model_size):
         model = _resized(model, size)
     in_chans = int(getattr(config, "in_chans", 3))
     deployed = fuse(model).float()

@@ -13,6 +13,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def to_2tuple(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``(H, W)`` from an int (square) or a pair."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def halve(n: int) -> int:
+    """Output length of a stride-2 step with kernel 3 and padding 1 (or of ``[::2]`` slicing)."""
+    return (n - 1) // 2 + 1
+
+
+def check_images(x: torch.Tensor, in_chans: int, name: str) -> None:
+    """A clear error unless ``x`` is a ``B, in_chans, H, W`` image batch."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"{name} expects images of shape (B, {in_chans}, H, W); got {tuple(x.shape)}")
+
+
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
     """Round ``value`` to a multiple of ``divisor`` without going below ``round_limit`` of it (MobileNetV2 rule)."""
     min_value = min_value or divisor

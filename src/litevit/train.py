@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from .checkpoint import read_state_dict
-from .data import _FlipChannels, eval_transform, image_folder, load_image
+from .data import FlipChannels, eval_transform, image_folder, load_image
 from .recipes import get_recipe
 from .registry import DataConfig, create_model, get_variant, list_models
 from .sampler import MultiScaleBatchSampler, multi_scale_sizes
@@ -315,7 +315,7 @@ def train_transform(data: DataConfig, img_size: int, config: TrainConfig) -> v2.
         steps.append(v2.RandAugment(num_ops=2, magnitude=config.rand_augment, interpolation=mode))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if data.channel_order == "BGR":
-        steps.append(_FlipChannels())
+        steps.append(FlipChannels())
     steps.append(v2.Normalize(mean=list(data.mean), std=list(data.std)))
     if config.random_erasing > 0:
         steps.append(v2.RandomErasing(config.random_erasing, value="random"))

@@ -32,17 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import BNLinear, ConvBN, Residual, make_divisible, resample_table
+from ..layers import BNLinear, ConvBN, Residual, check_images, halve, make_divisible, resample_table, to_2tuple
 from ..registry import DataConfig, Paper, register
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _halve(n: int) -> int:
-    """Output length of a 3x3 stride-2 convolution with padding 1."""
-    return (n - 1) // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -311,8 +302,8 @@ class EfficientViT(nn.Module):
             nn.ReLU(),
             ConvBN(c // 2, c, 3, 2),
         )
-        self.img_size = _pair(config.img_size)
-        resolution = tuple(_halve(_halve(_halve(_halve(n)))) for n in self.img_size)
+        self.img_size = to_2tuple(config.img_size)
+        resolution = tuple(halve(halve(halve(halve(n)))) for n in self.img_size)
         stages = []
         for i, (dim, depth, heads, win) in enumerate(
             zip(dims, config.depths, config.num_heads, config.window_size, strict=True)
@@ -320,7 +311,7 @@ class EfficientViT(nn.Module):
             downsample: nn.Module = nn.Identity()
             if i > 0:
                 downsample = Subsample(dims[i - 1], dim, config)
-                resolution = (_halve(resolution[0]), _halve(resolution[1]))
+                resolution = (halve(resolution[0]), halve(resolution[1]))
             window = (min(win, resolution[0]), min(win, resolution[1]))
             blocks = [EfficientViTBlock(dim, heads, window, config) for _ in range(depth)]
             stages.append(EfficientViTStage(downsample, blocks, resolution))
@@ -338,8 +329,7 @@ class EfficientViT(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "variant_name", "EfficientViT")
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
+        check_images(x, self.config.in_chans, name)
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"{name} expects images of at least 1x1 pixels; got {x.shape[-2]}x{x.shape[-1]}")
 

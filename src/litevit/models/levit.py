@@ -22,17 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import BNLinear, ConvBN, LinearBN, Residual, resample_table, square_side
+from ..layers import BNLinear, ConvBN, LinearBN, Residual, check_images, halve, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _halve(n: int) -> int:
-    """Output length of a stride-2 step with kernel 3 / padding 1, or of ``[::2]`` slicing."""
-    return (n - 1) // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -76,7 +67,7 @@ class LeViTAttention(nn.Module):
         self.scale = key_dim**-0.5
         self.stride = stride
         self.resolution = resolution
-        self.out_resolution = (_halve(resolution[0]), _halve(resolution[1])) if stride == 2 else resolution
+        self.out_resolution = (halve(resolution[0]), halve(resolution[1])) if stride == 2 else resolution
         if stride == 1:
             self.qkv = LinearBN(dim, num_heads * (2 * key_dim + self.val_dim))
         else:
@@ -214,8 +205,8 @@ class LeViT(nn.Module):
             nn.Hardswish(),
             ConvBN(c // 2, c, 3, 2, 1),
         )
-        self.img_size = _pair(config.img_size)
-        resolution = tuple(_halve(_halve(_halve(_halve(n)))) for n in self.img_size)
+        self.img_size = to_2tuple(config.img_size)
+        resolution = tuple(halve(halve(halve(halve(n)))) for n in self.img_size)
         self.stem_resolution = resolution
         stages = []
         for i, (dim, depth, heads) in enumerate(zip(dims, config.depths, config.num_heads, strict=True)):
@@ -244,9 +235,8 @@ class LeViT(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "variant_name", "LeViT")
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
-        grid = tuple(_halve(_halve(_halve(_halve(n)))) for n in x.shape[-2:])
+        check_images(x, self.config.in_chans, name)
+        grid = tuple(halve(halve(halve(halve(n)))) for n in x.shape[-2:])
         if grid != self.stem_resolution:
             (gh, gw), (h, w) = self.stem_resolution, self.img_size
             raise ValueError(

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBN, drop_path, make_divisible
+from ..layers import ConvBN, check_images, drop_path, make_divisible
 from ..registry import DataConfig, Paper, register
 
 ATTENTIONS = ("mhsa", "separable")
@@ -88,10 +88,6 @@ def _conv_bn(
     if act:
         layers.append(nn.SiLU())
     return nn.Sequential(*layers)
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def unfold(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -396,8 +392,7 @@ class MobileViT(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "variant_name", "MobileViT")
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
+        check_images(x, self.config.in_chans, name)
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"{name} needs images of at least 32x32 (five stride-2 stages); got {tuple(x.shape[-2:])}")
 

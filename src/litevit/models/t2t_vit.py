@@ -29,12 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import drop_path, resample_table, square_side
+from ..layers import check_images, drop_path, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -287,7 +283,7 @@ class T2TViT(nn.Module):
     def __init__(self, config: T2TViTConfig) -> None:
         super().__init__()
         self.config = config
-        self.img_size = _pair(config.img_size)
+        self.img_size = to_2tuple(config.img_size)
         if min(self.img_size) < 16:
             raise ValueError(f"img_size must be at least 16, got {config.img_size}")
         self.tokens_to_token = T2TModule(config)
@@ -331,8 +327,7 @@ class T2TViT(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "variant_name", "T2T-ViT")
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"{name} expects images of shape (B, {self.config.in_chans}, H, W); got {tuple(x.shape)}")
+        check_images(x, self.config.in_chans, name)
         if min(x.shape[-2:]) < 16 or self.tokens_to_token.grids((x.shape[-2], x.shape[-1]))[-1] != self.grid:
             height, width = self.img_size
             raise ValueError(
