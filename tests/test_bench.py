@@ -63,6 +63,11 @@ def test_default_models_are_smallest_per_family_plus_two() -> None:
         assert name in ("levit_256", "efficientvit_m4") or variant.paper.macs_m == min(v.paper.macs_m for v in same)
 
 
+def test_flop_rate_uses_counted_macs() -> None:
+    rate = bench.flop_rate("levit_128s", batch_size=1, seconds=0.2)
+    assert rate.model_gflops > 0 and rate.matmul_gflops > 0 and rate.ratio_p10 <= rate.ratio_median
+
+
 def test_mac_counts_of_the_benchmark_match_papers() -> None:
     for name in ("levit_128s", "efficientvit_m0"):
         if name not in litevit.list_models():
@@ -80,10 +85,14 @@ def test_cli_bench_writes_jsonl_markdown_and_plot(tmp_path, capsys) -> None:
     records = [r for r in lines if r["kind"] == "record"]
     assert len(records) == 4 and {r["batch_size"] for r in records} == {1, 2}
     assert {r["fused"] for r in records} == {False, True}
-    assert any(r["kind"] == "flop_rate" and r["matmul_gflops"] > 0 for r in lines)
+    (rate,) = [r for r in lines if r["kind"] == "flop_rate"]
+    assert rate["model"] == "levit_128s" and rate["batch_size"] == 2 and rate["matmul_gflops"] > 0
+    assert rate["ratio_p10"] <= rate["ratio_median"] <= rate["ratio_p90"]
+    # the ratio is the model's FLOP rate over the matmul rate
+    assert abs(rate["model_gflops"] / rate["matmul_gflops"] / rate["ratio_median"] - 1) < 0.5
     assert "| levit_128s | litevit | eager | yes | 2 |" in table.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "LeViT-128S fastest litevit runner" in capsys.readouterr().out
+    assert "of the matmul rate" in capsys.readouterr().out
 
 
 def test_cli_bench_rejects_unknown_models(capsys) -> None:

@@ -129,16 +129,43 @@ def time_interleaved(
     return times
 
 
-def matmul_gflops(threads: int, seconds: float = 2.0, size: int = 1024) -> float:
-    """Single-process float32 matmul rate (GFLOP/s) with ``threads`` threads: the machine's reference rate."""
-    previous = torch.get_num_threads()
+@dataclass
+class FlopRate:
+    """A model's achieved FLOP rate against the machine's float32 matmul rate, timed interleaved."""
+
+    model: str
+    batch_size: int
+    threads: int
+    model_gflops: float  # 2 * MACs * images/s of the fused eager model (median)
+    matmul_gflops: float  # 2 n^3 / time of an n x n float32 matmul (median)
+    ratio_median: float  # per interleaved round
+    ratio_p10: float
+    ratio_p90: float
+
+
+def flop_rate(
+    name: str = "levit_128s", batch_size: int = 16, threads: int = 1, seconds: float = 10.0, size: int = 1024
+) -> FlopRate:
+    """How close the fused model's eager forward comes to plain matmul throughput on this machine."""
     torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        times = time_interleaved({"mm": lambda: torch.mm(a, b)}, seconds, warmup=0.5)["mm"]
-    finally:
-        torch.set_num_threads(previous)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    model = fuse(create_model(name))
+    height, width = model_input_size(model)
+    flops_per_image = 2 * count_macs(model, (height, width))
+    x = torch.randn(batch_size, 3, height, width)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    times = time_interleaved({"model": forward, "matmul": lambda: torch.mm(a, b)}, seconds, warmup=1.0)
+    model_rates = [flops_per_image * batch_size / t / 1e9 for t in times["model"]]
+    matmul_rates = [2 * size**3 / t / 1e9 for t in times["matmul"]]
+    ratios = [m / r for m, r in zip(model_rates, matmul_rates, strict=True)]
+    return FlopRate(
+        name, batch_size, threads, statistics.median(model_rates), statistics.median(matmul_rates),
+        statistics.median(ratios), _percentile(ratios, 0.1), _percentile(ratios, 0.9),
+    )  # fmt: skip
 
 
 @dataclass
@@ -353,8 +380,7 @@ def default_models() -> list[str]:
 class BenchResult:
     records: list[BenchRecord]
     comparisons: list[Comparison]
-    matmul_gflops: float | None = None  # the machine's matmul rate with the same threads, measured in the run
-    levit_128s_gflops: float | None = None  # achieved by LeViT-128S's fastest litevit runner at the largest batch
+    flop_rate: FlopRate | None = None  # LeViT-128S against the machine's matmul rate (CPU runs that include it)
 
 
 def run_bench(
@@ -402,13 +428,8 @@ def run_bench(
         records += group_records
         comparisons += group_comparisons
     result = BenchResult(records, comparisons)
-    levit = [
-        r for r in records if r.model == "levit_128s" and r.source == "litevit" and r.batch_size == max(batch_sizes)
-    ]
-    if levit and not gpu:
-        best = max(levit, key=lambda r: r.images_per_s)
-        result.levit_128s_gflops = 2 * best.macs_m * 1e6 * best.images_per_s / 1e9
-        result.matmul_gflops = matmul_gflops(threads)
+    if "levit_128s" in names and not gpu and img_size is None:
+        result.flop_rate = flop_rate("levit_128s", max(batch_sizes), threads, seconds=4 * seconds)
     return result
 
 
@@ -418,9 +439,8 @@ def write_jsonl(result: BenchResult, path: str | os.PathLike) -> None:
             f.write(json.dumps({"kind": "record", **dataclasses.asdict(record)}) + "\n")
         for comparison in result.comparisons:
             f.write(json.dumps({"kind": "comparison", **dataclasses.asdict(comparison)}) + "\n")
-        if result.matmul_gflops is not None:
-            summary = {"matmul_gflops": result.matmul_gflops, "levit_128s_gflops": result.levit_128s_gflops}
-            f.write(json.dumps({"kind": "flop_rate", **summary}) + "\n")
+        if result.flop_rate is not None:
+            f.write(json.dumps({"kind": "flop_rate", **dataclasses.asdict(result.flop_rate)}) + "\n")
 
 
 def markdown(result: BenchResult) -> str:
@@ -461,12 +481,12 @@ def markdown(result: BenchResult) -> str:
                 f"| {c.model} | {c.batch_size} | {c.ours.split(':', 2)[2]} | {c.theirs.split(':', 1)[0]}:"
                 f"{c.theirs.split(':', 2)[2]} | {c.speedup_median:.2f} | {c.speedup_p10:.2f}-{c.speedup_p90:.2f} |"
             )
-    if result.matmul_gflops is not None and result.levit_128s_gflops is not None:
-        share = result.levit_128s_gflops / result.matmul_gflops
+    if (rate := result.flop_rate) is not None:
         lines += [
             "",
-            f"LeViT-128S fastest litevit runner: {result.levit_128s_gflops:.1f} GFLOP/s; float32 matmul (1024^3) on "
-            f"the same threads: {result.matmul_gflops:.1f} GFLOP/s; ratio {share:.0%}.",
+            f"{rate.model} fused eager, batch {rate.batch_size}, {rate.threads} thread(s): {rate.model_gflops:.1f} "
+            f"GFLOP/s against a float32 1024^3 matmul at {rate.matmul_gflops:.1f} GFLOP/s, timed interleaved: "
+            f"{rate.ratio_median:.0%} of the matmul rate (p10-p90 {rate.ratio_p10:.0%}-{rate.ratio_p90:.0%}).",
         ]
     return "\n".join(lines)
 
