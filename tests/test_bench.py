@@ -50,6 +50,14 @@ def test_compare_timm_uses_the_same_weights_and_reports_a_ratio() -> None:
     assert comparison.speedup_p10 <= comparison.speedup_median <= comparison.speedup_p90
 
 
+def test_compare_runs_both_sides_at_the_variants_input_size() -> None:
+    subjects = bench._subjects("mobilevit_xxs", None, "timm")
+    assert [s.img_size for s in subjects] == [(256, 256), (256, 256)]
+    records, _ = bench.bench_group(subjects, batch_size=1, seconds=0.02, warmup=0.01)
+    assert {r.img_size for r in records} == {(256, 256)}
+    assert len({round(r.macs_m) for r in records}) == 1  # the same network at the same size
+
+
 def test_default_models_are_smallest_per_family_plus_two() -> None:
     names = bench.default_models()
     families = {litevit.get_variant(n).family for n in litevit.list_models()}

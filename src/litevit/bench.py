@@ -35,6 +35,8 @@ from .registry import create_model, get_variant, list_models
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
+# one opset for both sides of an onnxruntime comparison: 17 has LayerNormalization and HardSwish as single ops
+ONNX_OPSET = 17
 # reference CNNs from timm for the papers' comparison: name -> (top-1 %, source)
 REFERENCE_CNNS = {
     "efficientnet_b0": (77.1, "EfficientNet paper (Tan & Le 2019), Table 2"),
@@ -176,6 +178,7 @@ class Subject:
     source: str
     build: Callable[[], nn.Module]
     paper_top1: float | None
+    img_size: tuple[int, int] | None = None  # input size; None: the model's own (224 for models without one)
 
 
 def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | None) -> list[Subject]:
@@ -188,8 +191,9 @@ def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | 
         import timm
 
         timm_name = next((n for n in variant.external_names if n in timm.list_models()), None)
+    size = to_2tuple(img_size if img_size is not None else variant.config.img_size)
     if timm_name is None:
-        return [Subject(name, "litevit", lambda: create_model(name, img_size=img_size), top1)]
+        return [Subject(name, "litevit", lambda: create_model(name, img_size=img_size), top1, size)]
     kwargs = {} if img_size is None else {"img_size": img_size}
     theirs = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
 
@@ -203,7 +207,8 @@ def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | 
             raise RuntimeError(f"litevit's {name} and timm's {timm_name} disagree on the same weights")
         return model
 
-    return [Subject(name, "litevit", ours, top1), Subject(timm_name, "timm", lambda: theirs, top1)]
+    # both at the litevit variant's size: timm's models carry no input size of their own
+    return [Subject(name, "litevit", ours, top1, size), Subject(timm_name, "timm", lambda: theirs, top1, size)]
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int]:
@@ -219,11 +224,11 @@ def _onnx_session(model: nn.Module, x: torch.Tensor, threads: int, name: str, so
     if source == "litevit":
         from .export import export
 
-        export(model, path, format="onnx", batch="dynamic", img_size=tuple(x.shape[-2:]))
+        export(model, path, format="onnx", batch="dynamic", img_size=tuple(x.shape[-2:]), opset=ONNX_OPSET)
     else:
         torch.onnx.export(
             model, (x.float().cpu(),), str(path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
         )  # fmt: skip
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -296,7 +301,10 @@ def bench_group(
     meta: dict[str, dict[str, Any]] = {}
     for subject in subjects:
         model = subject.build().eval()
-        height, width = model_input_size(model) if img_size is None else to_2tuple(img_size)
+        if img_size is not None:
+            height, width = to_2tuple(img_size)
+        else:
+            height, width = subject.img_size or model_input_size(model)
         macs, params = count_macs(model, (height, width)) / 1e6, count_params(model) / 1e6
         forms = [(False, model)] + ([(True, fuse(model))] if subject.source == "litevit" else [])
         for fused, form in forms:
