@@ -105,6 +105,18 @@ def test_fuse_is_exact_in_float64(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_fused_float32_within_1e5_relative(name: str) -> None:
+    """The deploy path is exact in the precision it runs in: within 1e-5 of the largest unfused logit."""
+    model = litevit.create_model(name)
+    randomise_for_fuse_test(model)
+    model.eval()
+    x = _input(name)
+    with torch.no_grad():
+        expected, got = model(x), litevit.fuse(model)(x)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_state_dict_round_trip(name: str, tmp_path) -> None:
     from safetensors.torch import save_file
 

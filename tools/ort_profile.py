@@ -1,0 +1,64 @@
+"""Per-operator onnxruntime time of litevit's export against timm's, same weights, same opset, 1 thread.
+
+Usage: python tools/ort_profile.py levit_128s [batch] [runs]
+Prints, for each graph, the kernel time per run and the share of each operator type.
+"""
+
+import collections
+import json
+import sys
+import tempfile
+
+import onnxruntime as ort
+import timm
+import torch
+
+import litevit
+from litevit.bench import ONNX_OPSET
+from litevit.export import export
+
+
+def profile(path: str, x: torch.Tensor, runs: int) -> tuple[float, list[tuple[str, float]]]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = path.removesuffix(".onnx")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    session.run(None, feed)  # warm-up
+    for _ in range(runs):
+        session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    per_op: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    total = sum(per_op.values())
+    return total / (runs + 1) / 1e3, [(op, 100 * t / total) for op, t in per_op.most_common(8)]
+
+
+def main() -> None:
+    name = sys.argv[1]
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    torch.set_num_threads(1)
+    variant = litevit.get_variant(name)
+    timm_name = next(n for n in variant.external_names if n in timm.list_models())
+    theirs = timm.create_model(timm_name).eval()
+    ours = litevit.create_model(name, checkpoint=theirs.state_dict()).eval()
+    size = ours.config.img_size
+    x = torch.randn(batch, 3, size, size)
+    folder = tempfile.mkdtemp()
+    export(ours, f"{folder}/litevit.onnx", format="onnx", img_size=size, opset=ONNX_OPSET)
+    torch.onnx.export(
+        theirs, (x,), f"{folder}/timm.onnx", input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+    )  # fmt: skip
+    for label in ("litevit", "timm"):
+        ms, shares = profile(f"{folder}/{label}.onnx", x, runs)
+        print(f"{label}: {ms:.1f} ms/run of kernels; " + ", ".join(f"{op} {share:.1f}%" for op, share in shares))
+
+
+if __name__ == "__main__":
+    main()
