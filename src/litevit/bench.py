@@ -10,6 +10,7 @@ ratios, so that drifts in machine load hit both sides of a ratio alike.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -179,6 +180,10 @@ class Subject:
     build: Callable[[], nn.Module]
     paper_top1: float | None
     img_size: tuple[int, int] | None = None  # input size; None: the model's own (224 for models without one)
+
+    def __post_init__(self) -> None:
+        # one model per subject for all its batch sizes (each runner fuses and exports its own copy)
+        self.build = functools.cache(self.build)
 
 
 def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | None) -> list[Subject]:

@@ -10,8 +10,13 @@ from . import create_model, get_variant, list_models
 from .flops import count_params
 
 
+def _expand(patterns: list[str]) -> list[str]:
+    """Registered names matching any of the shell-style patterns, in registry order, once each."""
+    return list(dict.fromkeys(n for pattern in patterns for n in list_models(pattern)))
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    names = [n for pattern in args.patterns or ["*"] for n in list_models(pattern)]
+    names = _expand(args.patterns or ["*"])
     if args.markdown:
         from .registry import variants_markdown
 
@@ -39,16 +44,13 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    models = [n for pattern in args.models for n in list_models(pattern)] if args.models else None
+    models = _expand(args.models) if args.models else None
     if args.models and not models:
         raise ValueError(f"no registered model matches {args.models}; see `litevit list`")
-    img_size = (
-        None if args.img_size is None else (args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size))
-    )
     result = bench.run_bench(
-        models, device=args.device, batch_sizes=args.batch_size, threads=args.threads, img_size=img_size,
-        dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime, seconds=args.seconds,
-        warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
+        models, device=args.device, batch_sizes=args.batch_size, threads=args.threads,
+        img_size=_img_size(args.img_size), dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime,
+        seconds=args.seconds, warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
     )  # fmt: skip
     if args.out:
         bench.write_jsonl(result, args.out)

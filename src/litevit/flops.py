@@ -24,6 +24,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers import to_2tuple
+
 CONVENTIONS = ("matmul", "cvnets")
 
 
@@ -70,7 +72,7 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int], in_chans: int 
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    height, width = to_2tuple(img_size)
     param = next(model.parameters())
     x = torch.zeros(1, in_chans, height, width, dtype=param.dtype, device=param.device)
     was_training = model.training

@@ -14,6 +14,7 @@ from torch import nn
 
 from .data import ImageLoadError, eval_transform, image_folder, imagenet_classes, load_image
 from .export import SUFFIXES, ExportedModel
+from .layers import to_2tuple
 from .registry import DataConfig, create_model, get_variant
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ def preprocessing(model: Classifier) -> tuple[DataConfig, tuple[int, int], int]:
     config = getattr(model, "config", None)
     if name is None or config is None:
         raise ValueError("the model was not built by litevit.create_model; its data config is unknown")
-    size = config.img_size
-    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    return get_variant(name).data, size, int(config.num_classes)
+    return get_variant(name).data, to_2tuple(config.img_size), int(config.num_classes)
 
 
 def class_names(num_classes: int) -> tuple[str, ...]:

@@ -245,10 +245,15 @@ class LeViT(nn.Module):
                 f"Build it with img_size=({x.shape[-2]}, {x.shape[-1]}) to run at that size."
             )
 
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked images through the conv stem to stage-1 tokens."""
+        self._check_input(x)
+        # B, C, H, W -> B, N, C; contiguous so that every linear of stage 1 runs as one addmm
+        return self.stem(x).flatten(2).transpose(1, 2).contiguous()
+
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``B, C_i, H_i, W_i`` after each stage (1/16, 1/32, 1/64 at 224)."""
-        self._check_input(x)
-        x = self.stem(x).flatten(2).transpose(1, 2)  # B, C, H, W -> B, N, C
+        x = self._tokens(x)
         features = []
         for stage in self.stages:
             x = stage(x)
@@ -258,10 +263,7 @@ class LeViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens of the last stage, ``B, N, C``."""
-        self._check_input(x)
-        # B, C, H, W -> B, N, C; contiguous so that every linear of stage 1 runs as one addmm
-        x = self.stem(x).flatten(2).transpose(1, 2).contiguous()
-        return self.stages(x)
+        return self.stages(self._tokens(x))
 
     def forward_head(
         self, x: torch.Tensor, pre_logits: bool = False
