@@ -178,7 +178,7 @@ def test_wrong_input_size_and_channels_are_clear_errors() -> None:
 def test_wrong_variant_checkpoint_names_the_right_one(tmp_path) -> None:
     path = tmp_path / "levit_192.pth"
     torch.save(litevit.create_model("levit_192").state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"looks like a levit_192 checkpoint") as info:
+    with pytest.raises(CheckpointError, match=r"looks like levit_192 \(litevit layout\)") as info:
         litevit.create_model("levit_256", checkpoint=path)
     assert "shape mismatch" in str(info.value)
 
@@ -196,8 +196,8 @@ def test_other_num_classes_keeps_fresh_head(caplog, tmp_path) -> None:
     source = _randomised("levit_128s", 0)
     path = tmp_path / "ckpt.pth"
     torch.save({"model": source.state_dict()}, path)
-    with caplog.at_level(logging.INFO, logger="litevit.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="litevit"):
         model = litevit.create_model("levit_128s", num_classes=7, checkpoint=path)
-    assert "fresh head" in caplog.text
+    assert "fresh, untrained head" in caplog.text
     assert model.head.linear.out_features == 7 and model.head_dist.linear.out_features == 7
     torch.testing.assert_close(model.stem[0].conv.weight, source.stem[0].conv.weight, atol=0, rtol=0)

@@ -10,7 +10,7 @@ import torch
 
 import litevit
 from litevit import cli
-from litevit.checkpoint import CheckpointError, read_state_dict
+from litevit.checkpoint import CheckpointError, read_checkpoint
 
 
 def test_list_models_and_patterns() -> None:
@@ -52,27 +52,31 @@ def test_reader_rejects_pickled_code(tmp_path) -> None:
     with open(path, "wb") as f:
         pickle.dump({"model": {"w": torch.zeros(1)}, "hook": print}, f)
     with pytest.raises(CheckpointError, match=r"weights_only=True"):
-        read_state_dict(path)
+        read_checkpoint(path)
 
 
 def test_reader_errors(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"checkpoint file not found"):
-        read_state_dict(tmp_path / "nope.pth")
+        read_checkpoint(tmp_path / "nope.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    with pytest.raises(CheckpointError, match=r"expected a state dict"):
-        read_state_dict(tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match=r"expected a dict of tensors"):
+        read_checkpoint(tmp_path / "list.pth")
     torch.save({"epoch": 3}, tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match=r"no tensors found"):
-        read_state_dict(tmp_path / "empty.pth")
+        read_checkpoint(tmp_path / "empty.pth")
 
 
 def test_reader_unwraps_nesting_and_ddp_prefix() -> None:
     state = {"module.a": torch.ones(1)}
-    assert list(read_state_dict({"model": state, "epoch": 1})) == ["a"]
+    assert list(read_checkpoint({"model": state, "epoch": 1}).state) == ["a"]
     both = {"state_dict": {"a": torch.zeros(1)}, "state_dict_ema": {"a": torch.ones(1)}}
-    assert read_state_dict(both)["a"].item() == 0.0
-    assert read_state_dict(both, use_ema=True)["a"].item() == 1.0
-    assert read_state_dict({"state_dict_ema": {"a": torch.ones(1)}})["a"].item() == 1.0  # the only weights
+    # timm CheckpointSaver: T2T-ViT's official evaluation takes the EMA weights
+    assert read_checkpoint(both).state["a"].item() == 1.0
+    assert read_checkpoint(both, use_ema=False).state["a"].item() == 0.0
+    deit = {"model": {"a": torch.zeros(1)}, "model_ema": {"a": torch.ones(1)}, "epoch": 3}
+    assert read_checkpoint(deit).state["a"].item() == 0.0  # DeiT-style main.py evaluates ``model``
+    assert read_checkpoint(deit, use_ema=True).state["a"].item() == 1.0
+    assert read_checkpoint({"state_dict_ema": {"a": torch.ones(1)}}).state["a"].item() == 1.0  # the only weights
 
 
 def test_cli_list(capsys) -> None:
@@ -88,3 +92,18 @@ def test_readme_table_is_generated_from_registry() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = litevit.registry.variants_markdown()
     assert table in readme, "README's variant table is stale: regenerate it with `litevit list --markdown`"
+
+
+def test_families_and_converters_are_declared_not_derived_from_file_names() -> None:
+    from litevit.models import efficientvit_msra_convert, levit_convert, mobilevit_convert, t2t_vit_convert
+
+    expected = {
+        "levit": levit_convert,
+        "efficientvit_msra": efficientvit_msra_convert,
+        "mobilevit": mobilevit_convert,
+        "t2t_vit": t2t_vit_convert,
+    }
+    assert litevit.registry.families() == expected
+    for name in litevit.list_models():
+        variant = litevit.get_variant(name)
+        assert variant.family == variant.builder.family and variant.converter is expected[variant.family]

@@ -11,7 +11,7 @@ from reference import assert_logits_match, fixture_files, load_fixture, recipe_s
 
 import litevit
 from litevit.checkpoint import CheckpointError
-from litevit.convert import t2t_vit as convert_t2t
+from litevit.models import t2t_vit_convert as convert_t2t
 from litevit.models.t2t_vit import sinusoid_table
 
 MAIN = [
@@ -100,16 +100,19 @@ def t2t7() -> tuple[dict, dict[str, torch.Tensor]]:
     return spec, official_state(spec, with_pos_embed=True)
 
 
-def test_ema_weights_are_used_when_asked(t2t7, tmp_path) -> None:
-    """Official evaluation loads ``state_dict_ema``; ``load_checkpoint(use_ema=True)`` must pick it."""
+def test_ema_weights_are_taken_as_official_evaluation_does(t2t7, tmp_path) -> None:
+    """T2T-ViT's ``main.py`` evaluates ``state_dict_ema`` (``--model-ema`` is on by default): litevit takes it."""
     spec, state = t2t7
     raw = {k: v + 0.05 if v.is_floating_point() else v for k, v in state.items()}
     path = tmp_path / "saver.pth.tar"
     torch.save({"state_dict": raw, "state_dict_ema": state}, path)
-    model = litevit.load_checkpoint(litevit.create_model("t2t_vit_7"), path, use_ema=True)
+    model = litevit.create_model("t2t_vit_7", checkpoint=path)
+    assert model.model_info.taken == "state_dict_ema (timm CheckpointSaver)"
     assert_logits_match(model, spec)
+    assert_logits_match(litevit.load_checkpoint(litevit.create_model("t2t_vit_7"), path, use_ema=True), spec)
+    raw_model = litevit.load_checkpoint(litevit.create_model("t2t_vit_7"), path, use_ema=False)
     with pytest.raises(AssertionError):  # the non-EMA weights give other logits: the fixture tells them apart
-        assert_logits_match(litevit.create_model("t2t_vit_7", checkpoint=path), spec)
+        assert_logits_match(raw_model, spec)
 
 
 def test_random_features_are_loaded_not_redrawn(t2t7) -> None:
@@ -273,7 +276,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         litevit.create_model("t2t_vit_7", num_heads=5)
     with pytest.raises(ValueError, match="three soft splits"):
         litevit.create_model("t2t_vit_7", kernel_sizes=(7, 3))
-    with pytest.raises(CheckpointError, match="looks like a t2t_vit_10"):
+    with pytest.raises(CheckpointError, match="looks like t2t_vit_10"):
         litevit.create_model("t2t_vit_7", checkpoint=litevit.create_model("t2t_vit_10").state_dict())
 
 

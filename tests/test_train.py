@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from litevit import cli, create_model, read_state_dict
+from litevit import cli, create_model, load, read_checkpoint
 from litevit import train as T
 
 CLASSES = ("hstripes", "rings", "vstripes")
@@ -132,10 +132,10 @@ def test_learns_patterns_better_than_chance(baseline: T.TrainResult, patterns: P
 
     # the exported best model rebuilds from its metadata alone and scores what the log says
     best = baseline.out / T.BEST_EXPORT
-    meta = T.read_export_metadata(best)
+    meta = read_checkpoint(best).meta
     assert meta["variant"] == "levit_128s" and meta["classes"] == list(CLASSES)
     assert meta["img_size"] == 32 and meta["data_config"]["img_size"] == 32
-    model = T.model_from_file(best)
+    model = load(best)
     from litevit.data import eval_transform
     from litevit.registry import DataConfig
 
@@ -158,7 +158,7 @@ def test_distilled_student_learns_from_teacher(baseline: T.TrainResult, patterns
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_top1 is not None and result.best_top1 >= 50.0, [r["val_top1"] for r in result.history]
     # the distillation head learned to predict what the teacher predicts on held-out images
-    student, teacher = T.model_from_file(tmp_path / T.BEST_EXPORT).eval(), T.model_from_file(teacher_file).eval()
+    student, teacher = load(tmp_path / T.BEST_EXPORT).eval(), load(teacher_file).eval()
     assert student.head_dist is not None
     images = torch.stack([_eval_image(path, 32) for path, _ in T.find_data(config).val_samples])
     with torch.no_grad():
@@ -185,9 +185,9 @@ def test_fine_tune_from_checkpoint_replaces_the_head(baseline: T.TrainResult, pa
         data, tmp_path / "run", epochs=1, lr=1e-4, checkpoint=str(source), model_kwargs={**TINY, "distilled": False}
     )
     result = T.train(config)
-    assert T.read_export_metadata(tmp_path / "run" / T.BEST_EXPORT)["classes"] == ["hstripes", "vstripes"]
+    assert read_checkpoint(tmp_path / "run" / T.BEST_EXPORT).meta["classes"] == ["hstripes", "vstripes"]
     trained = _checkpoint(tmp_path / "run" / T.LAST_CHECKPOINT)["model"]
-    loaded = read_state_dict(source)
+    loaded = read_checkpoint(source).state
     assert trained["head.linear.weight"].shape[0] == 2
     stem = "stem.0.conv.weight"
     torch.manual_seed(config.seed)
@@ -285,7 +285,7 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(patterns: Path, tmp
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "log.txt").read_text()
     saved = _checkpoint(last)  # complete and loadable
     assert 1 <= saved["epoch"] < epochs
-    assert T.model_from_file(last) is not None
+    assert load(last) is not None
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=_subprocess_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -379,3 +379,46 @@ def test_ema_update_and_weight_decay_groups() -> None:
     decay, no_decay = T.param_groups(model, 0.05)
     assert decay["params"] == [model[0].weight] and decay["weight_decay"] == 0.05
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+# ------------------------------------------------------------------------------------- the fine-tuned checkpoint
+
+
+def test_fine_tuned_checkpoint_keeps_its_head_and_class_names(
+    baseline: T.TrainResult, patterns: Path, tmp_path, capsys
+):
+    best = baseline.out / T.BEST_EXPORT
+    for model in (load(best), create_model("levit_128s", checkpoint=best)):
+        assert model.config.num_classes == 3 and model.model_info.class_names == CLASSES
+        assert model.config.img_size == 32 and model.model_info.data.img_size == 32
+
+    # predict: its own class names, from the file alone and as a name + checkpoint
+    images = [str(p) for p in sorted((patterns / "val" / "rings").glob("*.png"))[:2]]
+    for source in ([str(best)], ["levit_128s", "--checkpoint", str(best)]):
+        assert cli.main(["predict", *source, *images, "--topk", "3"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        predicted = [line.split()[1] for line in lines if line.startswith("  ")]
+        assert len(predicted) == 6 and set(predicted) == set(CLASSES), lines
+
+    # eval: folders matched to the head by name (two of three classes: sorted order would be wrong)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for kind in ("rings", "vstripes"):
+        (subset / kind).symlink_to(patterns / "val" / kind)
+    assert cli.main(["eval", str(best), "--data", str(subset), "--workers", "0", "--no-progress"]) == 0
+    reported = float(capsys.readouterr().out.split("top-1 ")[1].split("%")[0])
+    model = load(best).eval()
+    hits = total = 0
+    for kind in ("rings", "vstripes"):
+        for path in sorted((subset / kind).glob("*.png")):
+            with torch.no_grad():
+                hits += int(model(_eval_image(str(path), 32)[None]).argmax().item() == CLASSES.index(kind))
+            total += 1
+    assert reported == pytest.approx(100 * hits / total, abs=0.01)
+
+    # export: the ONNX file has the 3-class head and names them
+    onnx = tmp_path / "tuned.onnx"
+    assert cli.main(["export", str(best), "--out", str(onnx), "--check"]) == 0
+    assert "3 classes" in capsys.readouterr().out
+    assert cli.main(["predict", str(onnx), images[0]]) == 0
+    assert {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]} == set(CLASSES)

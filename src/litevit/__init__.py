@@ -1,25 +1,34 @@
 """litevit: lightweight vision transformers, exactly as published, fast at inference."""
 
-from . import models  # noqa: F401  (registers every family)
-from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from . import models, zoo  # noqa: F401  (registers every family and the published weights)
+from .checkpoint import CheckpointError, read_checkpoint
 from .deploy import FuseError, fuse
 from .export import export
-from .registry import DataConfig, Paper, Variant, create_model, get_variant, list_models
+from .hub import DownloadError
+from .loading import ModelInfo, create_model, load, load_checkpoint
+from .registry import DataConfig, Paper, Variant, get_variant, list_models
+from .weights import Weights, get_weights, list_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "DataConfig",
+    "DownloadError",
     "FuseError",
+    "ModelInfo",
     "Paper",
     "Variant",
+    "Weights",
     "create_model",
     "export",
     "fuse",
     "get_variant",
+    "get_weights",
     "list_models",
+    "list_weights",
+    "load",
     "load_checkpoint",
-    "read_state_dict",
+    "read_checkpoint",
     "__version__",
 ]

@@ -31,7 +31,8 @@ from torch import nn
 from .deploy import fuse
 from .flops import count_macs, count_params
 from .layers import to_2tuple
-from .registry import create_model, get_variant, list_models
+from .loading import create_model
+from .registry import get_variant, list_models
 
 log = logging.getLogger(__name__)
 

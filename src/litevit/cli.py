@@ -41,6 +41,62 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_list)
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from .weights import get_weights, list_weights, param_millions, weights_markdown
+
+    names = list(dict.fromkeys(n for pattern in args.patterns or ["*"] for n in list_weights(pattern)))
+    if not names:
+        raise ValueError(f"no published weights match {args.patterns}; see `litevit weights`")
+    if args.markdown:
+        print(weights_markdown(names))
+        return 0
+    print(f"{'weights':44s} {'input':>5s} {'top-1':>6s} {'params':>7s} {'fp32':>7s}  licence")
+    for name in names:
+        w = get_weights(*name.split(".", 1))
+        params = param_millions(w.variant)
+        flags = (" (default)" if w.default else "") + ("" if w.confirmed else " (URL not confirmed)")
+        print(f"{name:44s} {w.img_size:5d} {w.top1:6.2f} {params:6.1f}M {params * 4:5.0f}MB  {w.licence}{flags}")
+    return 0
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list published weights with input size, top-1, size and licence")
+    p.add_argument("patterns", nargs="*", help="shell-style patterns on MODEL.TAG or MODEL, e.g. 'mobilevitv2_*'")
+    p.add_argument("--markdown", action="store_true", help="print the README table")
+    p.set_defaults(func=_cmd_weights)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .hub import fetch
+    from .weights import get_weights, split_name
+
+    for name in args.names:
+        weights = get_weights(*split_name(name))
+        print(f"{weights.name}: {fetch(weights, progress=not args.no_progress)}")
+    return 0
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download published weights into the cache ($LITEVIT_HOME)")
+    p.add_argument("names", nargs="+", help="MODEL (its default weights) or MODEL.TAG, see `litevit weights`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
+
+
+def _load(args: argparse.Namespace, img_size: int | tuple[int, int] | None = None) -> object:
+    """The model the command names: an exported file, a litevit file, or a name with weights."""
+    from .predict import load_classifier
+
+    return load_classifier(args.model, args.checkpoint, img_size, pretrained=args.pretrained)
+
+
+def _add_model_source(p: argparse.ArgumentParser, exported: bool = True) -> None:
+    what = "registered name (MODEL or MODEL.TAG for published weights), a litevit file (best.safetensors, last.pt)"
+    p.add_argument("model", help=what + (", or an exported .onnx / .ts / .pt2 file" if exported else ""))
+    p.add_argument("--checkpoint", help="weights for a registered model (official, timm or litevit layout)")
+    p.add_argument("--pretrained", action="store_true", help="load the model's default published weights")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
@@ -119,9 +175,11 @@ def _img_size(values: list[int] | None) -> int | tuple[int, int] | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportError, export
+    from .export import ExportedModel, ExportError, export
 
-    model = create_model(args.model, checkpoint=args.checkpoint)
+    model = _load(args)
+    if isinstance(model, ExportedModel):
+        raise ValueError(f"{args.model} is already exported; export a model name or a litevit weights file")
     try:
         result = export(
             model, args.out, args.format, batch=args.batch, img_size=_img_size(args.img_size), opset=args.opset,
@@ -142,8 +200,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the fused model to ONNX, TorchScript or torch.export (pt2)")
-    p.add_argument("model", help="registered model name (see `litevit list`)")
-    p.add_argument("--checkpoint", help="weights to load (official, timm or litevit layout); default random")
+    _add_model_source(p, exported=False)
     p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], help="default: from the --out suffix")
     p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
@@ -154,9 +211,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import load_classifier, predict
+    from .predict import predict
 
-    model = load_classifier(args.model, args.checkpoint, _img_size(args.img_size))
+    model = _load(args, _img_size(args.img_size))
     failed = 0
     for result in predict(model, args.images, topk=args.topk, batch_size=args.batch_size):
         if result.error is not None:
@@ -171,9 +228,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files (registered model + checkpoint, or exported)")
-    p.add_argument("model", help="registered model name, or an exported .onnx / .ts / .pt2 file")
+    _add_model_source(p)
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", help="weights for a registered model (official, timm or litevit layout)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
@@ -181,9 +237,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .predict import evaluate, load_classifier
+    from .predict import evaluate
 
-    model = load_classifier(args.model, args.checkpoint, _img_size(args.img_size))
+    model = _load(args, _img_size(args.img_size))
     result = evaluate(model, args.data, batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
     print(
         f"{args.model}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
@@ -194,8 +250,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1 / top-5 / loss on an ImageFolder (registered model or exported file)")
-    p.add_argument("model", help="registered model name, or an exported .onnx / .ts / .pt2 file")
-    p.add_argument("--checkpoint", help="weights for a registered model (official, timm or litevit layout)")
+    _add_model_source(p)
     p.add_argument("--data", required=True, help="ImageFolder root: DIR/<class>/<image>, classes in sorted order")
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
     p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
@@ -209,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_list(sub)
+    _add_weights(sub)
+    _add_download(sub)
     _add_bench(sub)
     _add_train(sub)
     _add_export(sub)

@@ -30,7 +30,8 @@ from torch import nn
 
 from .deploy import fuse
 from .layers import to_2tuple
-from .registry import DataConfig, create_model, get_variant
+from .loading import create_model, model_info
+from .registry import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class ExportMetadata:
     opset: int | None = None  # ONNX only
     litevit_version: str = ""
     torch_version: str = ""
+    class_names: tuple[str, ...] | None = None  # the head's class names, when the weights name them
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -72,6 +74,8 @@ class ExportMetadata:
         data = raw.pop("data")
         data = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
         raw["img_size"] = tuple(raw["img_size"])
+        if raw.get("class_names") is not None:
+            raw["class_names"] = tuple(raw["class_names"])
         return cls(data=data, **raw)
 
 
@@ -127,7 +131,9 @@ def _resized(model: nn.Module, img_size: tuple[int, int]) -> nn.Module:
             "build it at the wanted size instead"
         )
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "img_size"}
-    return create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
+    resized = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
+    resized.model_info = dataclasses.replace(model_info(model), img_size=img_size)
+    return resized
 
 
 def metadata_for(
@@ -135,12 +141,13 @@ def metadata_for(
 ) -> ExportMetadata:
     from . import __version__
 
-    name = getattr(model, "variant_name", None)
-    data = get_variant(name).data if name is not None else DataConfig()
-    config = getattr(model, "config", None)
-    num_classes = int(getattr(config, "num_classes", 0))
+    info = model_info(model) if hasattr(model, "variant_name") else None
+    name = info.variant if info is not None else None
+    data = info.data if info is not None else DataConfig()
+    num_classes = int(getattr(getattr(model, "config", None), "num_classes", 0))
+    names = info.class_names if info is not None else None
     return ExportMetadata(
-        name, img_size, num_classes, data, batch, format, opset, __version__, torch.__version__.split("+")[0]
+        name, img_size, num_classes, data, batch, format, opset, __version__, torch.__version__.split("+")[0], names
     )
 
 

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ImageLoadError, eval_transform, image_folder, imagenet_classes, load_image
+from .data import ImageLoadError, eval_transform, image_folder, load_image
 from .export import SUFFIXES, ExportedModel
 from .layers import to_2tuple
-from .registry import DataConfig, create_model, get_variant
+from .loading import create_model, load, model_info
+from .registry import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,26 @@ def is_exported(model: str | os.PathLike) -> bool:
 
 
 def load_classifier(
-    model: str, checkpoint: str | os.PathLike | None = None, img_size: int | tuple[int, int] | None = None
+    model: str,
+    checkpoint: str | os.PathLike | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    pretrained: bool = False,
 ) -> Classifier:
-    """A registered variant (with ``checkpoint`` loaded, if given) or an exported ``.onnx``/``.ts``/``.pt2`` file."""
+    """An exported ``.onnx``/``.ts``/``.pt2`` file, a litevit file (``best.safetensors``, ``last.pt``), or a
+    registered name (``levit_256``, ``levit_256.fb_dist_in1k``) with ``checkpoint`` or its published weights."""
     if is_exported(model):
-        if checkpoint is not None:
+        if checkpoint is not None or pretrained:
             raise ValueError(f"{model} is an exported model with its own weights; --checkpoint does not apply")
         if img_size is not None:
             raise ValueError(f"{model} is exported for a fixed input size; img_size does not apply")
         return ExportedModel(model)
-    return create_model(model, checkpoint=checkpoint, img_size=img_size).eval()
+    if Path(model).is_file():
+        if checkpoint is not None:
+            raise ValueError(f"{model} is a weights file; give a model name with --checkpoint, or the file alone")
+        return load(model, img_size=img_size).eval()
+    if checkpoint is None and not pretrained and "." not in model:
+        log.warning("%s has no weights (no --checkpoint, no --pretrained): it is randomly initialised", model)
+    return create_model(model, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained).eval()
 
 
 def preprocessing(model: Classifier) -> tuple[DataConfig, tuple[int, int], int]:
@@ -63,18 +74,18 @@ def preprocessing(model: Classifier) -> tuple[DataConfig, tuple[int, int], int]:
     if isinstance(model, ExportedModel):
         meta = model.metadata
         return meta.data, meta.img_size, meta.num_classes
-    name = getattr(model, "variant_name", None)
-    config = getattr(model, "config", None)
-    if name is None or config is None:
-        raise ValueError("the model was not built by litevit.create_model; its data config is unknown")
-    return get_variant(name).data, to_2tuple(config.img_size), int(config.num_classes)
+    info = model_info(model)
+    return info.data, to_2tuple(info.img_size), info.num_classes
 
 
-def class_names(num_classes: int) -> tuple[str, ...]:
-    """ImageNet names for a 1000-class head, else ``class_<i>``."""
-    if num_classes == 1000:
-        return imagenet_classes()
-    return tuple(f"class_{i}" for i in range(num_classes))
+def class_names(model: Classifier) -> tuple[str, ...]:
+    """The class names the weights carry (their own, or ImageNet-1k's), else ``class_<i>``."""
+    if isinstance(model, ExportedModel):
+        names, count = model.metadata.class_names, model.metadata.num_classes
+    else:
+        info = model_info(model)
+        names, count = info.class_names, info.num_classes
+    return tuple(names) if names is not None else tuple(f"class_{i}" for i in range(count))
 
 
 def logits(model: Classifier, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +119,7 @@ def predict(
         model.eval()
     data, img_size, num_classes = preprocessing(model)
     transform = eval_transform(data, img_size)
-    names = tuple(names) if names is not None else class_names(num_classes)
+    names = tuple(names) if names is not None else class_names(model)
     if len(names) != num_classes:
         raise ValueError(f"got {len(names)} class names for a model with {num_classes} classes")
     k = min(topk, num_classes)
@@ -136,9 +147,11 @@ def evaluate(
     workers: int = 4,
     progress: bool = True,
 ) -> EvalResult:
-    """Top-1, top-5 and mean cross-entropy on an ImageFolder (``root/<class>/<image>``, classes in sorted order).
+    """Top-1, top-5 and mean cross-entropy on an ImageFolder (``root/<class>/<image>``).
 
-    Folder ``i`` in sorted order is class ``i`` of the model, as with ImageNet's synset folders.
+    When every folder is named after one of the model's classes (a checkpoint that carries its class names, such as
+    one fine-tuned by ``litevit train``), folders are matched to classes by name; otherwise folder ``i`` in sorted
+    order is class ``i`` of the model.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -149,9 +162,13 @@ def evaluate(
         model.eval()
     data, img_size, num_classes = preprocessing(model)
     dataset = image_folder(root, eval_transform(data, img_size))
-    if len(dataset.classes) > num_classes:
+    names = class_names(model)
+    if set(dataset.classes) <= set(names):
+        index = {name: i for i, name in enumerate(names)}
+        dataset.target_transform = [index[c] for c in dataset.classes].__getitem__  # folder -> model class
+    elif len(dataset.classes) > num_classes:
         raise ValueError(f"{root} has {len(dataset.classes)} class folders but the model has {num_classes} classes")
-    if len(dataset.classes) != num_classes:
+    elif len(dataset.classes) != num_classes:
         log.warning(
             "%s has %d class folders for a %d-class model: folder i (sorted) is taken as class i",
             root,

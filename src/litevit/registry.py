@@ -1,19 +1,19 @@
-"""The model registry: one :class:`Variant` record per published model, and ``create_model``."""
+"""The model registry: one :class:`Variant` record per model, with its paper numbers and data config.
+
+Nothing here loads weights: :mod:`litevit.loading` builds models and reads checkpoints on top of it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,15 +43,32 @@ class DataConfig:
     channel_order: str = "RGB"
 
 
+class Converter(Protocol):
+    """A family's checkpoint converter module (``models/<family>_convert.py``)."""
+
+    LAYOUTS: tuple[str, ...]  # the foreign layouts it reads
+
+    def detect(self, state: dict[str, torch.Tensor]) -> str | None: ...  # a layout, or None for litevit's own
+
+    def to_litevit(self, state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]: ...
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
-    family: str
+    family: str  # the model class's ``family`` attribute (never a file name)
     builder: Callable[[Any], nn.Module]  # model class taking the config
     config: Any  # frozen dataclass of the family
     paper: Paper
     data: DataConfig
     external_names: tuple[str, ...] = ()  # names of the same model in the official code and in timm
+    converter: Converter | ModuleType | None = None  # reads the family's official and timm layouts
+
+    def build(self, **overrides: Any) -> nn.Module:
+        """The model with config fields replaced (no weights loaded), named after the variant."""
+        model = self.builder(build_config(self.name, **overrides))
+        model.variant_name = self.name
+        return model
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -67,8 +84,10 @@ def register(
 ) -> Variant:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
-    family = builder.__module__.rsplit(".", 1)[-1]
-    variant = Variant(name, family, builder, config, paper, data, external_names)
+    family = getattr(builder, "family", None)
+    if not isinstance(family, str):
+        raise TypeError(f"{builder.__name__} has no 'family' class attribute naming its model family")
+    variant = Variant(name, family, builder, config, paper, data, external_names, getattr(builder, "converter", None))
     _REGISTRY[name] = variant
     return variant
 
@@ -109,28 +128,9 @@ def build_config(name: str, num_classes: int | None = None, img_size: Any = None
     return dataclasses.replace(variant.config, **overrides)
 
 
-def create_model(
-    name: str,
-    *,
-    checkpoint: str | os.PathLike | dict[str, torch.Tensor] | None = None,
-    num_classes: int | None = None,
-    img_size: int | tuple[int, int] | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """Build a registered model, optionally loading a checkpoint (official, timm or litevit layout).
-
-    ``num_classes`` different from the checkpoint's keeps a fresh head; ``img_size`` different from the
-    checkpoint's resamples its resolution-dependent tables.
-    """
-    variant = get_variant(name)
-    config = build_config(name, num_classes=num_classes, img_size=img_size, **overrides)
-    model = variant.builder(config)
-    model.variant_name = variant.name
-    if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint)
-    return model
+def families() -> dict[str, Converter | ModuleType | None]:
+    """Every registered family with its checkpoint converter, in registration order."""
+    return {v.family: v.converter for v in _REGISTRY.values()}
 
 
 def variants_markdown(names: list[str] | None = None) -> str:

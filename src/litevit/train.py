@@ -37,11 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
-from .checkpoint import read_state_dict
+from .checkpoint import read_checkpoint, read_torch_file
 from .data import FlipChannels, eval_transform, image_folder, load_image
+from .loading import as_tuples, create_model, load
 from .recipes import get_recipe
-from .registry import DataConfig, create_model, get_variant, list_models
+from .registry import DataConfig, get_variant, list_models
 from .sampler import MultiScaleBatchSampler, multi_scale_sizes
+from .weights import split_name
 
 log = logging.getLogger("litevit.train")  # also when run as ``python -m litevit.train``
 
@@ -526,54 +528,6 @@ def export_safetensors(
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a ``.safetensors`` file written by :func:`export_safetensors` (empty dict if none)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        raw = handle.metadata() or {}
-    if raw.get("format") != "litevit":
-        return {}
-    meta: dict[str, Any] = {"variant": raw["variant"]}
-    for key, value in raw.items():
-        if key not in ("format", "variant"):
-            meta[key] = json.loads(value)
-    return meta
-
-
-def _tupled(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """JSON lists back to the tuples the frozen model configs use."""
-    return {k: tuple(_tupled_item(x) for x in v) if isinstance(v, list) else v for k, v in kwargs.items()}
-
-
-def _tupled_item(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def model_from_file(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model from a file this module wrote: ``best.safetensors`` or a ``last.pt`` training checkpoint."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        meta = read_export_metadata(path)
-        if not meta:
-            raise ValueError(f"{path} has no litevit metadata; give the model name and pass the file as its checkpoint")
-        state = read_state_dict(path)
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or "variant" not in obj:
-            raise ValueError(f"{path} is not a litevit training checkpoint; give the model name and the weights")
-        meta = obj
-        state = obj["model"]
-    model = create_model(
-        meta["variant"],
-        num_classes=int(meta["num_classes"]),
-        img_size=_tupled_item(meta["img_size"]),
-        **_tupled(meta.get("model_kwargs", {})),
-    )
-    model.load_state_dict(state)
-    return model
-
-
 # --------------------------------------------------------------------------------------------------------- teacher
 
 
@@ -582,13 +536,22 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, img_size:
     import torchvision
 
     if Path(name).is_file():
-        teacher = model_from_file(name)
-    elif name in list_models():
-        teacher = create_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
+        teacher = load(name)
+    elif split_name(name)[0] in list_models():
+        # weights decide the head: a teacher whose classes differ is refused below, never given a fresh head
+        given = "." in name or checkpoint is not None
+        teacher = create_model(
+            name, checkpoint=checkpoint, num_classes=None if given else num_classes, img_size=img_size
+        )
+        if teacher.config.num_classes != num_classes:
+            raise ValueError(
+                f"teacher {name} predicts {teacher.config.num_classes} classes, the data has {num_classes}: "
+                "distil from a teacher fine-tuned on the same classes"
+            )
     elif name in torchvision.models.list_models(module=torchvision.models):
         teacher = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if checkpoint is not None:
-            state, own = read_state_dict(checkpoint), teacher.state_dict()
+            state, own = read_checkpoint(checkpoint).state, teacher.state_dict()
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
             mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -603,7 +566,7 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, img_size:
             f"unknown teacher {name!r}: expected a file, a litevit model ({', '.join(list_models())}) "
             "or a torchvision classifier name (e.g. regnet_y_16gf)"
         )
-    if checkpoint is None and not Path(name).is_file():
+    if checkpoint is None and not Path(name).is_file() and "." not in name:
         log.warning("teacher %s has no checkpoint: it is randomly initialised", name)
     return teacher.eval().requires_grad_(False)
 
@@ -908,7 +871,9 @@ def _load_training_checkpoint(
 ) -> tuple[int, float | None]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_torch_file(path)
+    if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+        raise ValueError(f"{path} is not a litevit training checkpoint (last.pt); --resume needs one")
     if ckpt.get("variant") != config.model or ckpt.get("num_classes") != num_classes:
         raise ValueError(
             f"{path} is a {ckpt.get('variant')} run with {ckpt.get('num_classes')} classes; this run trains "
@@ -1000,7 +965,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if values.get("model_kwargs") is not None:
         if not isinstance(values["model_kwargs"], dict):
             raise ValueError(f"--model-kwargs must be a JSON object, got {values['model_kwargs']!r}")
-        values["model_kwargs"] = _tupled(values["model_kwargs"])
+        values["model_kwargs"] = {k: as_tuples(v) for k, v in values["model_kwargs"].items()}
     return TrainConfig(**values)
 
 

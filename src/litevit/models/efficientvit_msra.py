@@ -11,7 +11,7 @@ Differences from the official code:
 - the network is organised as three stages, each ``downsample`` (the subsample block of Sec. 3.3: a depthwise
   conv + FFN pair, the inverted-residual patch merging, another pair) followed by ``blocks``, as in timm; the
   official code keeps three flat ``blocks1..3`` lists with the subsample block at the head of the next list.
-  The computation is identical and :mod:`litevit.convert.efficientvit_msra` renames the keys;
+  The computation is identical and :mod:`litevit.models.efficientvit_msra_convert` renames the keys;
 - windows may be rectangular: a stage's window is ``min(window_size, H)`` by ``min(window_size, W)`` of the
   feature map at the configured ``img_size`` (the official code only builds square inputs), and at run time a
   map smaller than the window uses the sub-window and the bias entries of the offsets it contains, so any input
@@ -34,6 +34,7 @@ from torch import nn
 
 from ..layers import BNLinear, ConvBN, Residual, check_images, halve, make_divisible, resample_table, to_2tuple
 from ..registry import DataConfig, Paper, register
+from . import efficientvit_msra_convert
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,9 @@ class EfficientViTStage(nn.Module):
 
 class EfficientViT(nn.Module):
     """EfficientViT (MSRA): overlapping patch embedding to 1/16, three stages of sandwich blocks, BN+Linear head."""
+
+    family = "efficientvit_msra"
+    converter = efficientvit_msra_convert  # reads the official and timm checkpoint layouts
 
     head_prefixes = ("head.",)
 

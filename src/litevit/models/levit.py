@@ -24,6 +24,7 @@ from torch import nn
 
 from ..layers import BNLinear, ConvBN, LinearBN, Residual, check_images, halve, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
+from . import levit_convert
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,9 @@ class LeViTStage(nn.Module):
 
 class LeViT(nn.Module):
     """LeViT: conv stem to 1/16, three attention stages on a 14 -> 7 -> 4 grid, average pool, BN+Linear heads."""
+
+    family = "levit"
+    converter = levit_convert  # reads the official and timm checkpoint layouts
 
     head_prefixes = ("head.", "head_dist.")
 

@@ -52,6 +52,7 @@ from torch import nn
 
 from ..layers import ConvBN, check_images, drop_path, make_divisible
 from ..registry import DataConfig, Paper, register
+from . import mobilevit_convert
 
 ATTENTIONS = ("mhsa", "separable")
 FUSIONS = ("concat", "none", "local_global")
@@ -336,6 +337,9 @@ class MobileViTBlock(nn.Module):
 
 class MobileViT(nn.Module):
     """MobileViT v1/v2/v3: stem, five stages (MV2 blocks; MobileViT blocks in the last three), pool, classifier."""
+
+    family = "mobilevit"
+    converter = mobilevit_convert  # reads the official and timm checkpoint layouts
 
     head_prefixes = ("head.",)
 

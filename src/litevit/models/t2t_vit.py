@@ -12,8 +12,8 @@ Differences from the official code:
 - the token transformer of the T2T module keeps the official scale ``dim ** -0.5`` where ``dim`` is the width of
   its *input* (147 and 576), not of its 64-wide queries: that is what the released checkpoints were trained with;
 - the performer's random feature matrix ``w`` is called ``random_features`` and its MLP ``mlp.fc1``/``mlp.fc2``
-  (official ``mlp.0``/``mlp.2``); :mod:`litevit.convert.t2t_vit` renames the keys. Like the official ``w`` it is a
-  frozen parameter (``requires_grad=False``) that is saved in and loaded from checkpoints, never redrawn;
+  (official ``mlp.0``/``mlp.2``); :mod:`litevit.models.t2t_vit_convert` renames the keys. Like the official
+  ``w`` it is a frozen parameter (``requires_grad=False``) that is saved in and loaded from checkpoints, never redrawn;
 - the token grids are tracked as ``(H, W)`` instead of ``sqrt(N)``, so non-square ``img_size`` works; the sinusoid
   table is, as in the official code, indexed by the flattened token position (class token first);
 - the performer's kernel features are computed in at least float32 with autocast disabled (the official code casts
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..layers import check_images, drop_path, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
+from . import t2t_vit_convert
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -277,6 +278,9 @@ class Block(nn.Module):
 
 class T2TViT(nn.Module):
     """T2T-ViT: the T2T module to a 1/16 token grid, a class token and a fixed sinusoid table, a deep-narrow ViT."""
+
+    family = "t2t_vit"
+    converter = t2t_vit_convert  # reads the official and timm checkpoint layouts
 
     head_prefixes = ("head.",)
 

@@ -86,7 +86,7 @@ def _official_key(key: str, prefixes: dict[int, str]) -> str | None:
         for pattern, kind in _OFFICIAL_SUB:
             if sub := pattern.match(rest):
                 return f"{prefix}{_OFFICIAL_NAMES[sub[1]]}.{kind}.{sub[2]}"
-    raise KeyError(f"unrecognised key in an official LeViT checkpoint: {key}")
+    return key  # unknown: kept, so that loading lists it among the unexpected keys
 
 
 def _timm_key(key: str) -> str | None:
@@ -95,7 +95,7 @@ def _timm_key(key: str) -> str | None:
     for pattern, rename in _TIMM_RULES:
         if m := pattern.match(key):
             return rename(m)
-    raise KeyError(f"unrecognised key in a timm LeViT checkpoint: {key}")
+    return key  # unknown: kept, so that loading lists it among the unexpected keys
 
 
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:

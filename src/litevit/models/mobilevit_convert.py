@@ -110,13 +110,13 @@ def detect(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _rename(key: str, rules: list[_Rule], layout: str) -> str:
+def _rename(key: str, rules: list[_Rule]) -> str:
     for pattern, rename in rules:
         if m := pattern.match(key):
             return rename(m)
-    raise KeyError(f"unrecognised key in a {layout} MobileViT checkpoint: {key}")
+    return key  # unknown: kept, so that loading lists it among the unexpected keys
 
 
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     rules = _OFFICIAL if layout == "official" else _TIMM
-    return {_rename(key, rules, layout): value for key, value in state.items()}
+    return {_rename(key, rules): value for key, value in state.items()}
