@@ -115,12 +115,15 @@ def create_model(
     checkpoint: str | os.PathLike | dict[str, torch.Tensor] | None = None,
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
+    features_only: bool = False,
+    out_indices: Any = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model, optionally loading a checkpoint (official, timm or litevit layout).
 
     ``num_classes`` different from the checkpoint's keeps a fresh head; ``img_size`` different from the
-    checkpoint's resamples its resolution-dependent tables.
+    checkpoint's resamples its resolution-dependent tables. ``features_only`` returns the feature extractor of
+    the loaded classifier (:func:`litevit.features.features_only`, maps at ``out_indices``).
     """
     variant = get_variant(name)
     config = build_config(name, num_classes=num_classes, img_size=img_size, **overrides)
@@ -130,6 +133,10 @@ def create_model(
         from .checkpoint import load_checkpoint
 
         load_checkpoint(model, checkpoint)
+    if features_only:
+        from . import features
+
+        model = features.features_only(model, out_indices)
     return model
 
 
