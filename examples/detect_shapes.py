@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--test-images", type=int, default=200)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 on a busy machine)")
     parser.add_argument("--checkpoint", help="ImageNet weights for the backbone (file); default: from scratch")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(
         args.model,
         args.steps,
