@@ -206,7 +206,7 @@ def test_windows_follow_img_size() -> None:
 def test_intermediates() -> None:
     model = litevit.create_model("efficientvit_m1").eval()
     with torch.no_grad():
-        features = model.forward_intermediates(torch.randn(1, 3, 224, 224))
+        features = model.forward_intermediates(torch.randn(1, 3, 224, 224), intermediates_only=True)
     assert [tuple(f.shape) for f in features] == [(1, 128, 14, 14), (1, 144, 7, 7), (1, 192, 4, 4)]
 
 

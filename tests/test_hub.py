@@ -249,3 +249,15 @@ def test_archive_without_the_member_is_a_clear_error(mirror: Mirror) -> None:
     mirror.put(record.url, _zip("other/readme.txt", b"no checkpoint here"))
     with pytest.raises(CheckpointError, match=r"holds no checkpoint_ema_best\.pt"):
         litevit.create_model("mobilevitv3_xs", pretrained=True)
+
+
+def test_pretrained_weights_load_into_a_features_model(mirror: Mirror, monkeypatch) -> None:
+    _serve(mirror, monkeypatch, "efficientvit_m0")
+    classifier = litevit.create_model("efficientvit_m0", pretrained=True)
+    features = litevit.create_model("efficientvit_m0", pretrained=True, features_only=True, out_indices=(1, 2))
+    head = tuple(classifier.head_prefixes)
+    expected = {k: v for k, v in classifier.state_dict().items() if not k.startswith(head)}
+    got = features.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    maps = features.eval()(torch.randn(1, 3, 224, 224))
+    assert [m.shape[1] for m in maps] == features.feature_info.channels()

@@ -87,7 +87,7 @@ def test_input_sizes_run(name: str) -> None:
     for size in (160, 192, 256, 288, 320, (256, 320), (200, 232)):
         height, width = (size, size) if isinstance(size, int) else size
         with torch.no_grad():
-            features = model.forward_intermediates(torch.randn(1, 3, height, width))
+            features = model.forward_intermediates(torch.randn(1, 3, height, width), intermediates_only=True)
             out = model.forward_head(model.final_conv(features[-1]))
         assert out.shape == (1, 1000) and torch.isfinite(out).all()
         assert [f.shape[1] for f in features] == list(model.config.dims)

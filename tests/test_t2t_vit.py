@@ -182,7 +182,7 @@ def test_soft_split_token_counts_and_unfold_order() -> None:
     with torch.no_grad():
         tokens = t2t(x)
         features = model.forward_features(x)
-        maps = model.forward_intermediates(x)
+        maps = model.forward_intermediates(x, norm=True, intermediates_only=True)
     assert tokens.shape == (1, 196, 256)
     assert features.shape == (1, 197, 256)
     assert [tuple(m.shape) for m in maps] == [(1, 64, 56, 56), (1, 64, 28, 28), (1, 256, 14, 14)]

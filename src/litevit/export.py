@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .deploy import fuse
+from .features import FeatureExtractor, features_only
 from .layers import to_2tuple
 from .loading import create_model, model_info
 from .registry import DataConfig
@@ -131,7 +132,11 @@ def _resized(model: nn.Module, img_size: tuple[int, int]) -> nn.Module:
             "build it at the wanted size instead"
         )
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "img_size"}
-    resized = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
+    if isinstance(model, FeatureExtractor):  # its state is a headless classifier's
+        rebuilt = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **{**fields, "num_classes": 0})
+        resized = features_only(rebuilt, model.out_indices)
+    else:
+        resized = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
     resized.model_info = dataclasses.replace(model_info(model), img_size=img_size)
     return resized
 
@@ -144,8 +149,9 @@ def metadata_for(
     info = model_info(model) if hasattr(model, "variant_name") else None
     name = info.variant if info is not None else None
     data = info.data if info is not None else DataConfig()
-    num_classes = int(getattr(getattr(model, "config", None), "num_classes", 0))
-    names = info.class_names if info is not None else None
+    features = isinstance(model, FeatureExtractor)
+    num_classes = 0 if features else int(getattr(getattr(model, "config", None), "num_classes", 0))
+    names = info.class_names if info is not None and not features else None
     return ExportMetadata(
         name, img_size, num_classes, data, batch, format, opset, __version__, torch.__version__.split("+")[0], names
     )
@@ -163,7 +169,13 @@ def _check_batch(batch: str | int) -> int:
     return 3 if batch == "dynamic" else int(batch)
 
 
-def _compare(exported: torch.Tensor, reference: torch.Tensor, batch: int, rtol: float = RTOL) -> ParityCheck:
+def _compare(exported: Any, reference: Any, batch: int, rtol: float = RTOL) -> ParityCheck:
+    """Parity of one output, or the worst of several (a features model's maps)."""
+    if isinstance(reference, (list, tuple)):
+        if not isinstance(exported, (list, tuple)) or len(exported) != len(reference):
+            raise ExportError(f"exported model does not return the {len(reference)} outputs of the PyTorch model")
+        checks = [_compare(e, r, batch, rtol) for e, r in zip(exported, reference, strict=True)]
+        return max(checks, key=lambda check: (not check.passed, check.max_rel_diff))
     if exported.shape != reference.shape:
         raise ExportError(f"exported model returns shape {tuple(exported.shape)}, PyTorch {tuple(reference.shape)}")
     diff = (exported.float() - reference.float()).abs().max().item()
@@ -195,8 +207,17 @@ def _exporter_log_to_debug() -> Iterator[None]:
                 log.debug("ONNX exporter log:\n%s", text[:20000])
 
 
+def _output_names(model: nn.Module) -> list[str]:
+    """``logits`` for a classifier; ``features_0``, ``features_1``, ... for a features model."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(model, FeatureExtractor) or (info is not None and not isinstance(info, list)):
+        return [f"features_{i}" for i in range(len(info))]
+    return [_OUTPUT]
+
+
 def _onnx_bytes(model: nn.Module, example: torch.Tensor, batch: str | int, opset: int) -> bytes:
-    dynamic_axes = {_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}} if batch == "dynamic" else None
+    outputs = _output_names(model)
+    dynamic_axes = {name: {0: "batch"} for name in (_INPUT, *outputs)} if batch == "dynamic" else None
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # shape checks in forward() become trace-time constants: intended, the graph is exported for one H, W
@@ -211,7 +232,7 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor, batch: str | int, opset
                 dynamo=False,
                 opset_version=opset,
                 input_names=[_INPUT],
-                output_names=[_OUTPUT],
+                output_names=outputs,
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
                 verbose=False,
@@ -231,8 +252,10 @@ def _ort_session(model: bytes | str | os.PathLike, threads: int | None = None) -
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _run_onnx(session: Any, x: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+def _run_onnx(session: Any, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    """The output tensor, or the list of them for a graph with several outputs (a features model)."""
+    outputs = [torch.from_numpy(y) for y in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def _onnx_model(

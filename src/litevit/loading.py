@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 
 from . import hub
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from .features import features_only as feature_extractor
 from .registry import DataConfig, Variant, families, get_variant, list_models
 from .weights import Weights, get_weights, split_name
 
@@ -201,6 +203,8 @@ def create_model(
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     use_ema: bool | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model, with published weights or a checkpoint (official, timm or litevit layout).
@@ -209,6 +213,8 @@ def create_model(
     variant's default weights; ``weights="tag"`` picks others; ``checkpoint`` is a file or a state dict. Without
     ``num_classes`` the checkpoint's head (and class names) are kept; a different ``num_classes`` replaces the head
     with a WARNING. Without ``img_size`` the model is built at the resolution the weights were trained at.
+    ``features_only`` returns the loaded classifier's feature extractor (:func:`litevit.features.features_only`,
+    maps at ``out_indices``): the head's weights are dropped, nothing else.
     """
     variant, record, ckpt = _resolve(name, pretrained, weights, checkpoint, use_ema)
     meta = ckpt.meta if ckpt is not None else {}
@@ -264,6 +270,8 @@ def create_model(
     )
     if ckpt is not None:
         log.info("loaded %s into %s (%s)", source, variant.name, ckpt.taken)
+    if features_only:
+        return feature_extractor(model, out_indices)
     return model
 
 

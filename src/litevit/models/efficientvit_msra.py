@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import take_indices, to_format
 from ..layers import BNLinear, ConvBN, Residual, check_images, halve, make_divisible, resample_table, to_2tuple
 from ..registry import DataConfig, Paper, register
 from . import efficientvit_msra_convert
@@ -320,6 +322,7 @@ class EfficientViT(nn.Module):
             blocks = [EfficientViTBlock(dim, heads, window, config) for _ in range(depth)]
             stages.append(EfficientViTStage(downsample, blocks, resolution))
         self.stages = nn.Sequential(*stages)
+        self.feature_info = [dict(num_chs=dim, reduction=16 * 2**i, module=f"stages.{i}") for i, dim in enumerate(dims)]
         self.num_features = dims[-1]
         self.head: nn.Module
         self.reset_classifier(config.num_classes)
@@ -337,15 +340,32 @@ class EfficientViT(nn.Module):
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"{name} expects images of at least 1x1 pixels; got {x.shape[-2]}x{x.shape[-1]}")
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps ``B, C_i, H_i, W_i`` after each stage (1/16, 1/32, 1/64 of the input)."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs ``B, C_i, H_i, W_i`` (1/16, 1/32, 1/64 of the input), with timm's semantics.
+
+        ``indices``: stages to return (None: all, int n: the last n, or a list). ``stop_early``: run no stage past
+        the last one returned. Returns ``(final, maps)``, ``final`` being the last map computed (the output of
+        ``forward_features`` after the full network), or ``maps`` only when ``intermediates_only``. There is no
+        final norm: ``norm`` changes nothing.
+        """
+        take, last = take_indices(len(self.stages), indices)
+        stages = self.stages[: last + 1] if stop_early else self.stages
         self._check_input(x)
         x = self.stem(x)
         features = []
-        for stage in self.stages:
+        for i, stage in enumerate(stages):
             x = stage(x)
-            features.append(x)
-        return features
+            if i in take:
+                features.append(to_format(x, output_fmt))
+        return features if intermediates_only else (x, features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map of the last stage, ``B, C, H, W``."""

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..features import take_indices, to_format
 from ..layers import BNLinear, ConvBN, LinearBN, Residual, check_images, halve, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
 from . import levit_convert
@@ -221,6 +223,7 @@ class LeViT(nn.Module):
             blocks = [LeViTBlock(dim, config, heads, resolution) for _ in range(depth)]
             stages.append(LeViTStage(downsample, blocks, resolution))
         self.stages = nn.Sequential(*stages)
+        self.feature_info = [dict(num_chs=dim, reduction=16 * 2**i, module=f"stages.{i}") for i, dim in enumerate(dims)]
         self.num_features = dims[-1]
         self.head: nn.Module
         self.head_dist: nn.Module | None
@@ -255,15 +258,33 @@ class LeViT(nn.Module):
         # B, C, H, W -> B, N, C; contiguous so that every linear of stage 1 runs as one addmm
         return self.stem(x).flatten(2).transpose(1, 2).contiguous()
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps ``B, C_i, H_i, W_i`` after each stage (1/16, 1/32, 1/64 at 224)."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs as maps ``B, C_i, H_i, W_i`` (1/16, 1/32, 1/64), with timm's semantics.
+
+        ``indices``: stages to return (None: all, int n: the last n, or a list). ``stop_early``: run no stage past
+        the last one returned. Returns ``(final, maps)``, ``final`` being the last tokens computed ``B, N, C`` (what
+        ``forward_head`` takes after the full network), or ``maps`` only when ``intermediates_only``. LeViT has no
+        final norm: ``norm`` changes nothing.
+        """
+        take, last = take_indices(len(self.stages), indices)
+        stages = self.stages[: last + 1] if stop_early else self.stages
         x = self._tokens(x)
         features = []
-        for stage in self.stages:
+        for i, stage in enumerate(stages):
             x = stage(x)
-            height, width = stage.resolution
-            features.append(x.transpose(1, 2).reshape(x.shape[0], -1, height, width))  # B, N, C -> B, C, H, W
-        return features
+            if i in take:
+                height, width = stage.resolution
+                grid = x.transpose(1, 2).reshape(x.shape[0], -1, height, width)  # B, N, C -> B, C, H, W
+                features.append(to_format(grid, output_fmt))
+        return features if intermediates_only else (x, features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens of the last stage, ``B, N, C``."""

@@ -44,12 +44,14 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import take_indices, to_format
 from ..layers import ConvBN, check_images, drop_path, make_divisible
 from ..registry import DataConfig, Paper, register
 from . import mobilevit_convert
@@ -374,6 +376,9 @@ class MobileViT(nn.Module):
                 in_ch = dim
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
+        self.feature_info = [
+            dict(num_chs=dim, reduction=2 ** (i + 1), module=f"stages.{i}") for i, dim in enumerate(config.dims)
+        ]
         self.final_conv: nn.Module = nn.Identity()
         if config.final_expansion:
             self.num_features = min(config.final_expansion * in_ch, 960)
@@ -400,15 +405,34 @@ class MobileViT(nn.Module):
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"{name} needs images of at least 32x32 (five stride-2 stages); got {tuple(x.shape[-2:])}")
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps ``B, C_i, H_i, W_i`` after each stage (strides 2, 4, 8, 16, 32)."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs ``B, C_i, H_i, W_i`` (strides 2, 4, 8, 16, 32; ``C_i = dims[i]``), with timm's semantics.
+
+        ``indices``: stages to return (None: all, int n: the last n, or a list). ``stop_early``: run no stage past
+        the last one returned. Returns ``(final, maps)``, or ``maps`` only when ``intermediates_only``; ``final``
+        is ``forward_features``' map (after ``final_conv``) when every stage ran, else the last map computed. The
+        maps are taken before ``final_conv`` and ``norm`` changes nothing.
+        """
+        take, last = take_indices(len(self.stages), indices)
+        stages = self.stages[: last + 1] if stop_early else self.stages
         self._check_input(x)
         x = self.stem(x)
         features = []
-        for stage in self.stages:
+        for i, stage in enumerate(stages):
             x = stage(x)
-            features.append(x)
-        return features
+            if i in take:
+                features.append(to_format(x, output_fmt))
+        if intermediates_only:
+            return features
+        return (self.final_conv(x) if len(stages) == len(self.stages) else x), features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final feature map ``B, num_features, H / 32, W / 32``."""

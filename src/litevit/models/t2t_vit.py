@@ -22,13 +22,17 @@ Differences from the official code:
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import take_indices, to_format
 from ..layers import check_images, drop_path, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
 from . import t2t_vit_convert
@@ -134,7 +138,8 @@ class TokenPerformer(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(x).split(self.out_dim, dim=-1)  # three of B, N, out_dim
         dtype = torch.promote_types(x.dtype, torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
+        device = "cpu" if x.device.type == "meta" else x.device.type  # meta (shape-only runs) has no autocast
+        with torch.autocast(device, enabled=False):
             k, q, v = k.to(dtype), q.to(dtype), v.to(dtype)
             kp, qp = self.kernel_features(k), self.kernel_features(q)  # B, N, m
             normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # B, N, m @ B, m, 1 -> B, N, 1
@@ -217,21 +222,16 @@ class T2TModule(nn.Module):
             grids.append(size)
         return grids
 
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Final tokens ``B, N, C`` and the two re-structurized maps ``B, C', H_i, W_i``."""
-        B = x.shape[0]
-        grids = self.grids((x.shape[-2], x.shape[-1]))
-        maps = []
-        for split, layer, (height, width) in zip(
-            (self.soft_split0, self.soft_split1), (self.attention1, self.attention2), grids[:2], strict=True
-        ):
-            x = layer(split(x))  # B, N, C'
-            x = x.transpose(1, 2).reshape(B, -1, height, width)  # B, N, C' -> B, C', H, W
-            maps.append(x)
-        return self.project(self.soft_split2(x)), maps
+    def restructure(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """Soft split ``step`` (0 or 1) and its re-structurization: ``B, C, H, W -> B, C', H', W'``."""
+        split, layer = (self.soft_split0, self.attention1) if step == 0 else (self.soft_split1, self.attention2)
+        height, width = split.output_size((x.shape[-2], x.shape[-1]))
+        x = layer(split(x))  # B, N, C'
+        return x.transpose(1, 2).reshape(x.shape[0], -1, height, width)  # B, N, C' -> B, C', H', W'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_intermediates(x)[0]
+        """Images to the final tokens ``B, N, C`` of the 1/16 grid."""
+        return self.project(self.soft_split2(self.restructure(self.restructure(x, 0), 1)))
 
 
 class Attention(nn.Module):
@@ -302,6 +302,12 @@ class T2TViT(nn.Module):
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear from 0
         self.blocks = nn.Sequential(*(Block(config, rate) for rate in rates))
         self.norm = nn.LayerNorm(dim)
+        reductions = list(itertools.accumulate(config.strides, operator.mul))
+        widths = (config.token_dim, config.token_dim, dim)
+        modules = ("tokens_to_token.attention1", "tokens_to_token.attention2", "blocks")
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(widths, reductions, modules, strict=True)
+        ]
         self.num_features = dim
         self.head: nn.Module
         self.reset_classifier(config.num_classes)
@@ -344,13 +350,41 @@ class T2TViT(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # B, 1, C
         return self.pos_drop(torch.cat((cls, tokens), dim=1) + self.pos_embed)  # B, 1 + N, C
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps ``B, C_i, H_i, W_i``: the two T2T maps (1/4, 1/8) and the normed last block (1/16)."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Maps ``B, C_i, H_i, W_i`` at the three feature points, with timm's semantics.
+
+        The points are the two re-structurized maps of the T2T module (1/4 and 1/8, ``token_dim`` wide: shallow,
+        two layers deep) and the backbone's tokens on the 1/16 grid without the class token (``embed_dim`` wide),
+        layer-normed when ``norm``. T2T-ViT is single-scale: only the last point is deep (see
+        :class:`litevit.features.SimpleFeaturePyramid` for a pyramid built from it). ``indices``: points to return
+        (None: all, int n: the last n, or a list). ``stop_early``: stop after the last point returned. Returns
+        ``(final, maps)``, ``final`` being ``forward_features``' normed tokens ``B, 1 + N, C`` when the backbone ran,
+        else the last map computed; or ``maps`` only when ``intermediates_only``.
+        """
+        take, last = take_indices(len(self.feature_info), indices)
         self._check_input(x)
-        tokens, maps = self.tokens_to_token.forward_intermediates(x)
-        x = self.norm(self.blocks(self._embed(tokens)))[:, 1:]  # drop the class token: B, N, C
-        height, width = self.grid
-        return maps + [x.transpose(1, 2).reshape(x.shape[0], -1, height, width)]  # B, N, C -> B, C, H, W
+        features = []
+        for step in range(2):
+            x = self.tokens_to_token.restructure(x, step)
+            if step in take:
+                features.append(to_format(x, output_fmt))
+            if stop_early and step == last:
+                return features if intermediates_only else (x, features)
+        tokens = self.blocks(self._embed(self.tokens_to_token.project(self.tokens_to_token.soft_split2(x))))
+        normed = self.norm(tokens)
+        if 2 in take:
+            grid = (normed if norm else tokens)[:, 1:]  # drop the class token: B, N, C
+            height, width = self.grid
+            features.append(to_format(grid.transpose(1, 2).reshape(x.shape[0], -1, height, width), output_fmt))
+        return features if intermediates_only else (normed, features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised tokens ``B, 1 + N, C``, class token first."""
