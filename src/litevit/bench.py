@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,11 +33,12 @@ from .deploy import fuse
 from .flops import count_macs, count_params
 from .layers import to_2tuple
 from .loading import create_model
-from .registry import get_variant, list_models
+from .registry import DataConfig, get_variant, list_models
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "compile", "onnxruntime")
+DEPLOY_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # CPU, exported files
+RUNTIMES = ("eager", "compile", *DEPLOY_RUNTIMES)
 # one opset for both sides of an onnxruntime comparison: 17 has LayerNormalization and HardSwish as single ops
 ONNX_OPSET = 17
 # reference CNNs from timm for the papers' comparison: name -> (top-1 %, source)
@@ -221,21 +223,74 @@ def model_input_size(model: nn.Module) -> tuple[int, int]:
     return to_2tuple(getattr(getattr(model, "config", None), "img_size", 224))
 
 
-def _onnx_session(model: nn.Module, x: torch.Tensor, threads: int, name: str, source: str) -> Callable[[], Any]:
-    """An onnxruntime session of the model: litevit's own exporter for litevit models (fused), a plain
-    ``torch.onnx.export`` of the unmodified model for timm's, so that each side gets its natural export."""
-    import onnxruntime as ort
+def _calibration_folder(height: int, width: int, count: int = 32) -> Path:
+    """Synthetic calibration images for timing int8 graphs (their accuracy is not what the bench measures)."""
+    from PIL import Image
 
-    path = Path(tempfile.mkdtemp(prefix="litevit-bench-")) / f"{name}.onnx"
+    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-"))
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _deployed(
+    model: nn.Module, runtime: str, x: torch.Tensor, threads: int, name: str, source: str
+) -> Callable[[], Any]:
+    """A runner of the model in onnxruntime or OpenVINO, fp32 or int8.
+
+    litevit models go through litevit's exporter (fused; int8 by its per-family recipe); timm's models take the
+    routes a timm user would: a plain ``torch.onnx.export`` / ``openvino.convert_model`` of the unmodified model,
+    and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``).
+    """
+    from .export import ExportedModel
+    from .quantize import calibration_set, require
+
+    int8 = runtime.endswith("-int8")
+    kind = "openvino" if runtime.startswith("openvino") else "onnx"
+    folder = Path(tempfile.mkdtemp(prefix="litevit-bench-"))
+    path = folder / f"{name}.{'xml' if kind == 'openvino' else 'onnx'}"
+    size = tuple(x.shape[-2:])
+    calibration = _calibration_folder(*size) if int8 else None
     if source == "litevit":
         from .export import export
 
-        export(model, path, format="onnx", batch="dynamic", img_size=tuple(x.shape[-2:]), opset=ONNX_OPSET)
-    else:
-        torch.onnx.export(
-            model, (x.float().cpu(),), str(path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
-        )  # fmt: skip
+        opset = None if int8 else ONNX_OPSET
+        export(model, path, batch="dynamic", img_size=size, opset=opset if kind == "onnx" else None, int8=int8,
+               calibration=calibration, calibration_images=32)  # fmt: skip
+        exported = ExportedModel(path, threads=threads)
+        return lambda: exported(x)
+    batches = calibration_set(calibration, DataConfig(), size, 32) if int8 else None
+    if kind == "openvino":
+        ov = require("openvino", "the OpenVINO bench runtime")
+        ir = ov.convert_model(model.float().cpu(), example_input=x.float().cpu())
+        if batches is not None:
+            nncf = require("nncf", "the openvino-int8 bench runtime")
+            ir = nncf.quantize(ir, nncf.Dataset(batches), subset_size=len(batches))
+        compiled = ov.Core().compile_model(
+            ir, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        )
+        request, feed = compiled.create_infer_request(), x.float().cpu().numpy()
+        return lambda: request.infer({0: feed})
+    ort = require("onnxruntime", "the onnxruntime bench runtime")
+    torch.onnx.export(
+        model, (x.float().cpu(),), str(path), input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+    )  # fmt: skip
+    if batches is not None:
+        from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter(batches)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.items, None)
+                return None if batch is None else {"input": batch}
+
+        quantized = folder / f"{name}-int8.onnx"
+        quantize_static(str(path), str(quantized), Reader())  # onnxruntime's defaults
+        path = quantized
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -247,8 +302,8 @@ def _onnx_session(model: nn.Module, x: torch.Tensor, threads: int, name: str, so
 def _runner(
     model: nn.Module, runtime: str, x: torch.Tensor, threads: int, autocast: Any, name: str, source: str
 ) -> Callable[[], Any]:
-    if runtime == "onnxruntime":
-        return _onnx_session(model, x, threads, name, source)
+    if runtime in DEPLOY_RUNTIMES:
+        return _deployed(model, runtime, x, threads, name, source)
     if runtime not in ("eager", "compile"):
         raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     forward = torch.compile(model) if runtime == "compile" else model
@@ -319,9 +374,9 @@ def bench_group(
             if channels_last:
                 form, x = form.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             for runtime in runtimes:
-                if runtime == "onnxruntime" and (device != "cpu" or dtype != "fp32"):
-                    continue  # the CPU execution provider in float32 only
-                if runtime == "onnxruntime" and subject.source == "litevit" and not fused:
+                if runtime in DEPLOY_RUNTIMES and (device != "cpu" or dtype != "fp32"):
+                    continue  # CPU runtimes of exported files, from float32 models
+                if runtime in DEPLOY_RUNTIMES and subject.source == "litevit" and not fused:
                     continue  # litevit's exporter always exports the fused model: timed once, as fused
                 key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
                 runners[key] = _runner(form, runtime, x, threads, autocast, subject.name, subject.source)
@@ -523,7 +578,8 @@ def plot(result: BenchResult, path: str | os.PathLike) -> None:
             value = getattr(r, attr)
             if value is None:
                 continue
-            marker = {"eager": "o", "compile": "s", "onnxruntime": "^"}[runtime]
+            marker = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8": "v", "openvino": "D",
+                      "openvino-int8": "d"}[runtime]  # fmt: skip
             ax.scatter(value, r.images_per_s, marker=marker, color="C0" if source == "litevit" else "C3")
             ax.annotate(f"{model} ({runtime})", (value, r.images_per_s), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip

@@ -7,7 +7,9 @@ import logging
 import sys
 
 from . import create_model, get_variant, list_models
+from .bench import RUNTIMES
 from .flops import count_params
+from .quantize import MissingExtraError
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -130,7 +132,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default fp32 on CPU, fp16 AMP on GPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
     p.add_argument(
-        "--runtime", nargs="+", default=["eager"], choices=["eager", "compile", "onnxruntime"],
+        "--runtime", nargs="+", default=["eager"], choices=list(RUNTIMES),
         help="runtimes to time (several allowed; default eager)",
     )  # fmt: skip
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per runner and batch size")
@@ -183,7 +185,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         result = export(
             model, args.out, args.format, batch=args.batch, img_size=_img_size(args.img_size), opset=args.opset,
-            check=args.check,
+            check=args.check, int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
         )  # fmt: skip
     except ExportError as exc:
         print(f"litevit export: error: {exc}", file=sys.stderr)
@@ -191,22 +193,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     meta = result.metadata
     opset = f", opset {meta.opset}" if meta.opset is not None else ""
     h, w = meta.img_size
-    print(f"{result.path}: {meta.format}{opset}, batch {meta.batch}, input {h}x{w}, {meta.num_classes} classes")
+    print(
+        f"{result.path}: {meta.format}{opset} {meta.precision}, batch {meta.batch}, input {h}x{w}, "
+        f"{meta.num_classes} classes"
+    )
     if result.check is not None:
         c = result.check
-        print(f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e} (passed)")
+        agreement = f", top-1 agreement with fp32 {c.agreement:.1%}" if c.agreement is not None else ""
+        print(
+            f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e}{agreement} "
+            "(passed)"
+        )
     return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the fused model to ONNX, TorchScript or torch.export (pt2)")
     _add_model_source(p, exported=False)
-    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], help="default: from the --out suffix")
-    p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2)")
+    p.add_argument(
+        "--format", choices=["onnx", "torchscript", "pt2", "openvino"], help="default: from the --out suffix"
+    )
+    p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2, .xml for OpenVINO)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the lowest that works for the model)")
     p.add_argument("--check", action="store_true", help="run the exported file on another batch size vs PyTorch")
+    p.add_argument("--int8", action="store_true", help="static int8: .onnx (onnxruntime QDQ) or .xml (OpenVINO, NNCF)")
+    p.add_argument("--calibration", help="folder of images for --int8 (preprocessed with the model's data config)")
+    p.add_argument("--calibration-images", type=int, default=300, help="images used for calibration (default 300)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -279,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, MissingExtraError) as exc:
         print(f"litevit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

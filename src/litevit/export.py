@@ -32,12 +32,24 @@ from .deploy import fuse
 from .features import FeatureExtractor, features_only
 from .layers import to_2tuple
 from .loading import create_model, model_info
+from .quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    agreement,
+    calibration_set,
+    onnx_int8,
+    openvino_ir,
+    openvino_runner,
+    save_openvino,
+)
 from .registry import DataConfig
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "pt2")
-SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2"}
+FORMATS = ("onnx", "torchscript", "pt2", "openvino")
+SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2", ".xml": "openvino"}
+INT8_FORMATS = ("onnx", "openvino")
+INT8_RTOL = 0.5  # an int8 graph further than this from fp32 (relative to the largest logit) is broken, not rounded
+INT8_MIN_OPSET = 13  # per-channel QDQ
 ONNX_OPSETS = tuple(range(9, 21))  # the opsets the TorchScript-based ONNX exporter can emit, lowest first
 RTOL = 1e-4  # parity: max |exported - pytorch| <= RTOL * max |pytorch|
 # the opset search rejects broken graphs (a batch size baked in, an op exported with other semantics), not
@@ -65,6 +77,7 @@ class ExportMetadata:
     litevit_version: str = ""
     torch_version: str = ""
     class_names: tuple[str, ...] | None = None  # the head's class names, when the weights name them
+    precision: str = "fp32"  # "int8" for a quantized file
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -88,6 +101,7 @@ class ParityCheck:
     max_abs_diff: float
     max_rel_diff: float  # max |exported - pytorch| / max |pytorch|
     passed: bool
+    agreement: float | None = None  # int8: share of images whose top-1 class equals the fp32 model's
 
 
 @dataclass(frozen=True)
@@ -259,10 +273,15 @@ def _run_onnx(session: Any, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor
 
 
 def _onnx_model(
-    model: nn.Module, example: torch.Tensor, batch: str | int, opset: int | None, check_input: torch.Tensor | None
+    model: nn.Module,
+    example: torch.Tensor,
+    batch: str | int,
+    opset: int | None,
+    check_input: torch.Tensor | None,
+    min_opset: int = ONNX_OPSETS[0],
 ) -> tuple[bytes, int]:
     """Serialized ONNX at ``opset``, or at the lowest opset that exports and (with ``check_input``) runs correctly."""
-    opsets = ONNX_OPSETS if opset is None else (opset,)
+    opsets = tuple(o for o in ONNX_OPSETS if o >= min_opset) if opset is None else (opset,)
     failures = []
     reference = None
     if check_input is not None and opset is None:
@@ -337,15 +356,22 @@ def export(
     img_size: int | tuple[int, int] | None = None,
     opset: int | None = None,
     check: bool = False,
+    int8: bool = False,
+    calibration: str | os.PathLike | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> ExportResult:
     """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
 
-    ``format``: ``"onnx"``, ``"torchscript"`` or ``"pt2"`` (default: from the suffix of ``path``). ``batch``:
-    ``"dynamic"`` or a fixed size. ``img_size``: the input size (default: the model's; another size rebuilds the
-    model and resamples its resolution-dependent weights). ``opset``: ONNX opset (default: the lowest that works).
-    ``check``: run the saved file (onnxruntime, or the reloaded TorchScript / exported program) on a batch size
-    different from the exported one and raise :class:`ExportError` if it differs from PyTorch by more than
-    ``RTOL`` relative.
+    ``format``: ``"onnx"``, ``"torchscript"``, ``"pt2"`` or ``"openvino"`` (default: from the suffix of ``path``:
+    ``.onnx``, ``.ts``, ``.pt2``, ``.xml``). ``batch``: ``"dynamic"`` or a fixed size. ``img_size``: the input size
+    (default: the model's; another size rebuilds the model and resamples its resolution-dependent weights).
+    ``opset``: ONNX opset (default: the lowest that works). ``check``: run the saved file on a batch size different
+    from the exported one and raise :class:`ExportError` if it differs from PyTorch by more than ``RTOL`` relative.
+
+    ``int8``: static post-training int8 (:mod:`litevit.quantize`), ONNX QDQ for onnxruntime or OpenVINO IR via NNCF,
+    calibrated on up to ``calibration_images`` images from the folder ``calibration``, preprocessed with the
+    model's data config. Its ``check`` compares with fp32 PyTorch on the calibration images: the top-1 agreement is
+    reported, and a relative difference above ``INT8_RTOL`` (a broken graph) raises :class:`ExportError`.
 
     The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
@@ -354,6 +380,12 @@ def export(
     batch = _parse_batch(batch)
     if opset is not None and format != "onnx":
         raise ValueError(f"opset applies to ONNX export only, not {format}")
+    if int8 and format not in INT8_FORMATS:
+        raise ValueError(f"int8 export writes .onnx (onnxruntime QDQ) or .xml (OpenVINO), not {format}")
+    if int8 and calibration is None:
+        raise ValueError("int8 export needs calibration images: --calibration DIR (a folder of images)")
+    if int8 and opset is not None and opset < INT8_MIN_OPSET:
+        raise ValueError(f"int8 ONNX (per-channel QDQ) needs opset >= {INT8_MIN_OPSET}, got {opset}")
     if isinstance(model, str):
         model = create_model(model)
     config = getattr(model, "config", None)
@@ -367,40 +399,61 @@ def export(
         parameter.requires_grad_(False)
     example = _example(batch, size, in_chans, seed=0)
     check_input = _example(_check_batch(batch), size, in_chans, seed=1)
+    calibration_batches = None
+    if int8:
+        data = model_info(model).data if hasattr(model, "variant_name") else DataConfig()
+        calibration_batches = calibration_set(calibration, data, size, calibration_images)
+        check_input = torch.from_numpy(np.concatenate(calibration_batches[:32]))
+        if batch != "dynamic":
+            check_input = check_input[: int(batch)]
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    used_opset = None
     if format == "onnx":
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             search_input = None
         else:
-            search_input = check_input
-        data, used_opset = _onnx_model(deployed, example, batch, opset, search_input)
-        metadata = metadata_for(model, size, batch, format, used_opset)
-        _save_onnx(data, path, metadata)
+            search_input = _example(_check_batch(batch), size, in_chans, seed=1)
+        min_opset = INT8_MIN_OPSET if int8 else ONNX_OPSETS[0]
+        data_bytes, used_opset = _onnx_model(deployed, example, batch, opset, search_input, min_opset)
+        if calibration_batches is not None:
+            data_bytes = onnx_int8(data_bytes, calibration_batches, _INPUT)
+    metadata = dataclasses.replace(
+        metadata_for(model, size, batch, format, used_opset), precision="int8" if int8 else "fp32"
+    )
+    if format == "onnx":
+        _save_onnx(data_bytes, path, metadata)
+    elif format == "openvino":
+        ir = openvino_ir(deployed, example, batch == "dynamic", metadata.to_json(), calibration_batches)
+        save_openvino(ir, path)
     else:
-        metadata = metadata_for(model, size, batch, format)
         exporter = _export_torchscript if format == "torchscript" else _export_pt2
         exporter(deployed, example, path, metadata)
-    log.info("exported %s to %s (%s)", metadata.variant or type(model).__name__, path, format)
+    log.info("exported %s to %s (%s, %s)", metadata.variant or type(model).__name__, path, format, metadata.precision)
 
     parity = None
     if check:
         with torch.inference_mode():
             reference = deployed(check_input)
         exported = ExportedModel(path)
-        parity = _compare(exported(check_input), reference, check_input.shape[0])
+        output = exported(check_input)
+        if int8:
+            parity = _compare(output, reference, check_input.shape[0], rtol=INT8_RTOL)
+            parity = dataclasses.replace(parity, agreement=agreement(output, reference))
+        else:
+            parity = _compare(output, reference, check_input.shape[0])
         if not parity.passed:
             raise ExportError(
                 f"{path}: exported model differs from PyTorch at batch {parity.batch}: max |diff| "
-                f"{parity.max_abs_diff:.3e}, relative {parity.max_rel_diff:.3e} > {RTOL:g}"
+                f"{parity.max_abs_diff:.3e}, relative {parity.max_rel_diff:.3e} > {INT8_RTOL if int8 else RTOL:g}"
             )
     return ExportResult(path, metadata, parity)
 
 
 class ExportedModel:
-    """An exported file (``.onnx``, ``.ts``/``.torchscript``, ``.pt2``) loaded for inference, with its metadata."""
+    """An exported file (``.onnx``, ``.ts``/``.torchscript``, ``.pt2``, OpenVINO ``.xml``) loaded for inference."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         self.path = Path(path)
@@ -408,6 +461,10 @@ class ExportedModel:
             raise FileNotFoundError(f"exported model not found: {self.path}")
         self.format = _format_from(self.path, None)
         self._run: Callable[[torch.Tensor], torch.Tensor]
+        if self.format == "openvino":
+            meta_json, self._run = openvino_runner(self.path, threads)
+            self.metadata = ExportMetadata.from_json(meta_json)
+            return
         if self.format == "onnx":
             session = _ort_session(self.path, threads)
             props = session.get_modelmeta().custom_metadata_map

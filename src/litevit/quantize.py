@@ -1,0 +1,170 @@
+"""Static post-training int8 and OpenVINO IR: calibration images, NNCF, onnxruntime QDQ.
+
+Two int8 routes, both calibrated on images preprocessed with the model's own data config:
+
+- OpenVINO (``.xml`` + ``.bin``), quantized by NNCF (optional extra ``litevit[openvino]``). Recipe: NNCF's
+  ``ModelType.TRANSFORMER`` (softmax, LayerNorm, the attention-bias adds and the GELU/Hardswish inputs stay in
+  float; SmoothQuant on the MatMul inputs) with the mixed preset (symmetric weights, asymmetric activations), for
+  every family; the convolutional stems and heads are quantized like the rest.
+- onnxruntime QDQ (``.onnx``): ``quantize_static`` with uint8 activations and per-channel int8 weights (U8S8, the
+  form onnxruntime's VNNI kernels run fastest) on MatMul, Conv and Gemm, MinMax calibration, after its
+  ``quant_pre_process``; per-channel needs opset 13.
+
+OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
+compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise run in bf16.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageLoadError, eval_transform, load_image
+from .registry import DataConfig
+
+MIN_CALIBRATION_IMAGES = 8
+DEFAULT_CALIBRATION_IMAGES = 300
+_EXTRAS = {"openvino": "openvino", "nncf": "openvino", "onnxruntime": "export", "onnx": "export"}
+_RT_INFO = ["litevit", "json"]  # where an IR keeps litevit's metadata
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency that is not installed; the message names the extra that installs it."""
+
+
+class CalibrationError(ValueError):
+    """Calibration images that cannot be used: missing, unreadable or too few."""
+
+
+def require(module: str, purpose: str) -> Any:
+    """Import an optional dependency, or raise one line naming the litevit extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = _EXTRAS.get(module.split(".")[0], module)
+        raise MissingExtraError(f"{purpose} needs {module}: pip install 'litevit[{extra}]'") from None
+
+
+def calibration_set(
+    folder: str | os.PathLike, data: DataConfig, img_size: tuple[int, int], count: int = DEFAULT_CALIBRATION_IMAGES
+) -> list[np.ndarray]:
+    """Up to ``count`` images under ``folder`` (recursively, sorted), each preprocessed to a ``(1, C, H, W)`` array."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CalibrationError(f"calibration folder not found: {root} (expected a folder of image files)")
+    if count < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {count}")
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if len(files) < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(
+            f"{root} has {len(files)} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES} "
+            f"(suffixes {', '.join(IMG_EXTENSIONS)}), ideally a few hundred from the model's domain"
+        )
+    transform = eval_transform(data, img_size)
+    batches, unreadable = [], []
+    for path in files[:count]:
+        try:
+            batches.append(transform(load_image(path))[None].numpy())
+        except ImageLoadError:
+            unreadable.append(path.name)
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise CalibrationError(f"{len(unreadable)} calibration image(s) under {root} cannot be read: {shown}")
+    return batches
+
+
+def openvino_ir(
+    deployed: nn.Module, example: torch.Tensor, dynamic_batch: bool, metadata_json: str, calibration: list | None
+) -> Any:
+    """The fused model as an OpenVINO model, quantized to int8 by NNCF when ``calibration`` is given."""
+    ov = require("openvino", "OpenVINO export")
+    shape = [-1 if dynamic_batch else example.shape[0], *example.shape[1:]]
+    with torch.no_grad():
+        model = ov.convert_model(deployed, example_input=example, input=[ov.PartialShape(shape)])
+    if calibration is not None:
+        nncf = require("nncf", "int8 quantization for OpenVINO")
+        model = nncf.quantize(
+            model,
+            nncf.Dataset(calibration),
+            preset=nncf.QuantizationPreset.MIXED,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+        )
+    model.set_rt_info(metadata_json, _RT_INFO)
+    return model
+
+
+def save_openvino(model: Any, path: Path) -> None:
+    require("openvino", "OpenVINO export").save_model(model, str(path), compress_to_fp16=False)
+
+
+def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, Any]:
+    """The metadata JSON of an IR and a callable running it on CPU at f32 inference precision."""
+    ov = require("openvino", f"running {Path(path).name}")
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if not model.has_rt_info(_RT_INFO):
+        raise ValueError(f"{path} was not exported by litevit (no litevit metadata in its rt_info)")
+    meta = model.get_rt_info(_RT_INFO).astype(str)
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.array(request.infer({0: x.numpy()})[0]))
+
+    return meta, run
+
+
+def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str) -> bytes:
+    """onnxruntime QDQ int8 (U8S8, per-channel weights) of an fp32 ONNX model (opset >= 13)."""
+    require("onnxruntime", "int8 quantization for onnxruntime")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        source.write_bytes(fp32)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Conv", "Gemm"],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        return out.read_bytes()
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows whose top-1 class is the same in both logits."""
+    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
