@@ -1,0 +1,127 @@
+"""int8 and OpenVINO export: a trained model quantized through the CLI, parity at fp32, bad calibration input.
+
+The trained model is a tiny LeViT fitted on drawn patterns (see test_train); its int8 forms are evaluated on
+held-out images and compared with the fp32 model's top-1 and predictions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import litevit
+from litevit import cli
+from litevit import train as T
+from litevit.data import eval_transform, image_folder
+from litevit.export import ExportedModel
+from litevit.predict import evaluate, preprocessing
+from litevit.quantize import MIN_CALIBRATION_IMAGES, CalibrationError, MissingExtraError
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny LeViT trained on drawn patterns: (best.safetensors, the data root with train/ and val/)."""
+    from test_train import TINY, make_patterns, tiny_config
+
+    root = tmp_path_factory.mktemp("int8-patterns")
+    make_patterns(root / "train", 24, seed=0)
+    make_patterns(root / "val", 12, seed=1)
+    out = tmp_path_factory.mktemp("int8-run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        T.train(tiny_config(root, out, epochs=16, model_kwargs={**TINY, "distilled": False}))
+    finally:
+        torch.set_num_threads(threads)
+    return out / T.BEST_EXPORT, root
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".onnx"])
+def test_int8_of_a_trained_model_keeps_its_accuracy(trained, tmp_path, suffix, capsys) -> None:
+    best, root = trained
+    out = tmp_path / f"m{suffix}"
+    command = ["export", str(best), "--int8", "--calibration", str(root / "train"), "--out", str(out), "--check"]
+    assert cli.main(command) == 0
+    printed = capsys.readouterr().out
+    assert "int8" in printed and "top-1 agreement with fp32" in printed
+    fp32 = litevit.load(best).eval()
+    int8 = ExportedModel(out)
+    assert int8.metadata.precision == "int8" and int8.metadata.class_names == fp32.model_info.class_names
+    top1_fp32 = evaluate(fp32, root / "val", workers=0, progress=False).top1
+    top1_int8 = evaluate(int8, root / "val", workers=0, progress=False).top1
+    assert top1_fp32 >= 70.0, top1_fp32  # the model learned something worth keeping
+    assert top1_int8 >= top1_fp32 - 6.0, (top1_fp32, top1_int8)  # at most 2 of 36 held-out images change
+    images = torch.stack([x for x, _ in image_folder(root / "val", _transform(fp32))])
+    with torch.no_grad():
+        agree = (fp32(images).argmax(-1) == int8(images).argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
+
+
+def _transform(model: torch.nn.Module):
+    data, size, _ = preprocessing(model)
+    return eval_transform(data, size)
+
+
+@pytest.mark.parametrize("name", ["levit_128s", "efficientvit_m0", "mobilevit_xxs", "t2t_vit_7"])
+def test_openvino_fp32_matches_pytorch(name: str, tmp_path) -> None:
+    model = litevit.create_model(name, img_size=96 if name != "levit_128s" else None).eval()
+    result = litevit.export(model, tmp_path / f"{name}.xml", check=True)
+    assert result.check is not None and result.check.passed and result.check.max_rel_diff < 1e-4
+    assert result.metadata.format == "openvino" and result.metadata.precision == "fp32"
+
+
+def _images(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_bad_calibration_input_is_a_clear_error(tmp_path, capsys) -> None:
+    model = litevit.create_model("levit_128s")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    few = _images(tmp_path / "few", MIN_CALIBRATION_IMAGES - 1)
+    broken = _images(tmp_path / "broken", MIN_CALIBRATION_IMAGES + 2)
+    (broken / "bad.jpg").write_bytes(b"not a jpeg")
+    cases = {
+        tmp_path / "missing": r"calibration folder not found: .*missing",
+        empty: r"empty has 0 image file\(s\); calibration needs at least 8",
+        few: r"few has 7 image file\(s\); calibration needs at least 8",
+        broken: r"1 calibration image\(s\) under .*broken cannot be read: bad\.jpg",
+    }
+    for folder, message in cases.items():
+        with pytest.raises(CalibrationError, match=message):
+            litevit.export(model, tmp_path / "m.xml", int8=True, calibration=folder)
+        assert cli.main(["export", "levit_128s", "--int8", "--calibration", str(folder), "--out", "m.onnx"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("litevit export: error: ") and "\n" not in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="int8 export needs calibration images"):
+        litevit.export(model, tmp_path / "m.xml", int8=True)
+    with pytest.raises(ValueError, match=r"int8 export writes \.onnx .* or \.xml"):
+        litevit.export(model, tmp_path / "m.pt2", int8=True, calibration=few)
+
+
+def test_missing_extra_names_what_to_install(tmp_path, monkeypatch, capsys) -> None:
+    real = importlib.import_module
+
+    def without_openvino(name: str, *args, **kwargs):
+        if name.split(".")[0] in ("openvino", "nncf"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_openvino)
+    with pytest.raises(MissingExtraError, match=r"OpenVINO export needs openvino: pip install 'litevit\[openvino\]'"):
+        litevit.export(litevit.create_model("levit_128s"), tmp_path / "m.xml")
+    assert cli.main(["export", "levit_128s", "--out", str(tmp_path / "m.xml")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "litevit export: error: OpenVINO export needs openvino: pip install 'litevit[openvino]'"
+    )
