@@ -78,15 +78,21 @@ class BenchRecord:
 
 
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model with the instruction sets its int8/bf16 kernels use."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
+    from .quantize import cpu_isa
+
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    isa = cpu_isa()
+    return f"{name} [{', '.join(isa)}]" if isa else name
 
 
 def git_commit() -> str:
@@ -560,38 +566,81 @@ def markdown(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+_MARKERS = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8": "v", "openvino": "D",
+            "openvino-int8": "d"}  # fmt: skip
+
+
+def _fastest(records: list[BenchRecord]) -> dict[tuple[str, str], BenchRecord]:
+    """(source, model) -> its fastest runner (litevit's fused forms only: that is what it deploys)."""
+    best: dict[tuple[str, str], BenchRecord] = {}
+    for r in records:
+        if r.source == "litevit" and not r.fused:
+            continue
+        key = (r.source, r.model)
+        if key not in best or r.images_per_s > best[key].images_per_s:
+            best[key] = r
+    return best
+
+
+def _line(model: str) -> str:
+    """The line a registered model is drawn on: its family, with MobileViT split into v1, v2 and v3."""
+    family = get_variant(model).family
+    return model.split("_")[0] if family == "mobilevit" else family
+
+
 def plot(result: BenchResult, path: str | os.PathLike) -> None:
-    """PNG: throughput against MACs and against paper top-1, one point per model and runtime."""
+    """PNG, as the papers plot it: paper top-1 against images/s (log), one panel per batch size.
+
+    One line per family through its variants for litevit's fastest path (solid) and timm's (dashed), the
+    marker saying which runtime was fastest; reference CNNs as labelled crosses. Points are not labelled one by
+    one (families are told apart by colour in the legend), so nothing overlaps.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    batch = max(r.batch_size for r in result.records)
-    points: dict[tuple[str, str, str], BenchRecord] = {}
-    for r in result.records:
-        if r.batch_size == batch and (r.fused or r.source != "litevit"):
-            points[(r.source, r.model, r.runtime)] = r
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    for ax, attr, label in ((axes[0], "macs_m", "MACs (M)"), (axes[1], "paper_top1", "paper top-1 (%)")):
-        for (source, model, runtime), r in points.items():
-            value = getattr(r, attr)
-            if value is None:
-                continue
-            marker = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8": "v", "openvino": "D",
-                      "openvino-int8": "d"}[runtime]  # fmt: skip
-            ax.scatter(value, r.images_per_s, marker=marker, color="C0" if source == "litevit" else "C3")
-            ax.annotate(f"{model} ({runtime})", (value, r.images_per_s), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")  # fmt: skip
-        ax.set_xlabel(label)
-        ax.set_ylabel("images/s")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
+    batches = sorted({r.batch_size for r in result.records})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5.5), squeeze=False)
+    registered = set(list_models())
+    families = sorted({_line(r.model) for r in result.records if r.model in registered})
+    colours = {family: f"C{i}" for i, family in enumerate(families)}
+    runtimes_seen: set[str] = set()
+    for ax, batch in zip(axes[0], batches, strict=True):
+        best = _fastest([r for r in result.records if r.batch_size == batch and r.paper_top1 is not None])
+        for family in families:
+            for source, style in (("litevit", "-"), ("timm", "--")):
+                points = sorted(
+                    (r for (src, model), r in best.items() if src == source and model in registered
+                     and _line(model) == family),
+                    key=lambda r: r.images_per_s,
+                )  # fmt: skip
+                if not points:
+                    continue
+                xs, ys = [r.images_per_s for r in points], [r.paper_top1 for r in points]
+                ax.plot(xs, ys, style, color=colours[family], alpha=0.8)
+                for r in points:
+                    runtimes_seen.add(r.runtime)
+                    ax.scatter(
+                        r.images_per_s, r.paper_top1, marker=_MARKERS[r.runtime], color=colours[family], zorder=3
+                    )
+        for (_, model), r in best.items():
+            if model not in registered:  # a reference CNN
+                ax.scatter(r.images_per_s, r.paper_top1, marker="x", color="black", zorder=3)
+                ax.annotate(model, (r.images_per_s, r.paper_top1), fontsize=7, xytext=(4, -10),
+                            textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(f"images/s at batch {batch} (log)")
+        ax.set_ylabel("ImageNet top-1 (%, as published)")
+        ax.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], color=colours[f], label=f) for f in families]
+    handles += [Line2D([], [], color="gray", linestyle=s, label=f"{src}'s fastest") for src, s in
+                (("litevit", "-"), ("timm", "--"))]  # fmt: skip
+    handles += [Line2D([], [], color="gray", marker=_MARKERS[r], linestyle="", label=r) for r in sorted(runtimes_seen)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     first = result.records[0]
-    fig.suptitle(
-        f"batch {batch}, {first.device_name}, {first.threads} thread(s), torch {first.torch_version} "
-        "(blue: litevit fused, red: timm)", fontsize=9,
-    )  # fmt: skip
-    fig.tight_layout()
+    fig.suptitle(f"{first.device_name}, {first.threads} thread(s), torch {first.torch_version}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.97))
     fig.savefig(path, dpi=120)
     plt.close(fig)

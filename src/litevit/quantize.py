@@ -8,7 +8,8 @@ Two int8 routes, both calibrated on images preprocessed with the model's own dat
   every family; the convolutional stems and heads are quantized like the rest.
 - onnxruntime QDQ (``.onnx``): ``quantize_static`` with uint8 activations and per-channel int8 weights (U8S8, the
   form onnxruntime's VNNI kernels run fastest) on MatMul, Conv and Gemm, MinMax calibration, after its
-  ``quant_pre_process``; per-channel needs opset 13.
+  ``quant_pre_process``; per-channel needs opset 13. On CPUs without VNNI the weights use 7 bits (see
+  :func:`onnx_int8`): the path is chosen by what the CPU running the export has.
 
 OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
 compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise run in bf16.
@@ -33,6 +34,32 @@ MIN_CALIBRATION_IMAGES = 8
 DEFAULT_CALIBRATION_IMAGES = 300
 _EXTRAS = {"openvino": "openvino", "nncf": "openvino", "onnxruntime": "export", "onnx": "export"}
 _RT_INFO = ["litevit", "json"]  # where an IR keeps litevit's metadata
+
+
+_ISA = {  # /proc/cpuinfo flag -> the name published next to a figure
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
+
+
+def cpu_isa() -> tuple[str, ...]:
+    """The vector and matrix instruction sets of this CPU that int8 and bf16 kernels use (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(name for flag, name in _ISA.items() if flag in flags)
+
+
+def has_vnni() -> bool:
+    """Whether int8 dot products run in one instruction (VNNI); without it u8 x s8 products can saturate."""
+    return bool({"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"} & set(cpu_isa()))
 
 
 class MissingExtraError(ImportError):
@@ -128,7 +155,11 @@ def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, 
 
 
 def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str) -> bytes:
-    """onnxruntime QDQ int8 (U8S8, per-channel weights) of an fp32 ONNX model (opset >= 13)."""
+    """onnxruntime QDQ int8 (U8S8, per-channel weights) of an fp32 ONNX model (opset >= 13).
+
+    Without VNNI, onnxruntime's AVX2/AVX-512 kernels add pairs of u8 x s8 products in 16 bits, which can saturate:
+    weights are then quantized to 7 bits (``reduce_range``), as onnxruntime advises for such CPUs.
+    """
     require("onnxruntime", "int8 quantization for onnxruntime")
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -161,6 +192,7 @@ def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str) -> by
             per_channel=True,
             op_types_to_quantize=["MatMul", "Conv", "Gemm"],
             calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=not has_vnni(),
         )
         return out.read_bytes()
 
