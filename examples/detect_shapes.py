@@ -9,7 +9,6 @@ a 2-core VM shared with other jobs; about 0.7 s per step of 16 images when one c
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -91,33 +90,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mobilevit_xxs")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--train-images", type=int, default=2000)
-    parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 on a busy machine)")
-    parser.add_argument("--checkpoint", help="ImageNet weights for the backbone (file); default: from scratch")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(
-        args.model,
-        args.steps,
-        args.batch_size,
-        args.size,
-        args.train_images,
-        args.test_images,
-        args.lr,
-        args.seed,
-        args.checkpoint,
-    )
+    args = shapes.run_arguments(__doc__.splitlines()[0], 400, argv)
+    result = run(**args)
     print(
-        f"{args.model}: mAP@0.5 {result['map50']:.3f} on {args.test_images} held-out images ({result['seconds']:.0f} s)"
+        f"{args['model_name']}: mAP@0.5 {result['map50']:.3f} on {args['test_images']} held-out images "
+        f"({result['seconds']:.0f} s)"
     )
     return result
 

@@ -6,7 +6,9 @@ small network trained from scratch on a CPU learns it in minutes.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,3 +141,23 @@ def mean_iou(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) ->
     inter = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - inter
     return float((inter[union > 0] / union[union > 0]).mean())
+
+
+def run_arguments(description: str, steps: int, argv: list[str] | None) -> dict[str, Any]:
+    """The command line both examples share, parsed into ``run(**...)`` keyword arguments (sets torch threads)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", dest="model_name", default="mobilevit_xxs")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--test-images", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 on a busy machine)")
+    parser.add_argument("--checkpoint", help="ImageNet weights for the backbone (file); default: from scratch")
+    args = vars(parser.parse_args(argv))
+    threads = args.pop("threads")
+    if threads:
+        torch.set_num_threads(threads)
+    return args
