@@ -376,6 +376,9 @@ def export(
     The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
     path = Path(path)
+    if int8 and format is None and not path.suffix:
+        # the int8 route measured faster for every family (README, benchmarks/int8.md): OpenVINO + NNCF
+        path = path.with_suffix(".xml")
     format = _format_from(path, format)
     batch = _parse_batch(batch)
     if opset is not None and format != "onnx":
