@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from litevit.train import DistillationLoss, build_teacher, classification_loss, distillation_loss
+from litevit.train_losses import DistillationLoss, build_teacher, classification_loss, distillation_loss
 
 
 def _hand_log_softmax(logits: list[float]) -> list[float]:
