@@ -19,7 +19,7 @@ default recipe (no --recipe): the short-run rule, for a few epochs on a small da
   lr = 1e-3 * sqrt(B / 256) from scratch, a tenth of that from --checkpoint weights (AdamW, absolute,
   not rescaled by --lr-ref-batch); warm-up over the first 5% of S (at most 5 epochs) from lr / 100; cosine to lr / 100;
   random-resized crops keep at least min(0.5, max(0.08, 0.08 * 224 / img_size)) of the image (0.28 at 64 px);
-  EMA of the weights when S >= 100 steps, decay 1 - 10 / S (0.99 to 0.9999): it averages the last tenth of the run;
+  EMA of the weights when S >= 100 steps, decay 1 - 10 / S (at most 0.9999): it averages the last tenth of the run;
   no RandAugment, MixUp, CutMix or random erasing; label smoothing 0.1, weight decay 0.05.
 Options given explicitly replace the rule's values; each run logs what the rule chose."""
 
@@ -44,7 +44,7 @@ def short_run_rule(
         "warmup_epochs": min(5.0, 0.05 * epochs),
         "crop_scale": (min(0.5, max(0.08, 0.08 * 224 / img_size)), 1.0),
         "ema": steps >= 100,
-        "ema_decay": min(0.9999, max(0.99, 1 - 10 / steps)),
+        "ema_decay": min(0.9999, 1 - 10 / steps),
     }
 
 

@@ -219,9 +219,11 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
     num_classes = len(split.classes)
     img_size = config.img_size or variant.data.img_size
     data_config = dataclasses.replace(variant.data, img_size=img_size)
+    # the settings as given: the rule's values follow from them (epochs, images, batch, size, lr), so a resume
+    # that overrides one of those gets the rule's values for the new one
+    settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
     config = _apply_rule(config, len(split.train_indices), ranks.world, img_size)
     workers = default_workers() if config.workers is None else config.workers
-    settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
 
     # the model: same initial weights on every rank (DDP also broadcasts rank 0's)
     torch.manual_seed(config.seed)

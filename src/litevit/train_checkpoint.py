@@ -124,9 +124,10 @@ _NOT_COMPARED = (
 
 
 def run_settings(config: TrainConfig, classes: Sequence[str], train_images: int, world: int) -> dict[str, Any]:
-    """Every setting that changes the math of a run, as JSON values: the resolved config (model options, image size,
-    batch, learning rate and schedule, seed, augmentation, distillation), the class names, the number of training
-    images and the number of processes."""
+    """Every setting that changes the math of a run, as JSON values: the config as given (model options, image size,
+    batch, learning rate and schedule, seed, augmentation, distillation; a field left to the short-run rule stays
+    None, since the rule's value follows from the others), the class names, the number of training images and the
+    number of processes."""
     settings = {k: v for k, v in jsonable(config).items() if k not in _NOT_COMPARED}
     settings.update(classes=list(classes), train_images=train_images, world_size=world)
     return settings
