@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -168,12 +170,28 @@ def _as_rgb8(path: Path) -> np.ndarray:
     return np.asarray(load_image(path))
 
 
+def _write_png48(path: Path, array: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG (PIL reads these but cannot write them): ``array`` is ``H, W, 3`` uint16."""
+    height, width, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
 def _kinds(root: Path) -> dict[str, tuple[Path, np.ndarray]]:
     """Each image kind as a file, with the 8-bit RGB pixels it must read as."""
     rgb, grey = _rgb(0), _rgb(1)[..., 0]
     kinds: dict[str, tuple[Path, np.ndarray]] = {}
     Image.fromarray(grey.astype(np.uint16) * 257).save(root / "grey16.png")  # 16-bit PNG: I;16
     kinds["grey16"] = (root / "grey16.png", np.repeat(grey[..., None], 3, axis=-1))
+    _write_png48(root / "rgb48.png", rgb.astype(np.uint16) * 257)
+    kinds["rgb48"] = (root / "rgb48.png", rgb)
     Image.fromarray(grey.astype(np.int32) * 257, "I").save(root / "grey32.tif")
     kinds["grey32"] = (root / "grey32.tif", np.repeat(grey[..., None], 3, axis=-1))
     Image.fromarray(grey).save(root / "grey8.png")
@@ -195,7 +213,7 @@ def _kinds(root: Path) -> dict[str, tuple[Path, np.ndarray]]:
     return kinds
 
 
-@pytest.mark.parametrize("kind", ["grey16", "grey32", "grey8", "palette", "rgba", "cmyk", "exif_rotated"])
+@pytest.mark.parametrize("kind", ["grey16", "rgb48", "grey32", "grey8", "palette", "rgba", "cmyk", "exif_rotated"])
 def test_each_image_kind_reads_as_its_8bit_rgb_version(kind: str, tmp_path: Path) -> None:
     path, expected = _kinds(tmp_path)[kind]
     reference = tmp_path / "reference.png"

@@ -32,11 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import default_workers, eval_transform
+from .data import default_workers
 from .loading import create_model
 from .recipes import RULE_FIELDS, short_run_rule
 from .registry import get_variant
-from .sampler import MultiScaleBatchSampler, multi_scale_sizes
 from .train_checkpoint import (
     TrainState,
     append_metrics,
@@ -57,7 +56,7 @@ from .train_config import (
     TrainConfig,
     TrainResult,
 )
-from .train_data import ImageSubset, batch_mixer, find_data, train_transform
+from .train_data import batch_mixer, find_data, make_loaders
 from .train_dist import Dist, all_sum, init_distributed
 from .train_losses import DistillationLoss, build_teacher
 from .train_optim import ModelEma, WarmupCosine, param_groups
@@ -65,7 +64,118 @@ from .train_options import add_arguments, config_from_args, summary
 
 log = logging.getLogger("litevit.train")  # also when run as ``python -m litevit.train``
 
-# ----------------------------------------------------------------------------------------------------------- loops
+# ----------------------------------------------------------------------------------------------------------- the story
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; see the module docstring. Works as one process or under torchrun."""
+    distill = _validate(config)
+    ranks, device, created_group = init_distributed(config.device)
+    try:
+        return _train(config, distill, ranks, device)
+    finally:
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device) -> TrainResult:
+    out = Path(config.out)
+    variant = get_variant(config.model)
+    split = find_data(config)
+    num_classes = len(split.classes)
+    img_size = config.img_size or variant.data.img_size
+    data_config = dataclasses.replace(variant.data, img_size=img_size)
+    # the settings as given: the rule's values follow from them (epochs, images, batch, size, lr), so a resume
+    # that overrides one of those gets the rule's values for the new one
+    settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
+    config = _apply_rule(config, len(split.train_indices), ranks.world, img_size)
+    workers = default_workers() if config.workers is None else config.workers
+
+    # the model: same initial weights on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(config.seed)
+    kwargs = dict(config.model_kwargs)
+    if config.drop_path is not None:
+        kwargs["drop_path"] = config.drop_path
+    model = create_model(
+        config.model, checkpoint=config.checkpoint, num_classes=num_classes, img_size=img_size, **kwargs
+    )
+    model.to(device)
+    net: nn.Module = model
+    if ranks.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    lr, min_lr, warmup_lr = _effective_lrs(config, ranks.world)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr)
+    scheduler = WarmupCosine(optimizer, lr, config.epochs, config.warmup_epochs, min_lr, warmup_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    ema = ModelEma(model, config.ema_decay) if config.ema else None
+
+    teacher = None
+    if distill != "none":
+        teacher = build_teacher(config.teacher, config.teacher_checkpoint, num_classes, img_size, data_config)
+        teacher.to(device)
+        if hasattr(model, "set_distilled_training"):  # LeViT: (class, distillation) logits in training mode
+            model.set_distilled_training(True)
+    criterion = DistillationLoss(teacher, distill, config.distill_alpha, config.distill_tau, config.label_smoothing)
+    mixer = batch_mixer(config, num_classes)
+
+    sampler, train_loader, val_loader = make_loaders(
+        config, split, data_config, ranks.rank, ranks.world, workers, device
+    )
+    state = TrainState(model, net, optimizer, scheduler, scaler, ema, sampler, criterion, mixer)
+
+    start_epoch, best_top1 = 0, None
+    if config.resume:
+        path = out / LAST_CHECKPOINT if config.resume == "auto" else Path(config.resume)
+        start_epoch, best_top1 = load_training_checkpoint(path, state, settings, config.resume_override)
+        log.info("resumed from %s at epoch %d", path, start_epoch)
+        if ranks.main:  # drop log lines of epochs the checkpoint does not include (the run was killed in between)
+            kept = [r for r in read_metrics(out / METRICS_LOG) if r.get("epoch", 0) <= start_epoch]
+            atomic_write(out / METRICS_LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+    elif (out / LAST_CHECKPOINT).exists():
+        raise ValueError(f"{out / LAST_CHECKPOINT} exists: pass --resume to continue that run, or choose another --out")
+
+    meta = {
+        "num_classes": num_classes,
+        "img_size": img_size,
+        "model_kwargs": kwargs,
+        "classes": split.classes,
+    }
+    history: list[dict[str, Any]] = []
+    epoch = start_epoch
+    end = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
+    for epoch in range(start_epoch, end):
+        seed_epoch(config.seed, epoch, ranks.rank)
+        tic = time.perf_counter()
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record.update(train_one_epoch(state, train_loader, epoch, config, device, ranks))
+        val = evaluate(model, val_loader, device, config.amp, ranks)
+        record.update({f"val_{k}": v for k, v in val.items()})
+        candidates = [("model", val["top1"], model)]
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_loader, device, config.amp, ranks)
+            record.update({f"ema_val_{k}": v for k, v in ema_val.items()})
+            candidates.append(("ema", ema_val["top1"], ema.module))
+        weights, top1, best_module = max(candidates, key=lambda c: c[1])
+        improved = best_top1 is None or top1 > best_top1
+        if improved:
+            best_top1 = top1
+        record.update({"best_top1": best_top1, "epoch_time_s": time.perf_counter() - tic})
+        history.append(record)
+        log.info("rank %d epoch %d: %s", ranks.rank, epoch + 1, json.dumps(record, sort_keys=True))
+        if ranks.main:
+            if improved:
+                best_meta = dict(meta, epoch=epoch + 1, top1=top1, weights=weights)
+                export_safetensors(out / BEST_EXPORT, best_module.state_dict(), config.model, best_meta, data_config)
+            append_metrics(out / METRICS_LOG, record)
+            save_training_checkpoint(
+                out / LAST_CHECKPOINT, state, config, settings, epoch + 1, best_top1, meta, data_config
+            )
+    finished = end == config.epochs
+    return TrainResult(history, best_top1, out, finished, ranks.rank)
+
+
+# ----------------------------------------------------------------------------------------------- epochs and evaluation
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -158,9 +268,6 @@ def train_one_epoch(
     return {"train_loss": loss_sum / max(total, 1.0), "lr": lr, "images_per_s": total / elapsed}
 
 
-# ---------------------------------------------------------------------------------------------------------- driver
-
-
 def _effective_lrs(config: TrainConfig, world: int) -> tuple[float, float, float]:
     scale = 1.0 if config.lr_ref_batch is None else config.batch_size * world / config.lr_ref_batch
     return config.lr * scale, config.min_lr * scale, config.warmup_lr * scale
@@ -199,143 +306,6 @@ def _apply_rule(config: TrainConfig, train_images: int, world: int, img_size: in
         ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()),
     )
     return dataclasses.replace(config, **chosen)
-
-
-def train(config: TrainConfig) -> TrainResult:
-    """Train ``config.model`` on ``config.data``; see the module docstring. Works as one process or under torchrun."""
-    distill = _validate(config)
-    ranks, device, created_group = init_distributed(config.device)
-    try:
-        return _train(config, distill, ranks, device)
-    finally:
-        if created_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device) -> TrainResult:
-    out = Path(config.out)
-    variant = get_variant(config.model)
-    split = find_data(config)
-    num_classes = len(split.classes)
-    img_size = config.img_size or variant.data.img_size
-    data_config = dataclasses.replace(variant.data, img_size=img_size)
-    # the settings as given: the rule's values follow from them (epochs, images, batch, size, lr), so a resume
-    # that overrides one of those gets the rule's values for the new one
-    settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
-    config = _apply_rule(config, len(split.train_indices), ranks.world, img_size)
-    workers = default_workers() if config.workers is None else config.workers
-
-    # the model: same initial weights on every rank (DDP also broadcasts rank 0's)
-    torch.manual_seed(config.seed)
-    kwargs = dict(config.model_kwargs)
-    if config.drop_path is not None:
-        kwargs["drop_path"] = config.drop_path
-    model = create_model(
-        config.model, checkpoint=config.checkpoint, num_classes=num_classes, img_size=img_size, **kwargs
-    )
-    model.to(device)
-    net: nn.Module = model
-    if ranks.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    lr, min_lr, warmup_lr = _effective_lrs(config, ranks.world)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr)
-    scheduler = WarmupCosine(optimizer, lr, config.epochs, config.warmup_epochs, min_lr, warmup_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    ema = ModelEma(model, config.ema_decay) if config.ema else None
-
-    teacher = None
-    if distill != "none":
-        teacher = build_teacher(config.teacher, config.teacher_checkpoint, num_classes, img_size, data_config)
-        teacher.to(device)
-        if hasattr(model, "set_distilled_training"):  # LeViT: (class, distillation) logits in training mode
-            model.set_distilled_training(True)
-    criterion = DistillationLoss(teacher, distill, config.distill_alpha, config.distill_tau, config.label_smoothing)
-    mixer = batch_mixer(config, num_classes)
-
-    sizes: tuple[int, ...] | None = None
-    if config.multi_scale:
-        sizes = config.multi_scale_sizes or multi_scale_sizes(
-            img_size,
-            round(img_size * config.multi_scale_min),
-            round(img_size * config.multi_scale_max),
-            config.multi_scale_num,
-        )
-    sampler = MultiScaleBatchSampler(
-        len(split.train_indices),
-        config.batch_size,
-        img_size,
-        sizes,
-        seed=config.seed,
-        num_replicas=ranks.world,
-        rank=ranks.rank,
-        drop_last=True,
-    )
-    if len(sampler) == 0:
-        raise ValueError(
-            f"the training set has {len(split.train_indices)} images, fewer than one batch of {config.batch_size} "
-            f"per process on {ranks.world} process(es); lower --batch-size"
-        )
-    train_set = ImageSubset(
-        split.train_samples, split.train_indices, lambda size: train_transform(data_config, size, config)
-    )
-    val_set = ImageSubset(
-        split.val_samples, split.val_indices[ranks.rank :: ranks.world], lambda _: eval_transform(data_config)
-    )
-    pin = device.type == "cuda"
-    train_loader = DataLoader(
-        train_set, batch_sampler=sampler, num_workers=workers, pin_memory=pin, persistent_workers=False
-    )
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=workers, pin_memory=pin)
-    state = TrainState(model, net, optimizer, scheduler, scaler, ema, sampler, criterion, mixer)
-
-    start_epoch, best_top1 = 0, None
-    if config.resume:
-        path = out / LAST_CHECKPOINT if config.resume == "auto" else Path(config.resume)
-        start_epoch, best_top1 = load_training_checkpoint(path, state, settings, config.resume_override)
-        log.info("resumed from %s at epoch %d", path, start_epoch)
-        if ranks.main:  # drop log lines of epochs the checkpoint does not include (the run was killed in between)
-            kept = [r for r in read_metrics(out / METRICS_LOG) if r.get("epoch", 0) <= start_epoch]
-            atomic_write(out / METRICS_LOG, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
-    elif (out / LAST_CHECKPOINT).exists():
-        raise ValueError(f"{out / LAST_CHECKPOINT} exists: pass --resume to continue that run, or choose another --out")
-
-    meta = {
-        "num_classes": num_classes,
-        "img_size": img_size,
-        "model_kwargs": kwargs,
-        "classes": split.classes,
-    }
-    history: list[dict[str, Any]] = []
-    epoch = start_epoch
-    end = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
-    for epoch in range(start_epoch, end):
-        seed_epoch(config.seed, epoch, ranks.rank)
-        tic = time.perf_counter()
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        record.update(train_one_epoch(state, train_loader, epoch, config, device, ranks))
-        val = evaluate(model, val_loader, device, config.amp, ranks)
-        record.update({f"val_{k}": v for k, v in val.items()})
-        candidates = [("model", val["top1"], model)]
-        if ema is not None:
-            ema_val = evaluate(ema.module, val_loader, device, config.amp, ranks)
-            record.update({f"ema_val_{k}": v for k, v in ema_val.items()})
-            candidates.append(("ema", ema_val["top1"], ema.module))
-        weights, top1, best_module = max(candidates, key=lambda c: c[1])
-        improved = best_top1 is None or top1 > best_top1
-        if improved:
-            best_top1 = top1
-        record.update({"best_top1": best_top1, "epoch_time_s": time.perf_counter() - tic})
-        history.append(record)
-        log.info("rank %d epoch %d: %s", ranks.rank, epoch + 1, json.dumps(record, sort_keys=True))
-        if ranks.main:
-            if improved:
-                best_meta = dict(meta, epoch=epoch + 1, top1=top1, weights=weights)
-                export_safetensors(out / BEST_EXPORT, best_module.state_dict(), config.model, best_meta, data_config)
-            append_metrics(out / METRICS_LOG, record)
-            save_training_checkpoint(out / LAST_CHECKPOINT, state, settings, epoch + 1, best_top1, meta, data_config)
-    finished = end == config.epochs
-    return TrainResult(history, best_top1, out, finished, ranks.rank)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

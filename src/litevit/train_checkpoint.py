@@ -26,8 +26,6 @@ from .train_optim import ModelEma, WarmupCosine
 
 log = logging.getLogger("litevit.train")
 
-# ------------------------------------------------------------------------------------------------------ checkpoints
-
 
 @dataclass
 class TrainState:
@@ -152,6 +150,7 @@ def check_resume(path: Path, saved: dict[str, Any] | None, current: dict[str, An
 def save_training_checkpoint(
     path: Path,
     state: TrainState,
+    config: TrainConfig,
     settings: dict[str, Any],
     epochs_done: int,
     best_top1: float | None,
@@ -159,7 +158,7 @@ def save_training_checkpoint(
     data_config: DataConfig,
 ) -> None:
     payload = {
-        "variant": settings["model"],
+        "variant": config.model,
         **meta,
         "data_config": dataclasses.asdict(data_config),
         "epoch": epochs_done,
@@ -171,7 +170,8 @@ def save_training_checkpoint(
         "scaler": state.scaler.state_dict(),
         "sampler": state.sampler.state_dict(),
         "rng": rng_state(),
-        "settings": settings,
+        "settings": settings,  # compared on resume
+        "config": jsonable(config),  # the values used, the short-run rule's included (for the record)
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .data import INTERPOLATIONS, FlipChannels, image_folder, load_image
+from .data import INTERPOLATIONS, FlipChannels, eval_transform, image_folder, load_image
 from .registry import DataConfig
+from .sampler import MultiScaleBatchSampler, multi_scale_sizes
 from .train_config import TrainConfig
-
-# ------------------------------------------------------------------------------------------------------------ data
 
 
 def train_transform(data: DataConfig, img_size: int, config: TrainConfig) -> v2.Compose:
@@ -135,3 +134,40 @@ def find_data(config: TrainConfig) -> DataSplit:
         val_folder.samples,
         list(range(len(val_folder))),
     )
+
+
+def make_loaders(
+    config: TrainConfig, split: DataSplit, data: DataConfig, rank: int, world: int, workers: int, device: torch.device
+) -> tuple[MultiScaleBatchSampler, DataLoader, DataLoader]:
+    """The sampler and loaders of this rank: augmented (multi-scale) training batches, its shard of validation."""
+    sizes: tuple[int, ...] | None = None
+    if config.multi_scale:
+        sizes = config.multi_scale_sizes or multi_scale_sizes(
+            data.img_size,
+            round(data.img_size * config.multi_scale_min),
+            round(data.img_size * config.multi_scale_max),
+            config.multi_scale_num,
+        )
+    sampler = MultiScaleBatchSampler(
+        len(split.train_indices),
+        config.batch_size,
+        data.img_size,
+        sizes,
+        seed=config.seed,
+        num_replicas=world,
+        rank=rank,
+        drop_last=True,
+    )
+    if len(sampler) == 0:
+        raise ValueError(
+            f"the training set has {len(split.train_indices)} images, fewer than one batch of {config.batch_size} "
+            f"per process on {world} process(es); lower --batch-size"
+        )
+    train_set = ImageSubset(split.train_samples, split.train_indices, lambda size: train_transform(data, size, config))
+    val_set = ImageSubset(split.val_samples, split.val_indices[rank::world], lambda _: eval_transform(data))
+    pin = device.type == "cuda"  # page-locked batches for asynchronous copies to the GPU
+    train_loader = DataLoader(
+        train_set, batch_sampler=sampler, num_workers=workers, pin_memory=pin, persistent_workers=False
+    )
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=workers, pin_memory=pin)
+    return sampler, train_loader, val_loader

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# ------------------------------------------------------------------------------------------------------ distributed
-
 
 @dataclass(frozen=True)
 class Dist:

@@ -9,8 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-# ------------------------------------------------------------------------------------------------ schedule and EMA
-
 
 class WarmupCosine:
     """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then cosine decay to ``min_lr``.

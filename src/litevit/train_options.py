@@ -12,8 +12,6 @@ from .loading import as_tuples
 from .recipes import RECIPES, SHORT_RUN_RULE, get_recipe
 from .train_config import BEST_EXPORT, DISTILL_KINDS, TrainConfig, TrainResult
 
-# -------------------------------------------------------------------------------------------------------- options
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train`` options, shared by ``litevit train`` and ``python -m litevit.train``.
