@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,15 @@ import torch
 from PIL import Image
 
 import litevit
-from litevit.data import ImageLoadError, eval_transform, image_folder, imagenet_classes, load_image
+from litevit import data
+from litevit.data import (
+    ImageLoadError,
+    eval_transform,
+    image_folder,
+    imagenet_classes,
+    imagenet_synsets,
+    load_image,
+)
 from litevit.registry import DataConfig
 
 _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -146,3 +157,113 @@ def test_imagenet_classes() -> None:
     # well-known ImageNet-1k indices
     assert names[0] == "tench" and names[1] == "goldfish" and names[207] == "golden retriever"
     assert names[999] == "toilet tissue"
+
+
+# ------------------------------------------------------------------------------------------ images as users have them
+
+
+def _rgb(seed: int, size: tuple[int, int] = (24, 36)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)  # H, W, 3
+
+
+def _as_rgb8(path: Path) -> np.ndarray:
+    return np.asarray(load_image(path))
+
+
+def _write_png48(path: Path, array: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG (PIL reads these but cannot write them): ``array`` is ``H, W, 3`` uint16."""
+    height, width, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def _kinds(root: Path) -> dict[str, tuple[Path, np.ndarray]]:
+    """Each image kind as a file, with the 8-bit RGB pixels it must read as."""
+    rgb, grey = _rgb(0), _rgb(1)[..., 0]
+    kinds: dict[str, tuple[Path, np.ndarray]] = {}
+    Image.fromarray(grey.astype(np.uint16) * 257).save(root / "grey16.png")  # 16-bit PNG: I;16
+    kinds["grey16"] = (root / "grey16.png", np.repeat(grey[..., None], 3, axis=-1))
+    _write_png48(root / "rgb48.png", rgb.astype(np.uint16) * 257)
+    kinds["rgb48"] = (root / "rgb48.png", rgb)
+    Image.fromarray(grey.astype(np.int32) * 257, "I").save(root / "grey32.tif")
+    kinds["grey32"] = (root / "grey32.tif", np.repeat(grey[..., None], 3, axis=-1))
+    Image.fromarray(grey).save(root / "grey8.png")
+    kinds["grey8"] = (root / "grey8.png", np.repeat(grey[..., None], 3, axis=-1))
+    palette = Image.fromarray(rgb).quantize(64)
+    palette.save(root / "palette.png")
+    kinds["palette"] = (root / "palette.png", np.asarray(palette.convert("RGB")))
+    Image.fromarray(np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], -1)).save(root / "rgba.png")
+    kinds["rgba"] = (root / "rgba.png", rgb)
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.tif")
+    kinds["cmyk"] = (root / "cmyk.tif", rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored pixels are to be turned 90 degrees clockwise for display
+    Image.fromarray(rgb).save(root / "rotated.png", exif=exif)
+    kinds["exif_rotated"] = (
+        root / "rotated.png",
+        np.asarray(Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_270)),
+    )
+    return kinds
+
+
+@pytest.mark.parametrize("kind", ["grey16", "rgb48", "grey32", "grey8", "palette", "rgba", "cmyk", "exif_rotated"])
+def test_each_image_kind_reads_as_its_8bit_rgb_version(kind: str, tmp_path: Path) -> None:
+    path, expected = _kinds(tmp_path)[kind]
+    reference = tmp_path / "reference.png"
+    Image.fromarray(expected).save(reference)  # that image saved as 8-bit RGB
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == Image.open(reference).size
+    np.testing.assert_array_equal(np.asarray(image), _as_rgb8(reference))
+
+
+def test_transparent_pixels_read_as_white_and_cmyk_jpeg(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[:, :3] = (10, 20, 30, 255)  # left half opaque, right half transparent black
+    Image.fromarray(rgba).save(tmp_path / "half.png")
+    pixels = _as_rgb8(tmp_path / "half.png")
+    assert (pixels[:, :3] == (10, 20, 30)).all() and (pixels[:, 3:] == 255).all()
+    Image.fromarray(_rgb(2)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)  # Adobe CMYK JPEG, lossy
+    assert np.abs(_as_rgb8(tmp_path / "cmyk.jpg").astype(int) - _rgb(2)).max() <= 8
+
+
+def test_very_large_image_reads_without_bomb_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PIL refuses over 2 * MAX_IMAGE_PIXELS; shrink its limit so that a small file stands for a 200 Mpx photo
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    rgb = _rgb(3, (40, 60))  # 2400 px: 24 x PIL's limit
+    Image.fromarray(rgb).save(tmp_path / "large.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(_as_rgb8(tmp_path / "large.png"), rgb)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored
+    monkeypatch.setattr(data, "MAX_PIXELS", 1000)
+    with pytest.raises(ImageLoadError, match=r"large\.png: more than 1000 pixels"):
+        load_image(tmp_path / "large.png")
+
+
+def test_imagenet_synsets_in_class_index_order() -> None:
+    wnids = imagenet_synsets()
+    assert len(wnids) == len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
+    assert wnids[0] == "n01440764" and wnids[-1] == "n15075141"  # tench, toilet tissue
+    timm_info = pytest.importorskip("timm").__file__
+    info = Path(timm_info).parent / "data" / "_info"
+    assert (info / "imagenet_synsets.txt").read_text().split() == list(wnids)
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines())
+
+    def norm(text: str) -> str:
+        return text.lower().replace("_", " ").replace("-", " ").replace("'", "")
+
+    # each torchvision class name is a lemma of the synset at its index (or one with a word added, for the two
+    # duplicate names torchvision disambiguates: 'crane bird', 'maillot tank suit')
+    misses = [
+        (i, name, lemmas[w])
+        for i, (w, name) in enumerate(zip(wnids, imagenet_classes(), strict=True))
+        if not any(norm(name) in norm(lemma) or norm(lemma) in norm(name) for lemma in lemmas[w].split(","))
+    ]
+    assert not misses, misses[:5]

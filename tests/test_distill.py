@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from litevit.train import DistillationLoss, build_teacher, classification_loss, distillation_loss
+from litevit.train_losses import DistillationLoss, build_teacher, classification_loss, distillation_loss
 
 
 def _hand_log_softmax(logits: list[float]) -> list[float]:
@@ -173,3 +173,41 @@ def test_torchvision_teacher_loads_its_checkpoint(tmp_path: Path) -> None:
     torch.testing.assert_close(teacher(x), reference(x))
     with pytest.raises(ValueError, match="does not fit torchvision's resnet18"):
         build_teacher("resnet18", str(path), 5, 32)
+
+
+def test_teacher_sees_its_own_preprocessing_from_the_same_crop(tmp_path: Path) -> None:
+    """A MobileViT student (BGR, [0, 1]) and a torchvision teacher (RGB, ImageNet mean/std): through the wrapper, the
+    teacher's logits on the student's batch equal its logits on its own preprocessing of the same image."""
+    import dataclasses
+
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    import litevit
+    from litevit.data import eval_transform
+    from litevit.registry import DataConfig
+
+    student_data = dataclasses.replace(litevit.get_variant("mobilevit_xxs").data, img_size=32)
+    assert student_data.channel_order == "BGR" and student_data.mean == (0.0, 0.0, 0.0)
+    teacher_data = dataclasses.replace(student_data, mean=DataConfig().mean, std=DataConfig().std, channel_order="RGB")
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    student_x = eval_transform(student_data)(image)[None]  # 1, 3, 32, 32: BGR in [0, 1]
+    teacher_x = eval_transform(teacher_data)(image)[None]  # the same crop as the teacher's own preprocessing
+
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model("resnet18", weights=None, num_classes=3).eval()
+    path = tmp_path / "teacher.pth"
+    torch.save(reference.state_dict(), path)
+    teacher = build_teacher("resnet18", str(path), 3, 32, student=student_data)
+    with torch.no_grad():
+        expected = reference(teacher_x)
+        torch.testing.assert_close(teacher(student_x), expected, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(reference(student_x), expected, atol=1e-2)  # the student's input would be wrong
+
+    # and inside the criterion: hard distillation targets the teacher's class on its own preprocessing
+    criterion = DistillationLoss(teacher, "hard", alpha=1.0)
+    student_logits = torch.randn(1, 3, dtype=torch.float32)
+    loss = criterion(student_x, student_logits, torch.tensor([0]))
+    torch.testing.assert_close(loss, F.cross_entropy(student_logits, expected.argmax(-1)))

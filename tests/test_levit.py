@@ -77,12 +77,20 @@ def test_bias_index_matches_official_enumeration(resolution: int, stride: int) -
     assert torch.equal(attn.attention_bias_idxs, official_bias_idxs(resolution, stride))
 
 
-def test_train_mode_returns_two_heads_eval_their_mean() -> None:
+def test_train_mode_returns_two_heads_only_when_distilled_training_eval_their_mean() -> None:
     model = litevit.create_model("levit_128s", num_classes=10)
     x = torch.randn(2, 3, 224, 224)
     model.train()
+    out = model(x)  # a generic loop: one tensor, the mean of both heads, and both heads learn from it
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    F.cross_entropy(out, torch.tensor([1, 2])).backward()
+    assert model.head.linear.weight.grad is not None and model.head_dist.linear.weight.grad is not None
+    model.set_distilled_training(True)
     cls, dist = model(x)
     assert cls.shape == dist.shape == (2, 10)
+    torch.testing.assert_close((cls + dist) / 2, out)
+    model.set_distilled_training(False)
+    assert isinstance(model(x), torch.Tensor)
     model.eval()
     with torch.no_grad():
         features = model.forward_head(model.forward_features(x), pre_logits=True)

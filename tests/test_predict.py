@@ -192,3 +192,85 @@ def test_cli_eval_pytorch_and_onnx(folder: Path, files: dict[str, Path], capsys:
     assert "9 images, 3 classes" in by_torch
     assert by_torch.split(":", 1)[1] == by_onnx.split(":", 1)[1]  # same top-1, top-5 and loss to 4 decimals
     assert main(["eval", NAME, "--data", str(folder / "missing"), "--workers", "0"]) == 2
+
+
+# ------------------------------------------------------------------------------------- streaming, synsets, skipping
+
+
+@pytest.mark.parametrize("count", [1, 200])
+def test_predict_streams_its_files_in_batches(
+    count: int, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import litevit.predict as P
+
+    model = litevit.create_model(NAME, num_classes=3, img_size=32)
+    alive = {"loaded": 0, "predicted": 0, "peak": 0}
+    real_load, real_logits = P.load_image, P.logits
+
+    def counting_load(path: str) -> Image.Image:
+        alive["loaded"] += 1
+        return real_load(path)
+
+    def counting_logits(m: P.Classifier, x: torch.Tensor) -> torch.Tensor:
+        alive["peak"] = max(alive["peak"], alive["loaded"] - alive["predicted"])  # images held before this forward
+        alive["predicted"] += x.shape[0]
+        return real_logits(m, x)
+
+    monkeypatch.setattr(P, "load_image", counting_load)
+    monkeypatch.setattr(P, "logits", counting_logits)
+    stream = P.iter_predictions(model, [files["png0"]] * count, topk=1, batch_size=8)
+    first = next(stream)
+    assert first.error is None and alive["loaded"] == min(count, 8)  # the first result comes before the rest is read
+    results = [first, *stream]
+    assert len(results) == count and alive["loaded"] == count
+    assert alive["peak"] == min(count, 8)  # flat: one batch held at a time, whatever the number of files
+
+
+def test_eval_skips_and_counts_unreadable_images_and_prints_json(
+    folder: Path, files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    (damaged / "dog" / "3.jpg").write_bytes(files["jpg0"].read_bytes()[:200])  # truncated JPEG
+    base = ["--checkpoint", str(files["ckpt"]), "--batch-size", "4", "--workers", "0", "--json"]
+    assert main(["eval", NAME, "--data", str(folder), *base]) == 0
+    clean = json.loads(capsys.readouterr().out)
+    assert main(["eval", NAME, "--data", str(damaged), *base]) == 0
+    out, err = capsys.readouterr()
+    record = json.loads(out)  # one JSON object, nothing else on stdout
+    assert {"top1", "top5", "images", "skipped"} <= set(record)
+    assert record["images"] == 9 and record["skipped"] == 1 and clean["skipped"] == 0
+    assert record["top1"] == pytest.approx(clean["top1"]) and record["top5"] == pytest.approx(clean["top5"])
+
+
+def test_eval_maps_imagenet_synset_folders_to_imagenet_classes(
+    folder: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from litevit.data import imagenet_synsets
+    from litevit.predict import folder_targets
+
+    wnids = {"cat": "n02123045", "dog": "n02085620", "eel": "n02526121"}  # tabby, Chihuahua, eel
+    synsets = tmp_path / "synsets"
+    for cls, wnid in wnids.items():
+        shutil.copytree(folder / cls, synsets / wnid)
+    assert folder_targets(sorted(wnids.values()), imagenet_classes(), 1000) == [151, 281, 390]
+    assert [imagenet_classes()[i] for i in (151, 281, 390)] == ["Chihuahua", "tabby", "eel"]
+    assert imagenet_synsets()[281] == "n02123045"
+    model = load_classifier(NAME, files["ckpt"])
+    result = evaluate(model, synsets, batch_size=4, workers=0, progress=False)
+    losses = []
+    transform = eval_transform(litevit.get_variant(NAME).data)
+    for wnid in sorted(wnids.values()):
+        label = imagenet_synsets().index(wnid)
+        for path in sorted((synsets / wnid).iterdir()):
+            with torch.no_grad():
+                out = model(transform(Image.open(path).convert("RGB"))[None])
+            losses.append(F.cross_entropy(out, torch.tensor([label])).item())
+    assert result.count == 9 and result.loss == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    with pytest.raises(ValueError, match="not ImageNet-1k classes"):
+        folder_targets(["n00000001"], imagenet_classes(), 1000)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from litevit import cli, create_model, load, read_checkpoint
+from litevit import cli, create_model, load, read_checkpoint, train_checkpoint, train_data, train_losses, train_optim
 from litevit import train as T
 
 CLASSES = ("hstripes", "rings", "vstripes")
@@ -86,7 +86,9 @@ def tiny_config(data: Path, out: Path, **overrides: Any) -> T.TrainConfig:
         "lr_ref_batch": None,
         "warmup_epochs": 1.0,
         "min_lr": 0.0,
+        "warmup_lr": 1e-6,
         "crop_scale": (0.35, 1.0),
+        "ema": False,
         "label_smoothing": 0.0,
         "model_kwargs": dict(TINY),
         "workers": 0,
@@ -128,7 +130,7 @@ def test_learns_patterns_better_than_chance(baseline: T.TrainResult, patterns: P
     assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
     # 3 balanced classes: chance is 33 %
     assert baseline.best_top1 is not None and baseline.best_top1 >= 60.0, [r["val_top1"] for r in history]
-    assert [r["epoch"] for r in T.read_metrics(baseline.out / T.METRICS_LOG)] == list(range(1, 21))
+    assert [r["epoch"] for r in train_checkpoint.read_metrics(baseline.out / T.METRICS_LOG)] == list(range(1, 21))
 
     # the exported best model rebuilds from its metadata alone and scores what the log says
     best = baseline.out / T.BEST_EXPORT
@@ -140,9 +142,10 @@ def test_learns_patterns_better_than_chance(baseline: T.TrainResult, patterns: P
     from litevit.registry import DataConfig
 
     data_config = DataConfig(**{**meta["data_config"], "mean": tuple(meta["data_config"]["mean"])})
-    split = T.find_data(tiny_config(patterns, baseline.out))
+    split = train_data.find_data(tiny_config(patterns, baseline.out))
     loader = torch.utils.data.DataLoader(
-        T.ImageSubset(split.val_samples, split.val_indices, lambda _: eval_transform(data_config)), batch_size=16
+        train_data.ImageSubset(split.val_samples, split.val_indices, lambda _: eval_transform(data_config)),
+        batch_size=16,
     )
     assert T.evaluate(model, loader, torch.device("cpu"))["top1"] == pytest.approx(meta["top1"])
     assert meta["top1"] == pytest.approx(baseline.best_top1)
@@ -160,7 +163,7 @@ def test_distilled_student_learns_from_teacher(baseline: T.TrainResult, patterns
     # the distillation head learned to predict what the teacher predicts on held-out images
     student, teacher = load(tmp_path / T.BEST_EXPORT).eval(), load(teacher_file).eval()
     assert student.head_dist is not None
-    images = torch.stack([_eval_image(path, 32) for path, _ in T.find_data(config).val_samples])
+    images = torch.stack([_eval_image(path, 32) for path, _ in train_data.find_data(config).val_samples])
     with torch.no_grad():
         dist_pred = student.head_dist(student.forward_head(student.forward_features(images), pre_logits=True))
         agreement = (dist_pred.argmax(-1) == teacher(images).argmax(-1)).float().mean().item()
@@ -238,7 +241,7 @@ def test_resume_equals_uninterrupted_run(patterns: Path, tmp_path: Path) -> None
         torch.testing.assert_close(x["exp_avg_sq"], y["exp_avg_sq"])
     assert a["scheduler"] == b["scheduler"]
     assert full.history[1]["train_loss"] == pytest.approx(second.history[0]["train_loss"], rel=1e-5)
-    assert [r["epoch"] for r in T.read_metrics(tmp_path / "split" / T.METRICS_LOG)] == [1, 2]
+    assert [r["epoch"] for r in train_checkpoint.read_metrics(tmp_path / "split" / T.METRICS_LOG)] == [1, 2]
     # a started run is never overwritten by accident
     with pytest.raises(ValueError, match="--resume"):
         T.train(tiny_config(patterns, tmp_path / "split", **recipe))
@@ -250,21 +253,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
     config = tiny_config(patterns, tmp_path, epochs=3)
     steps_per_epoch = 72 // 12
     calls = {"n": 0}
-    real_loss = T.classification_loss
+    real_loss = train_losses.classification_loss
 
     def poisoned(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
         calls["n"] += 1
         loss = real_loss(logits, target, smoothing)
-        # two heads, two calls per step: poison the third step of the second epoch
-        return loss * float("nan") if calls["n"] > 2 * (steps_per_epoch + 2) else loss
+        # one call per step (both heads averaged without a teacher): poison the third step of the second epoch
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 2 else loss
 
-    monkeypatch.setattr(T, "classification_loss", poisoned)
+    monkeypatch.setattr(train_losses, "classification_loss", poisoned)
     with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 3/6.*end of epoch 1.*intact"):
         T.train(config)
     saved = _checkpoint(tmp_path / T.LAST_CHECKPOINT)
     assert saved["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
-    monkeypatch.setattr(T, "classification_loss", real_loss)
+    monkeypatch.setattr(train_losses, "classification_loss", real_loss)
     assert T.train(tiny_config(patterns, tmp_path, epochs=3, resume="auto")).finished
 
 
@@ -291,7 +294,7 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(patterns: Path, tmp
     assert resumed.returncode == 0, resumed.stderr
     assert "finished" in resumed.stdout
     assert _checkpoint(last)["epoch"] == epochs
-    assert [r["epoch"] for r in T.read_metrics(tmp_path / T.METRICS_LOG)] == list(range(1, epochs + 1))
+    assert [r["epoch"] for r in train_checkpoint.read_metrics(tmp_path / T.METRICS_LOG)] == list(range(1, epochs + 1))
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -315,7 +318,7 @@ def test_ddp_two_processes_gloo_agree(patterns: Path, tmp_path: Path) -> None:
         rank1 = {k: v for k, v in records[1, epoch].items() if k not in timing}
         assert rank0 == rank1
     # rank 0 wrote one log line per epoch and the checkpoints; rank 1 wrote nothing
-    logged = T.read_metrics(tmp_path / T.METRICS_LOG)
+    logged = train_checkpoint.read_metrics(tmp_path / T.METRICS_LOG)
     assert [r["epoch"] for r in logged] == [1, 2]
     assert logged[1]["val_top1"] == records[0, 2]["val_top1"]
     assert _checkpoint(tmp_path / T.LAST_CHECKPOINT)["epoch"] == 2
@@ -348,7 +351,7 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_split_without_validation_folder_is_stratified(patterns: Path, tmp_path: Path) -> None:
-    split = T.find_data(tiny_config(patterns / "train", tmp_path, val_split=0.25))
+    split = train_data.find_data(tiny_config(patterns / "train", tmp_path, val_split=0.25))
     assert not set(split.train_indices) & set(split.val_indices)
     assert sorted(split.train_indices + split.val_indices) == list(range(72))
     labels = [split.val_samples[i][1] for i in split.val_indices]
@@ -357,7 +360,7 @@ def test_split_without_validation_folder_is_stratified(patterns: Path, tmp_path:
 
 def test_warmup_cosine_schedule() -> None:
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = T.WarmupCosine(optimizer, lr=1.0, epochs=10, warmup_epochs=2, min_lr=0.1, warmup_lr=0.01)
+    schedule = train_optim.WarmupCosine(optimizer, lr=1.0, epochs=10, warmup_epochs=2, min_lr=0.1, warmup_lr=0.01)
     assert schedule.lr_at(0) == pytest.approx(0.01)
     assert schedule.lr_at(1) == pytest.approx(0.01 + 0.99 / 2)
     assert schedule.lr_at(2) == pytest.approx(1.0)
@@ -368,7 +371,7 @@ def test_warmup_cosine_schedule() -> None:
 
 def test_ema_update_and_weight_decay_groups() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    ema = T.ModelEma(model, decay=0.75)
+    ema = train_optim.ModelEma(model, decay=0.75)
     before = ema.module[0].weight.clone()
     with torch.no_grad():
         model[0].weight.add_(4.0)
@@ -376,7 +379,7 @@ def test_ema_update_and_weight_decay_groups() -> None:
     ema.update(model)
     torch.testing.assert_close(ema.module[0].weight, 0.75 * before + 0.25 * model[0].weight)
     assert ema.module[1].num_batches_tracked.item() == 3
-    decay, no_decay = T.param_groups(model, 0.05)
+    decay, no_decay = train_optim.param_groups(model, 0.05)
     assert decay["params"] == [model[0].weight] and decay["weight_decay"] == 0.05
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -225,11 +226,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .predict import iter_predictions
 
     model = _load(args, _img_size(args.img_size))
     failed = 0
-    for result in predict(model, args.images, topk=args.topk, batch_size=args.batch_size):
+    for result in iter_predictions(model, args.images, topk=args.topk, batch_size=args.batch_size):
         if result.error is not None:
             print(f"litevit predict: error: {result.error}", file=sys.stderr)
             failed += 1
@@ -254,10 +255,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
     model = _load(args, _img_size(args.img_size))
-    result = evaluate(model, args.data, batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    progress = not args.no_progress and not args.json
+    result = evaluate(model, args.data, batch_size=args.batch_size, workers=args.workers, progress=progress)
+    if args.json:
+        record = {"top1": result.top1, "top5": result.top5, "images": result.count, "skipped": result.skipped}
+        print(json.dumps({**record, "loss": result.loss, "classes": result.num_classes}))
+        return 0
+    skipped = f", {result.skipped} unreadable skipped" if result.skipped else ""
     print(
         f"{args.model}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
-        f"({result.count} images, {result.num_classes} classes)"
+        f"({result.count} images, {result.num_classes} classes{skipped})"
     )
     return 0
 
@@ -267,7 +274,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     _add_model_source(p)
     p.add_argument("--data", required=True, help="ImageFolder root: DIR/<class>/<image>, classes in sorted order")
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
-    p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
+    p.add_argument("--workers", type=int, help="data loading processes (default: CPUs available - 1, at most 8)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: top1, top5, images, skipped, ...")
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_eval)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from .data import ImageLoadError, eval_transform, image_folder, load_image
+from .data import ImageLoadError, default_workers, eval_transform, image_folder, imagenet_synsets, load_image
 from .export import SUFFIXES, ExportedModel
 from .layers import to_2tuple
 from .loading import create_model, load, model_info
@@ -21,6 +25,7 @@ from .registry import DataConfig
 log = logging.getLogger(__name__)
 
 Classifier = nn.Module | ExportedModel
+_WNID = re.compile(r"n\d{8}")  # a WordNet noun id, the name of an ImageNet class folder
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class EvalResult:
     loss: float  # mean cross-entropy
     count: int  # images evaluated
     num_classes: int  # classes found in the dataset folder
+    skipped: int = 0  # unreadable images, not counted
 
 
 def is_exported(model: str | os.PathLike) -> bool:
@@ -103,18 +109,21 @@ def logits(model: Classifier, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def predict(
+def iter_predictions(
     model: Classifier,
     paths: Iterable[str | os.PathLike],
     topk: int = 5,
     batch_size: int = 16,
     names: Sequence[str] | None = None,
-) -> list[Prediction]:
-    """Top-``topk`` classes with probabilities for each image file, in the order given.
+) -> Iterator[Prediction]:
+    """Top-``topk`` classes with probabilities for each image file, in the order given, as they are computed.
 
-    A missing, unreadable or non-image file gets a :class:`Prediction` whose ``error`` names the file and says
-    why; the other files are still classified.
+    Files are read ``batch_size`` at a time, so memory does not grow with the number of files. A missing,
+    unreadable or non-image file gets a :class:`Prediction` whose ``error`` names the file and says why; the other
+    files are still classified.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(model, nn.Module):
         model.eval()
     data, img_size, num_classes = preprocessing(model)
@@ -123,73 +132,132 @@ def predict(
     if len(names) != num_classes:
         raise ValueError(f"got {len(names)} class names for a model with {num_classes} classes")
     k = min(topk, num_classes)
-    results: dict[int, Prediction] = {}
-    loaded: list[tuple[int, str, torch.Tensor]] = []
-    paths = [str(p) for p in paths]
-    for i, path in enumerate(paths):
+    files = iter(paths)
+    while chunk := [str(p) for p in itertools.islice(files, batch_size)]:
+        results: list[Prediction | None] = [None] * len(chunk)
+        loaded: list[tuple[int, torch.Tensor]] = []
+        for i, path in enumerate(chunk):
+            try:
+                loaded.append((i, transform(load_image(path))))
+            except ImageLoadError as exc:
+                results[i] = Prediction(path, error=str(exc))
+        if loaded:
+            probs = logits(model, torch.stack([x for _, x in loaded])).float().softmax(dim=-1)
+            values, indices = probs.topk(k, dim=-1)
+            for (i, _), vals, idxs in zip(loaded, values.tolist(), indices.tolist(), strict=True):
+                results[i] = Prediction(chunk[i], tuple((c, names[c], p) for c, p in zip(idxs, vals, strict=True)))
+        yield from (r for r in results if r is not None)
+
+
+def predict(
+    model: Classifier,
+    paths: Iterable[str | os.PathLike],
+    topk: int = 5,
+    batch_size: int = 16,
+    names: Sequence[str] | None = None,
+) -> list[Prediction]:
+    """All of :func:`iter_predictions` as a list."""
+    return list(iter_predictions(model, paths, topk, batch_size, names))
+
+
+class _Readable(Dataset):
+    """An ImageFolder's samples through a transform; an unreadable file gives ``None`` (and a warning naming it)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
+        path, target = self.samples[index]
         try:
-            loaded.append((i, path, transform(load_image(path))))
+            return self.transform(load_image(path)), target
         except ImageLoadError as exc:
-            results[i] = Prediction(path, error=str(exc))
-    for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start : start + batch_size]
-        probs = logits(model, torch.stack([x for _, _, x in chunk])).float().softmax(dim=-1)
-        values, indices = probs.topk(k, dim=-1)
-        for (i, path, _), vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
-            results[i] = Prediction(path, tuple((c, names[c], p) for c, p in zip(idxs, vals, strict=True)))
-    return [results[i] for i in range(len(paths))]
+            log.warning("skipped: %s", exc)
+            return None, target
+
+
+def _collate(batch: list[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """Stack the readable images of a batch: ``(images B, C, H, W or None, targets B, skipped count)``."""
+    kept = [(x, t) for x, t in batch if x is not None]
+    images = torch.stack([x for x, _ in kept]) if kept else None
+    return images, torch.tensor([t for _, t in kept], dtype=torch.long), len(batch) - len(kept)
+
+
+def folder_targets(folders: Sequence[str], names: Sequence[str], num_classes: int) -> list[int] | None:
+    """The model class of each class folder: by name when every folder names one of the model's classes, by
+    ImageNet synset (``n01440764`` ...) for a 1000-class model, else None (folder ``i`` in sorted order is class i)."""
+    if set(folders) <= set(names):
+        index = {name: i for i, name in enumerate(names)}
+        return [index[f] for f in folders]
+    if num_classes == 1000 and all(_WNID.fullmatch(f) for f in folders):
+        index = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
+        unknown = sorted(set(folders) - set(index))
+        if unknown:
+            raise ValueError(f"folders {unknown[:5]} look like WordNet ids but are not ImageNet-1k classes")
+        return [index[f] for f in folders]
+    return None
 
 
 def evaluate(
     model: Classifier,
     root: str | os.PathLike,
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Top-1, top-5 and mean cross-entropy on an ImageFolder (``root/<class>/<image>``).
 
-    When every folder is named after one of the model's classes (a checkpoint that carries its class names, such as
-    one fine-tuned by ``litevit train``), folders are matched to classes by name; otherwise folder ``i`` in sorted
-    order is class ``i`` of the model.
+    Folders are matched to the model's classes by :func:`folder_targets`: by name when the checkpoint carries class
+    names (one fine-tuned by ``litevit train``), by ImageNet synset for synset folders (Imagenette, ImageNet subsets),
+    else folder ``i`` in sorted order is class ``i``. An unreadable image is skipped and counted, not fatal.
+    ``workers`` defaults to :func:`litevit.data.default_workers`.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    workers = default_workers() if workers is None else workers
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     if isinstance(model, nn.Module):
         model.eval()
     data, img_size, num_classes = preprocessing(model)
-    dataset = image_folder(root, eval_transform(data, img_size))
-    names = class_names(model)
-    if set(dataset.classes) <= set(names):
-        index = {name: i for i, name in enumerate(names)}
-        dataset.target_transform = [index[c] for c in dataset.classes].__getitem__  # folder -> model class
-    elif len(dataset.classes) > num_classes:
-        raise ValueError(f"{root} has {len(dataset.classes)} class folders but the model has {num_classes} classes")
-    elif len(dataset.classes) != num_classes:
+    folder = image_folder(root)
+    targets = folder_targets(folder.classes, class_names(model), num_classes)
+    if targets is None and len(folder.classes) > num_classes:
+        raise ValueError(f"{root} has {len(folder.classes)} class folders but the model has {num_classes} classes")
+    if targets is None and len(folder.classes) != num_classes:
         log.warning(
             "%s has %d class folders for a %d-class model: folder i (sorted) is taken as class i",
             root,
-            len(dataset.classes),
+            len(folder.classes),
             num_classes,
         )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    samples = [(path, t if targets is None else targets[t]) for path, t in folder.samples]
+    dataset = _Readable(samples, eval_transform(data, img_size))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate)
     k = min(5, num_classes)
-    correct1 = correct5 = 0
+    correct1 = correct5 = count = skipped = 0
     loss_sum = 0.0
-    count = 0
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
-    for images, targets in bar:
+    for images, targets_batch, missed in bar:
+        skipped += missed
+        if images is None:
+            continue
         out = logits(model, images).float()
-        loss_sum += F.cross_entropy(out, targets, reduction="sum").item()
+        loss_sum += F.cross_entropy(out, targets_batch, reduction="sum").item()
         ranked = out.topk(k, dim=-1).indices  # B, k
-        hits = ranked == targets[:, None]
+        hits = ranked == targets_batch[:, None]
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
-        count += targets.shape[0]
-        bar.set_postfix(top1=f"{100 * correct1 / count:.2f}")
+        count += targets_batch.shape[0]
+        bar.set_postfix(top1=f"{100 * correct1 / count:.2f}", skipped=skipped)
     if count == 0:
-        raise ValueError(f"no images found under {root}")
-    return EvalResult(100 * correct1 / count, 100 * correct5 / count, loss_sum / count, count, len(dataset.classes))
+        raise ValueError(f"no readable images under {root} ({skipped} skipped)")
+    if skipped:
+        log.warning("%d unreadable image(s) under %s skipped", skipped, root)
+    return EvalResult(
+        100 * correct1 / count, 100 * correct5 / count, loss_sum / count, count, len(folder.classes), skipped
+    )

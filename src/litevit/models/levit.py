@@ -225,6 +225,8 @@ class LeViT(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.feature_info = [dict(num_chs=dim, reduction=16 * 2**i, module=f"stages.{i}") for i, dim in enumerate(dims)]
         self.num_features = dims[-1]
+        # training mode returns (class, distillation) logits only when switched on (timm's set_distilled_training)
+        self.distilled_training = False
         self.head: nn.Module
         self.head_dist: nn.Module | None
         self.reset_classifier(config.num_classes)
@@ -236,6 +238,11 @@ class LeViT(nn.Module):
         self.head_dist = None
         if self.config.distilled:
             self.head_dist = BNLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Training mode returns ``(class, distillation)`` logits for a distillation loss when on; one tensor (the
+        mean of both heads, as in eval) when off, so that a plain ``cross_entropy(model(x), y)`` loop works."""
+        self.distilled_training = enable
 
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters() if "attention_biases" in name}
@@ -299,12 +306,13 @@ class LeViT(nn.Module):
         if self.head_dist is None:
             return self.head(x)
         logits, logits_dist = self.head(x), self.head_dist(x)
-        if self.training:
+        if self.training and self.distilled_training:
             return logits, logits_dist
         return (logits + logits_dist) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Eval: class logits (the mean of both heads when distilled). Train: (class, distillation) logits."""
+        """Class logits (the mean of both heads when distilled); ``(class, distillation)`` logits in training mode
+        after :meth:`set_distilled_training`."""
         return self.forward_head(self.forward_features(x))
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
