@@ -310,7 +310,7 @@ def _executorch(model: nn.Module, x: torch.Tensor, threads: int, path: Path, sou
         export(model, path, batch=x.shape[0], img_size=tuple(x.shape[-2:]))
         exported = ExportedModel(path, threads=threads)
         return lambda: exported(x)
-    save_pte(model.float().cpu(), x.float().cpu(), path, "{}")
+    save_pte(model.float().cpu(), x.float().cpu(), path, "{}", rewrite=False)
     _, run = pte_runner(path, threads)
     feed = x.float().cpu().contiguous()
     return lambda: run(feed)

@@ -4,7 +4,8 @@ Both start from the fused eval model that :func:`litevit.export.export` hands ov
 
 - ExecuTorch (optional extra ``litevit[executorch]``): ``torch.export`` then ``to_edge_transform_and_lower`` with
   the XNNPACK partitioner. :class:`Delegation` counts the edge operators that ended inside XNNPACK subgraphs and
-  those left to ExecuTorch's portable kernels. The litevit metadata travels inside the program as a constant
+  those left to ExecuTorch's portable kernels; :mod:`litevit.mobile_rewrite` first replaces the operators XNNPACK
+  rejects by equivalent ones it takes. The litevit metadata travels inside the program as a constant
   method returning the JSON bytes, so that a ``.pte`` is one self-contained file.
 - Core ML (optional extra ``litevit[coreml]``): coremltools' ML program from the traced model, float32 compute
   precision, every intermediate tensor of rank <= 5 (checked after conversion); the metadata goes into the
@@ -13,6 +14,7 @@ Both start from the fused eval model that :func:`litevit.export.export` hands ov
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import platform
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .mobile_rewrite import rewrite_for_xnnpack
 from .quantize import MissingExtraError
 
 _EXTRAS = {"executorch": "executorch", "coremltools": "coreml"}
@@ -52,6 +55,7 @@ class Delegation:
     delegated: int  # operators inside XNNPACK subgraphs
     partitions: int  # XNNPACK subgraphs (each one delegate call at run time)
     remaining: dict[str, int] = field(default_factory=dict)  # operators left to portable kernels, by name
+    rewritten: dict[str, int] = field(default_factory=dict)  # ATen nodes litevit.mobile_rewrite replaced, by name
 
     @property
     def share(self) -> float:
@@ -93,21 +97,31 @@ def _metadata_method(meta_json: str) -> torch.Tensor:
     return torch.tensor(list(meta_json.encode()), dtype=torch.uint8)
 
 
-def lower_pte(model: nn.Module, example: torch.Tensor, meta_json: str | None = None) -> tuple[bytes, Delegation]:
-    """The ``.pte`` bytes of ``model`` lowered to XNNPACK at the shape of ``example``, and what was delegated."""
+def lower_pte(
+    model: nn.Module, example: torch.Tensor, meta_json: str | None = None, rewrite: bool = True
+) -> tuple[bytes, Delegation]:
+    """The ``.pte`` bytes of ``model`` lowered to XNNPACK at the shape of ``example``, and what was delegated.
+
+    ``rewrite``: first replace what XNNPACK rejects by equivalent operators it takes (:mod:`litevit.mobile_rewrite`).
+    """
     exir = require("executorch.exir", "ExecuTorch export")
     xnnpack = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
     program = torch.export.export(model, (example,))
+    rewritten: dict[str, int] = {}
+    if rewrite:
+        module = program.module()
+        rewritten = rewrite_for_xnnpack(module)
+        program = torch.export.export(module, (example,))
     constants = {_META_METHOD: _metadata_method(meta_json)} if meta_json is not None else None
     edge = exir.to_edge_transform_and_lower(
         program, partitioner=[xnnpack.XnnpackPartitioner()], constant_methods=constants
     )
-    report = delegation(edge.exported_program().graph_module)
+    report = dataclasses.replace(delegation(edge.exported_program().graph_module), rewritten=rewritten)
     return edge.to_executorch().buffer, report
 
 
-def save_pte(model: nn.Module, example: torch.Tensor, path: Path, meta_json: str) -> Delegation:
-    data, report = lower_pte(model, example, meta_json)
+def save_pte(model: nn.Module, example: torch.Tensor, path: Path, meta_json: str, rewrite: bool = True) -> Delegation:
+    data, report = lower_pte(model, example, meta_json, rewrite)
     path.write_bytes(data)
     return report
 
