@@ -444,7 +444,7 @@ def export(
         report = save_pte(deployed, example, path, metadata.to_json())
         log.info("%s: %s", path, report.summary())
     elif format == "coreml":
-        save_coreml(deployed, example, path, metadata.to_json(), _output_names(deployed))
+        save_coreml(deployed, example, path, metadata.to_json())
     elif format == "openvino":
         ir = openvino_ir(deployed, example, batch == "dynamic", metadata.to_json(), calibration_batches)
         save_openvino(ir, path)

@@ -7,7 +7,7 @@ Both start from the fused eval model that :func:`litevit.export.export` hands ov
   those left to ExecuTorch's portable kernels; :mod:`litevit.mobile_rewrite` first replaces the operators XNNPACK
   rejects by equivalent ones it takes. The litevit metadata travels inside the program as a constant
   method returning the JSON bytes, so that a ``.pte`` is one self-contained file.
-- Core ML (optional extra ``litevit[coreml]``): coremltools' ML program from the traced model, float32 compute
+- Core ML (optional extra ``litevit[coreml]``): coremltools' ML program from the exported program, float32 compute
   precision, every intermediate tensor of rank <= 5 (checked after conversion); the metadata goes into the
   model's user-defined metadata. Core ML predictions run on macOS only.
 """
@@ -34,7 +34,6 @@ from .quantize import MissingExtraError
 _EXTRAS = {"executorch": "executorch", "coremltools": "coreml"}
 _META_METHOD = "litevit_json"  # .pte constant method returning the metadata JSON as uint8
 _META_KEY = "litevit.json"  # Core ML user-defined metadata key
-_INPUT = "input"
 MAX_COREML_RANK = 5
 COREML_PREDICTION_SKIP = "Core ML predictions run on macOS only (coremltools cannot load a model on this platform)"
 
@@ -162,19 +161,16 @@ def _ranks(mil_program: Any) -> dict[str, int]:
     return ranks
 
 
-def save_coreml(
-    model: nn.Module, example: torch.Tensor, path: Path, meta_json: str, output_names: list[str]
-) -> dict[str, int]:
+def save_coreml(model: nn.Module, example: torch.Tensor, path: Path, meta_json: str) -> dict[str, int]:
     """Convert to a Core ML ML program at float32 and save it; returns the largest rank per operator type.
 
-    Raises ``ValueError`` when a tensor has rank above ``MAX_COREML_RANK`` (Core ML rejects those at load time).
+    coremltools converts the ``torch.export`` program (its TorchScript frontend fails on MobileViT's traced
+    shape arithmetic). Raises ``ValueError`` when a tensor has rank above ``MAX_COREML_RANK``.
     """
     ct = require("coremltools", "Core ML export")
-    traced = torch.jit.trace(model, (example,), check_trace=False)
+    program = torch.export.export(model, (example,)).run_decompositions({})
     converted = ct.convert(
-        traced,
-        inputs=[ct.TensorType(name=_INPUT, shape=tuple(example.shape), dtype=np.float32)],
-        outputs=[ct.TensorType(name=name) for name in output_names],
+        program,
         convert_to="mlprogram",
         compute_precision=ct.precision.FLOAT32,
         minimum_deployment_target=ct.target.iOS16,
@@ -202,10 +198,11 @@ def coreml_runner(path: str | os.PathLike) -> tuple[str, Callable[[torch.Tensor]
     meta = mlmodel.user_defined_metadata.get(_META_KEY)
     if meta is None:
         raise ValueError(f"{path} was not exported by litevit (no {_META_KEY!r} metadata)")
-    names = [output.name for output in mlmodel.get_spec().description.output]
+    description = mlmodel.get_spec().description
+    feed, names = description.input[0].name, [output.name for output in description.output]
 
     def run(x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        result = mlmodel.predict({_INPUT: x.numpy()})
+        result = mlmodel.predict({feed: x.numpy()})
         outputs = [torch.from_numpy(np.asarray(result[name])) for name in names]
         return outputs[0] if len(outputs) == 1 else outputs
 

@@ -10,7 +10,7 @@ same values:
 - strided ``slice``: ``avg_pool2d`` with a 1x1 window and that stride (a copy: each window holds one value);
 - ``mean`` over any dims: permute the reduced dims last, reshape to ``(1, kept, reduced, 1)``, mean over (2, 3);
 - ``F.unfold``: a depthwise convolution with one-hot ``k x k`` kernels (channel-major, as ``nn.Unfold``);
-- ``expand``: adding zeros of the target shape.
+- ``expand``: adding zeros of the target shape; ``contiguous``: dropped.
 
 Not bit-exact, within float32 rounding (about 1e-7 relative): unmasked ``scaled_dot_product_attention`` as
 ``softmax(q k^T * scale) v`` with ``bmm``; ``layer_norm`` and ``group_norm`` from means, ``pow 2`` and ``rsqrt``
@@ -242,7 +242,14 @@ def _expand(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
+def _identity(graph: fx.Graph, node: fx.Node) -> bool:
+    """``contiguous``: the same values (it would become a dim-order copy that XNNPACK leaves out)."""
+    _replace(node, node.args[0])
+    return True
+
+
 _REWRITES = {
+    aten.contiguous.default: _identity,
     aten.chunk.default: _split,
     aten.scaled_dot_product_attention.default: _attention,
     aten.layer_norm.default: _layer_norm,
