@@ -117,6 +117,16 @@ def _strided_slice(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
+def _mean_4d(graph: fx.Graph, x: fx.Node, dims: list[int], out_shape: list[int]) -> fx.Node:
+    """``x.mean(dims)`` reshaped to ``out_shape``, as a mean over (2, 3) of a ``(1, kept, reduced, 1)`` tensor."""
+    shape = _shape(x)
+    kept = [d for d in range(len(shape)) if d not in dims]
+    moved = _call(graph, aten.permute.default, x, kept + dims)
+    grid = [1, math.prod(shape[d] for d in kept), math.prod(shape[d] for d in dims), 1]
+    pooled = _call(graph, aten.mean.dim, _call(graph, aten.reshape.default, moved, grid), [2, 3], True)
+    return _call(graph, aten.reshape.default, pooled, out_shape)
+
+
 def _mean(graph: fx.Graph, node: fx.Node) -> bool:
     x, dims = node.args[0], node.args[1]
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
@@ -124,11 +134,7 @@ def _mean(graph: fx.Graph, node: fx.Node) -> bool:
     dims = sorted(d % len(shape) for d in (dims if dims else range(len(shape))))
     if len(shape) == 4 and dims == [2, 3] and keepdim:
         return False
-    kept = [d for d in range(len(shape)) if d not in dims]
-    moved = _call(graph, aten.permute.default, x, kept + dims)
-    grid = [1, math.prod(shape[d] for d in kept), math.prod(shape[d] for d in dims), 1]
-    pooled = _call(graph, aten.mean.dim, _call(graph, aten.reshape.default, moved, grid), [2, 3], True)
-    _replace(node, _call(graph, aten.reshape.default, pooled, _shape(node)))
+    _replace(node, _mean_4d(graph, x, dims, _shape(node)))
     return True
 
 
@@ -168,12 +174,13 @@ def _attention(graph: fx.Graph, node: fx.Node) -> bool:
 
 
 def _mean_node(graph: fx.Graph, x: fx.Node, dims: list[int]) -> fx.Node:
-    """``x.mean(dims, keepdim=True)``, rewritten by :func:`_mean` when XNNPACK cannot take it as it is."""
-    mean = _call(graph, aten.mean.dim, x, dims, True)
-    mean.meta["val"] = x.meta["val"].mean(dims, keepdim=True)
-    with graph.inserting_before(mean):
-        _mean(graph, mean)
-    return mean
+    """``x.mean(dims, keepdim=True)`` in the form XNNPACK takes."""
+    shape = _shape(x)
+    dims = sorted(d % len(shape) for d in dims)
+    out_shape = [1 if d in dims else n for d, n in enumerate(shape)]
+    if len(shape) == 4 and dims == [2, 3]:
+        return _call(graph, aten.mean.dim, x, dims, True)
+    return _mean_4d(graph, x, dims, out_shape)
 
 
 def _normalized(graph: fx.Graph, x: fx.Node, dims: list[int], eps: float) -> fx.Node:
