@@ -64,9 +64,43 @@ def _split(graph: fx.Graph, node: fx.Node) -> bool:
     else:
         sizes = list(node.args[1])
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    pieces = [_call(graph, aten.slice.Tensor, x, dim, s, s + n) for s, n in zip(starts, sizes, strict=True)]
+    if len(shape) == 4 and dim == 1:
+        # XNNPACK keeps 4D maps channels-last; its channel slices of them gave wrong values (ExecuTorch 1.5.1)
+        pieces = _split_conv(graph, x, starts, sizes)
+        if pieces is None:
+            return False
+    else:
+        pieces = [_call(graph, aten.slice.Tensor, x, dim, s, s + n) for s, n in zip(starts, sizes, strict=True)]
     _replace_getitems(node, pieces)
     return True
+
+
+def _split_conv(graph: fx.Graph, conv: fx.Node, starts: list[int], sizes: list[int]) -> list[fx.Node] | None:
+    """A channel split of an ungrouped ``conv2d`` output as one conv per piece, on slices of its weights."""
+    if conv.op != "call_function" or conv.target is not aten.conv2d.default or len(conv.users) != 1:
+        return None
+    x, weight, bias, *options = conv.args
+    if (options[3] if len(options) > 3 else 1) != 1 or weight.op != "get_attr":
+        return None
+    module = graph.owning_module
+    weight = _attr(module, weight.target)
+    bias = None if bias is None else _attr(module, bias.target)
+    pieces = []
+    for start, size in zip(starts, sizes, strict=True):
+        name = f"_split_{conv.name}_{start}"
+        module.register_buffer(f"{name}_weight", weight[start : start + size].detach().clone())
+        piece_bias = None
+        if bias is not None:
+            module.register_buffer(f"{name}_bias", bias[start : start + size].detach().clone())
+            piece_bias = graph.get_attr(f"{name}_bias")
+        args = (x, graph.get_attr(f"{name}_weight"), piece_bias, *options)
+        pieces.append(graph.call_function(aten.conv2d.default, args))
+    return pieces
+
+
+def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
+    *path, name = target.split(".")
+    return getattr(module.get_submodule(".".join(path)), name)
 
 
 def _select(graph: fx.Graph, node: fx.Node) -> bool:
@@ -120,6 +154,10 @@ def _strided_slice(graph: fx.Graph, node: fx.Node) -> bool:
 def _mean_4d(graph: fx.Graph, x: fx.Node, dims: list[int], out_shape: list[int]) -> fx.Node:
     """``x.mean(dims)`` reshaped to ``out_shape``, as a mean over (2, 3) of a ``(1, kept, reduced, 1)`` tensor."""
     shape = _shape(x)
+    if len(shape) == 4 and set(dims) <= {2, 3}:  # a pooling window over the reduced dims: no layout change
+        window = [shape[2] if 2 in dims else 1, shape[3] if 3 in dims else 1]
+        pooled = _call(graph, aten.avg_pool2d.default, x, window, window)
+        return _call(graph, aten.reshape.default, pooled, out_shape)
     kept = [d for d in range(len(shape)) if d not in dims]
     moved = _call(graph, aten.permute.default, x, kept + dims)
     grid = [1, math.prod(shape[d] for d in kept), math.prod(shape[d] for d in dims), 1]
@@ -255,7 +293,21 @@ def _identity(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
+def _softmax(graph: fx.Graph, node: fx.Node) -> bool:
+    """Softmax of a 4D map over its last dim, on a 2D view: XNNPACK's channels-last 4D softmax took the wrong dim."""
+    x, dim = node.args[0], node.args[1]
+    shape = _shape(x)
+    if len(shape) != 4:
+        return False
+    if dim % 4 != 3:
+        return False
+    flat = _call(graph, aten.reshape.default, x, [-1, shape[-1]])
+    _replace(node, _call(graph, aten.reshape.default, _call(graph, aten.softmax.int, flat, -1), shape))
+    return True
+
+
 _REWRITES = {
+    aten.softmax.int: _softmax,
     aten.contiguous.default: _identity,
     aten.chunk.default: _split,
     aten.scaled_dot_product_attention.default: _attention,
