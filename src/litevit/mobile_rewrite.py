@@ -5,10 +5,15 @@ batched operands decomposes into), strided ``slice``, ``mean`` other than over t
 tensor with ``keepdim``, and ``im2col`` (``F.unfold``). Each is replaced by operators it accepts, computing the
 same values:
 
-- ``split``, ``select``, ``unbind``: stride-1 slices (and a reshape dropping the selected dim);
+- ``split``, ``select``, ``unbind``: stride-1 slices (and a reshape dropping the selected dim); a channel split
+  of a 4D map only when it is an ungrouped conv's output, as one conv per piece (XNNPACK keeps 4D maps
+  channels-last and its channel slices of them came out wrong);
 - batched ``matmul`` with equal batch dims: reshape to 3D, ``bmm``, reshape back;
 - strided ``slice``: ``avg_pool2d`` with a 1x1 window and that stride (a copy: each window holds one value);
-- ``mean`` over any dims: permute the reduced dims last, reshape to ``(1, kept, reduced, 1)``, mean over (2, 3);
+- ``mean`` over H and/or W of a 4D map: ``avg_pool2d`` with that window; over other dims: permute the reduced
+  dims last, reshape to ``(1, kept, reduced, 1)``, mean over (2, 3);
+- ``softmax`` over the last dim of a 4D map: on a 2D view (XNNPACK's channels-last 4D softmax reduced the wrong
+  dim: MobileViTv2 came out 1.2 relative off);
 - ``F.unfold``: a depthwise convolution with one-hot ``k x k`` kernels (channel-major, as ``nn.Unfold``);
 - ``expand``: adding zeros of the target shape; ``contiguous``: dropped.
 
