@@ -6,8 +6,7 @@ tensor with ``keepdim``, and ``im2col`` (``F.unfold``). Each is replaced by oper
 same values:
 
 - ``split``, ``select``, ``unbind``: stride-1 slices (and a reshape dropping the selected dim); a channel split
-  of a 4D map only when it is an ungrouped conv's output, as one conv per piece (XNNPACK keeps 4D maps
-  channels-last and its channel slices of them came out wrong);
+  of an ungrouped conv's output as one conv per piece, on slices of its weights (no copies of the output);
 - batched ``matmul`` with equal batch dims: reshape to 3D, ``bmm``, reshape back;
 - strided ``slice``: ``avg_pool2d`` with a 1x1 window and that stride (a copy: each window holds one value);
 - ``mean`` over H and/or W of a 4D map: ``avg_pool2d`` with that window; over other dims: permute the reduced
@@ -69,12 +68,8 @@ def _split(graph: fx.Graph, node: fx.Node) -> bool:
     else:
         sizes = list(node.args[1])
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    if len(shape) == 4 and dim == 1:
-        # XNNPACK keeps 4D maps channels-last; its channel slices of them gave wrong values (ExecuTorch 1.5.1)
-        pieces = _split_conv(graph, x, starts, sizes)
-        if pieces is None:
-            return False
-    else:
+    pieces = _split_conv(graph, x, starts, sizes) if len(shape) == 4 and dim == 1 else None
+    if pieces is None:
         pieces = [_call(graph, aten.slice.Tensor, x, dim, s, s + n) for s, n in zip(starts, sizes, strict=True)]
     _replace_getitems(node, pieces)
     return True
