@@ -37,7 +37,7 @@ from .registry import DataConfig, get_variant, list_models
 
 log = logging.getLogger(__name__)
 
-DEPLOY_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # CPU, exported files
+DEPLOY_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "executorch")  # CPU, exported files
 RUNTIMES = ("eager", "compile", *DEPLOY_RUNTIMES)
 # one opset for both sides of an onnxruntime comparison: 17 has LayerNormalization and HardSwish as single ops
 ONNX_OPSET = 17
@@ -255,6 +255,8 @@ def _deployed(
     int8 = runtime.endswith("-int8")
     kind = "openvino" if runtime.startswith("openvino") else "onnx"
     folder = Path(tempfile.mkdtemp(prefix="litevit-bench-"))
+    if runtime == "executorch":
+        return _executorch(model, x, threads, folder / f"{name}.pte", source)
     path = folder / f"{name}.{'xml' if kind == 'openvino' else 'onnx'}"
     size = tuple(x.shape[-2:])
     calibration = _calibration_folder(*size) if int8 else None
@@ -303,6 +305,21 @@ def _deployed(
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.float().cpu().numpy()}
     return lambda: session.run(None, feed)
+
+
+def _executorch(model: nn.Module, x: torch.Tensor, threads: int, path: Path, source: str) -> Callable[[], Any]:
+    """A runner of the model as an XNNPACK ``.pte`` at the batch size of ``x`` (timm's: lowered unmodified)."""
+    from .export import ExportedModel, export
+    from .mobile import pte_runner, save_pte
+
+    if source == "litevit":
+        export(model, path, batch=x.shape[0], img_size=tuple(x.shape[-2:]))
+        exported = ExportedModel(path, threads=threads)
+        return lambda: exported(x)
+    save_pte(model.float().cpu(), x.float().cpu(), path, "{}", rewrite=False)
+    _, run = pte_runner(path, threads)
+    feed = x.float().cpu().contiguous()
+    return lambda: run(feed)
 
 
 def _runner(
@@ -567,7 +584,7 @@ def markdown(result: BenchResult) -> str:
 
 
 _MARKERS = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8": "v", "openvino": "D",
-            "openvino-int8": "d"}  # fmt: skip
+            "openvino-int8": "d", "executorch": "P"}  # fmt: skip
 
 
 def _fastest(records: list[BenchRecord]) -> dict[tuple[str, str], BenchRecord]:

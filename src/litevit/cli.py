@@ -198,6 +198,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{result.path}: {meta.format}{opset} {meta.precision}, batch {meta.batch}, input {h}x{w}, "
         f"{meta.num_classes} classes"
     )
+    if result.delegation is not None:
+        print(result.delegation.summary())
+    if result.check is None and args.check:
+        print("check skipped: Core ML predictions run on macOS only")
     if result.check is not None:
         c = result.check
         agreement = f", top-1 agreement with fp32 {c.agreement:.1%}" if c.agreement is not None else ""
@@ -212,10 +216,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the fused model to ONNX, TorchScript or torch.export (pt2)")
     _add_model_source(p, exported=False)
     p.add_argument(
-        "--format", choices=["onnx", "torchscript", "pt2", "openvino"], help="default: from the --out suffix"
-    )
-    p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2, .xml for OpenVINO)")
-    p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+        "--format", choices=["onnx", "torchscript", "pt2", "openvino", "executorch", "coreml"],
+        help="default: from the --out suffix",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="output (.onnx, .ts, .pt2, .xml OpenVINO, .pte ExecuTorch, .mlpackage)")
+    p.add_argument("--batch", default="dynamic", help="'dynamic' (default; 1 for .pte/.mlpackage) or a fixed size")
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the lowest that works for the model)")
     p.add_argument("--check", action="store_true", help="run the exported file on another batch size vs PyTorch")

@@ -32,6 +32,15 @@ from .deploy import fuse
 from .features import FeatureExtractor, features_only
 from .layers import to_2tuple
 from .loading import create_model, model_info
+from .mobile import (
+    COREML_PREDICTION_SKIP,
+    Delegation,
+    coreml_available,
+    coreml_runner,
+    pte_runner,
+    save_coreml,
+    save_pte,
+)
 from .quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     agreement,
@@ -45,8 +54,10 @@ from .registry import DataConfig
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "pt2", "openvino")
+FORMATS = ("onnx", "torchscript", "pt2", "openvino", "executorch", "coreml")
 SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2", ".xml": "openvino"}
+SUFFIXES.update({".pte": "executorch", ".mlpackage": "coreml"})  # litevit.mobile
+FIXED_BATCH_FORMATS = ("executorch", "coreml")  # "dynamic" exports these at batch 1
 INT8_FORMATS = ("onnx", "openvino")
 INT8_RTOL = 0.5  # an int8 graph further than this from fp32 (relative to the largest logit) is broken, not rounded
 INT8_MIN_OPSET = 13  # per-channel QDQ
@@ -109,6 +120,7 @@ class ExportResult:
     path: Path
     metadata: ExportMetadata
     check: ParityCheck | None
+    delegation: Delegation | None = None  # ExecuTorch: the share of operators XNNPACK runs
 
 
 def _format_from(path: Path, format: str | None) -> str:
@@ -381,6 +393,8 @@ def export(
         path = path.with_suffix(".xml")
     format = _format_from(path, format)
     batch = _parse_batch(batch)
+    if format in FIXED_BATCH_FORMATS and batch == "dynamic":
+        batch = 1
     if opset is not None and format != "onnx":
         raise ValueError(f"opset applies to ONNX export only, not {format}")
     if int8 and format not in INT8_FORMATS:
@@ -426,8 +440,14 @@ def export(
     metadata = dataclasses.replace(
         metadata_for(model, size, batch, format, used_opset), precision="int8" if int8 else "fp32"
     )
+    report = None
     if format == "onnx":
         _save_onnx(data_bytes, path, metadata)
+    elif format == "executorch":
+        report = save_pte(deployed, example, path, metadata.to_json())
+        log.info("%s: %s", path, report.summary())
+    elif format == "coreml":
+        save_coreml(deployed, example, path, metadata.to_json())
     elif format == "openvino":
         ir = openvino_ir(deployed, example, batch == "dynamic", metadata.to_json(), calibration_batches)
         save_openvino(ir, path)
@@ -437,6 +457,9 @@ def export(
     log.info("exported %s to %s (%s, %s)", metadata.variant or type(model).__name__, path, format, metadata.precision)
 
     parity = None
+    if check and format == "coreml" and not coreml_available():
+        log.warning("%s: converted; prediction check skipped: %s", path, COREML_PREDICTION_SKIP)
+        check = False
     if check:
         with torch.inference_mode():
             reference = deployed(check_input)
@@ -452,7 +475,7 @@ def export(
                 f"{path}: exported model differs from PyTorch at batch {parity.batch}: max |diff| "
                 f"{parity.max_abs_diff:.3e}, relative {parity.max_rel_diff:.3e} > {INT8_RTOL if int8 else RTOL:g}"
             )
-    return ExportResult(path, metadata, parity)
+    return ExportResult(path, metadata, parity, report)
 
 
 class ExportedModel:
@@ -460,12 +483,17 @@ class ExportedModel:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():  # a .mlpackage is a folder
             raise FileNotFoundError(f"exported model not found: {self.path}")
         self.format = _format_from(self.path, None)
         self._run: Callable[[torch.Tensor], torch.Tensor]
         if self.format == "openvino":
             meta_json, self._run = openvino_runner(self.path, threads)
+            self.metadata = ExportMetadata.from_json(meta_json)
+            return
+        if self.format in FIXED_BATCH_FORMATS:
+            runner = pte_runner(self.path, threads) if self.format == "executorch" else coreml_runner(self.path)
+            meta_json, self._run = runner
             self.metadata = ExportMetadata.from_json(meta_json)
             return
         if self.format == "onnx":

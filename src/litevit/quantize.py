@@ -32,7 +32,14 @@ from .registry import DataConfig
 
 MIN_CALIBRATION_IMAGES = 8
 DEFAULT_CALIBRATION_IMAGES = 300
-_EXTRAS = {"openvino": "openvino", "nncf": "openvino", "onnxruntime": "export", "onnx": "export"}
+_EXTRAS = {
+    "openvino": "openvino",
+    "nncf": "openvino",
+    "onnxruntime": "export",
+    "onnx": "export",
+    "executorch": "executorch",
+    "coremltools": "coreml",
+}
 _RT_INFO = ["litevit", "json"]  # where an IR keeps litevit's metadata
 
 
