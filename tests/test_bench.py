@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
+import pytest
 import torch
 
 import litevit
-from litevit import bench, cli
+from litevit import bench, bench_report, bench_runtimes, cli
 from litevit.flops import count_macs
 
 TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
@@ -98,7 +101,7 @@ def test_cli_bench_writes_jsonl_markdown_and_plot(tmp_path, capsys) -> None:
     assert rate["ratio_p10"] <= rate["ratio_median"] <= rate["ratio_p90"]
     # the ratio is the model's FLOP rate over the matmul rate
     assert abs(rate["model_gflops"] / rate["matmul_gflops"] / rate["ratio_median"] - 1) < 0.5
-    assert "| levit_128s | litevit | eager | yes | 2 |" in table.read_text()
+    assert "| levit_128s | litevit | eager | yes | 1 | 2 |" in table.read_text()  # 1 thread, batch 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "of the matmul rate" in capsys.readouterr().out
 
@@ -106,3 +109,61 @@ def test_cli_bench_writes_jsonl_markdown_and_plot(tmp_path, capsys) -> None:
 def test_cli_bench_rejects_unknown_models(capsys) -> None:
     assert cli.main(["bench", "nothing_*", "--no-progress"]) == 2
     assert "no registered model matches" in capsys.readouterr().err
+
+
+def test_cli_bench_times_each_thread_count(tmp_path) -> None:
+    out = tmp_path / "r.jsonl"
+    argv = ["bench", "levit_128s", "--batch-size", "1", "--threads", "1", "all", "--seconds", "0.02"]
+    assert cli.main(argv + ["--warmup", "0.01", "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines() if '"record"' in line]
+    assert {r["threads"] for r in records} == {1, len(os.sched_getaffinity(0))}
+
+
+@pytest.mark.parametrize("bad", ["0", "two"])
+def test_cli_bench_rejects_bad_thread_counts(bad, capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "levit_128s", "--threads", bad])
+    assert "thread count" in capsys.readouterr().err
+
+
+def test_installed_runtimes_follow_the_importable_packages(monkeypatch) -> None:
+    real = bench_runtimes.importlib.util.find_spec
+    monkeypatch.setattr(
+        bench_runtimes.importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name)
+    )
+    runtimes = bench_runtimes.installed_runtimes()
+    assert runtimes[0] == "eager" and not any(r.startswith("openvino") for r in runtimes)
+    if real("onnxruntime") and real("onnx"):
+        assert {"onnxruntime", "onnxruntime-int8"} <= set(runtimes)
+
+
+def test_deployed_files_are_built_once_per_run() -> None:
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'litevit[export]'")
+    subject = bench.Subject("tiny_levit", "litevit", lambda: litevit.create_model("levit_128s", **TINY), None)
+    deployments = bench_runtimes.Deployments()
+    for batch, threads in ((1, 1), (3, 2)):
+        records, _ = bench.bench_group(
+            [subject], runtimes=["onnxruntime"], batch_size=batch, threads=threads, seconds=0.02, warmup=0.01,
+            deployments=deployments,
+        )  # fmt: skip
+        assert [(r.runtime, r.threads, r.batch_size) for r in records][-1] == ("onnxruntime", threads, batch)
+    assert len(deployments.files) == 1  # one dynamic-batch file served both groups
+
+
+def test_int8_costs_are_printed_next_to_int8_speeds(tmp_path) -> None:
+    costs_file = tmp_path / "recipes.jsonl"
+    chosen = dict(kind="chosen", model="levit_128s", openvino="ov-transformer", onnxruntime="ort-per-channel",
+                  openvino_drop=0.5, onnxruntime_drop=1.25, nncf_defaults_drop=2.0)  # fmt: skip
+    costs_file.write_text(json.dumps({"kind": "accuracy", "model": "levit_128s"}) + "\n" + json.dumps(chosen) + "\n")
+    costs = bench_report.read_int8_costs(costs_file)
+    subject = bench.Subject("levit_128s", "litevit", lambda: litevit.create_model("levit_128s", **TINY), 76.6)
+    records, _ = bench.bench_group([subject], batch_size=1, seconds=0.02, warmup=0.01)
+    ov = dataclasses.replace(records[1], runtime="openvino-int8")
+    ort = dataclasses.replace(records[1], runtime="onnxruntime-int8")
+    timm = dataclasses.replace(records[1], runtime="openvino-int8", source="timm", fused=False)
+    assert [bench_report.int8_cost(r, costs) for r in (records[1], ov, ort, timm)] == [None, 0.5, 1.25, 2.0]
+    table = bench_report.markdown(bench.BenchResult([records[0], ov, ort], []), costs)
+    assert "| openvino-int8 (top-1 -0.50) |" in table and "| onnxruntime-int8 (top-1 -1.25) |" in table
+    png = tmp_path / "p.png"
+    bench_report.plot(bench.BenchResult([records[0], ov, timm], []), png, costs)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,6 +7,7 @@ held-out images and compared with the fp32 model's top-1 and predictions.
 from __future__ import annotations
 
 import importlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,39 @@ def test_missing_extra_names_what_to_install(tmp_path, monkeypatch, capsys) -> N
     assert capsys.readouterr().err.strip() == (
         "litevit export: error: OpenVINO export needs openvino: pip install 'litevit[openvino]'"
     )
+
+
+def test_float_ends_are_the_first_and_last_weighted_layers() -> None:
+    """The layers a ``float_ends`` recipe keeps in float: the stem conv and both classifiers of a distilled LeViT."""
+    import onnx
+    import openvino as ov
+
+    from litevit import quantize
+
+    model = litevit.fuse(litevit.create_model("levit_128s").eval())
+    x = torch.randn(1, 3, 224, 224)
+    ir = ov.convert_model(model, example_input=x)
+    ops = {op.get_friendly_name(): op.get_type_name() for op in ir.get_ordered_ops()}
+    ends = quantize._openvino_ends(ir)
+    assert sorted(ops[name] for name in ends) == ["Convolution", "MatMul", "MatMul"]
+    first_conv = next(name for name, kind in ops.items() if kind == "Convolution")
+    matmuls = [name for name, kind in ops.items() if kind == "MatMul"]
+    assert first_conv in ends and set(matmuls[-2:]) <= set(ends)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, opset_version=17, dynamo=False)
+    graph = onnx.load_from_string(buffer.getvalue()).graph
+    kinds = {node.name: node.op_type for node in graph.node}
+    ends = quantize._onnx_ends(onnx.load_from_string(buffer.getvalue()))
+    assert sorted(kinds[name] for name in ends) == ["Conv", "Gemm", "Gemm"]
+    assert next(node.name for node in graph.node if node.op_type == "Conv") in ends
+
+
+def test_every_family_has_a_measured_recipe() -> None:
+    from litevit.quantize import RECIPES, Recipe, recipe_for
+
+    families = {litevit.get_variant(name).family for name in litevit.list_models()}
+    assert set(RECIPES) == families
+    for name in ("levit_128s", "mobilevitv2_050"):
+        assert recipe_for(litevit.create_model(name)) is RECIPES[litevit.get_variant(name).family]
+    assert recipe_for(torch.nn.Conv2d(3, 3, 1)) == Recipe()

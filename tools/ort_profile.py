@@ -1,12 +1,13 @@
-"""Per-operator onnxruntime time of litevit's export against timm's, same weights, same opset, 1 thread.
+"""Per-operator onnxruntime time of litevit's export against timm's (same weights, same opset), 1 thread;
+with ``--int8``, of litevit's fp32 export against its QDQ int8 export instead.
 
-Usage: python tools/ort_profile.py levit_128s [batch] [runs]
+Usage: python tools/ort_profile.py levit_128s [batch] [runs] [--int8]
 Prints, for each graph, the kernel time per run and the share of each operator type.
 """
 
+import argparse
 import collections
 import json
-import sys
 import tempfile
 
 import onnxruntime as ort
@@ -14,7 +15,7 @@ import timm
 import torch
 
 import litevit
-from litevit.bench import ONNX_OPSET
+from litevit.bench_runtimes import ONNX_OPSET, calibration_folder
 from litevit.export import export
 
 
@@ -35,28 +36,41 @@ def profile(path: str, x: torch.Tensor, runs: int) -> tuple[float, list[tuple[st
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_op[event["args"]["op_name"]] += event["dur"]
     total = sum(per_op.values())
-    return total / (runs + 1) / 1e3, [(op, 100 * t / total) for op, t in per_op.most_common(8)]
+    return total / (runs + 1) / 1e3, [(op, 100 * t / total) for op, t in per_op.most_common(10)]
 
 
 def main() -> None:
-    name = sys.argv[1]
-    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("batch", type=int, nargs="?", default=16)
+    parser.add_argument("runs", type=int, nargs="?", default=5)
+    parser.add_argument("--int8", action="store_true", help="litevit fp32 against litevit QDQ int8")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    variant = litevit.get_variant(name)
-    timm_name = next(n for n in variant.external_names if n in timm.list_models())
-    theirs = timm.create_model(timm_name).eval()
-    ours = litevit.create_model(name, checkpoint=theirs.state_dict()).eval()
-    size = ours.config.img_size
-    x = torch.randn(batch, 3, size, size)
     folder = tempfile.mkdtemp()
-    export(ours, f"{folder}/litevit.onnx", format="onnx", img_size=size, opset=ONNX_OPSET)
-    torch.onnx.export(
-        theirs, (x,), f"{folder}/timm.onnx", input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
-    )  # fmt: skip
-    for label in ("litevit", "timm"):
-        ms, shares = profile(f"{folder}/{label}.onnx", x, runs)
+    if args.int8:
+        ours = litevit.create_model(args.name).eval()
+        size = ours.config.img_size
+        export(ours, f"{folder}/fp32.onnx", opset=ONNX_OPSET)
+        calibration = calibration_folder(size, size)
+        export(ours, f"{folder}/int8.onnx", int8=True, calibration=calibration, calibration_images=32)
+        labels = ("fp32", "int8")
+    else:
+        variant = litevit.get_variant(args.name)
+        timm_name = next(n for n in variant.external_names if n in timm.list_models())
+        theirs = timm.create_model(timm_name).eval()
+        ours = litevit.create_model(args.name, checkpoint=theirs.state_dict()).eval()
+        size = ours.config.img_size
+        x = torch.randn(1, 3, size, size)
+        export(ours, f"{folder}/litevit.onnx", format="onnx", img_size=size, opset=ONNX_OPSET)
+        torch.onnx.export(
+            theirs, (x,), f"{folder}/timm.onnx", input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+        )  # fmt: skip
+        labels = ("litevit", "timm")
+    x = torch.randn(args.batch, 3, size, size)
+    for label in labels:
+        ms, shares = profile(f"{folder}/{label}.onnx", x, args.runs)
         print(f"{label}: {ms:.1f} ms/run of kernels; " + ", ".join(f"{op} {share:.1f}%" for op, share in shares))
 
 

@@ -9,15 +9,11 @@ ratios, so that drifts in machine load hit both sides of a ratio alike.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
-import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -25,22 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .bench_runtimes import DEPLOY_RUNTIMES, Deployments, installed_runtimes
 from .deploy import fuse
 from .flops import count_macs, count_params
 from .layers import to_2tuple
 from .loading import create_model
-from .registry import DataConfig, get_variant, list_models
+from .registry import get_variant, list_models
 
 log = logging.getLogger(__name__)
 
-DEPLOY_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "executorch")  # CPU, exported files
 RUNTIMES = ("eager", "compile", *DEPLOY_RUNTIMES)
-# one opset for both sides of an onnxruntime comparison: 17 has LayerNormalization and HardSwish as single ops
-ONNX_OPSET = 17
 # reference CNNs from timm for the papers' comparison: name -> (top-1 %, source)
 REFERENCE_CNNS = {
     "efficientnet_b0": (77.1, "EfficientNet paper (Tan & Le 2019), Table 2"),
@@ -229,104 +222,18 @@ def model_input_size(model: nn.Module) -> tuple[int, int]:
     return to_2tuple(getattr(getattr(model, "config", None), "img_size", 224))
 
 
-def _calibration_folder(height: int, width: int, count: int = 32) -> Path:
-    """Synthetic calibration images for timing int8 graphs (their accuracy is not what the bench measures)."""
-    from PIL import Image
-
-    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-"))
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
-
-
-def _deployed(
-    model: nn.Module, runtime: str, x: torch.Tensor, threads: int, name: str, source: str
-) -> Callable[[], Any]:
-    """A runner of the model in onnxruntime or OpenVINO, fp32 or int8.
-
-    litevit models go through litevit's exporter (fused; int8 by its per-family recipe); timm's models take the
-    routes a timm user would: a plain ``torch.onnx.export`` / ``openvino.convert_model`` of the unmodified model,
-    and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``).
-    """
-    from .export import ExportedModel
-    from .quantize import calibration_set, require
-
-    int8 = runtime.endswith("-int8")
-    kind = "openvino" if runtime.startswith("openvino") else "onnx"
-    folder = Path(tempfile.mkdtemp(prefix="litevit-bench-"))
-    if runtime == "executorch":
-        return _executorch(model, x, threads, folder / f"{name}.pte", source)
-    path = folder / f"{name}.{'xml' if kind == 'openvino' else 'onnx'}"
-    size = tuple(x.shape[-2:])
-    calibration = _calibration_folder(*size) if int8 else None
-    if source == "litevit":
-        from .export import export
-
-        opset = None if int8 else ONNX_OPSET
-        export(model, path, batch="dynamic", img_size=size, opset=opset if kind == "onnx" else None, int8=int8,
-               calibration=calibration, calibration_images=32)  # fmt: skip
-        exported = ExportedModel(path, threads=threads)
-        return lambda: exported(x)
-    batches = calibration_set(calibration, DataConfig(), size, 32) if int8 else None
-    if kind == "openvino":
-        ov = require("openvino", "the OpenVINO bench runtime")
-        ir = ov.convert_model(model.float().cpu(), example_input=x.float().cpu())
-        if batches is not None:
-            nncf = require("nncf", "the openvino-int8 bench runtime")
-            ir = nncf.quantize(ir, nncf.Dataset(batches), subset_size=len(batches))
-        compiled = ov.Core().compile_model(
-            ir, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        )
-        request, feed = compiled.create_infer_request(), x.float().cpu().numpy()
-        return lambda: request.infer({0: feed})
-    ort = require("onnxruntime", "the onnxruntime bench runtime")
-    torch.onnx.export(
-        model, (x.float().cpu(),), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
-    )  # fmt: skip
-    if batches is not None:
-        from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.items = iter(batches)
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(self.items, None)
-                return None if batch is None else {"input": batch}
-
-        quantized = folder / f"{name}-int8.onnx"
-        quantize_static(str(path), str(quantized), Reader())  # onnxruntime's defaults
-        path = quantized
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.float().cpu().numpy()}
-    return lambda: session.run(None, feed)
-
-
-def _executorch(model: nn.Module, x: torch.Tensor, threads: int, path: Path, source: str) -> Callable[[], Any]:
-    """A runner of the model as an XNNPACK ``.pte`` at the batch size of ``x`` (timm's: lowered unmodified)."""
-    from .export import ExportedModel, export
-    from .mobile import pte_runner, save_pte
-
-    if source == "litevit":
-        export(model, path, batch=x.shape[0], img_size=tuple(x.shape[-2:]))
-        exported = ExportedModel(path, threads=threads)
-        return lambda: exported(x)
-    save_pte(model.float().cpu(), x.float().cpu(), path, "{}", rewrite=False)
-    _, run = pte_runner(path, threads)
-    feed = x.float().cpu().contiguous()
-    return lambda: run(feed)
-
-
 def _runner(
-    model: nn.Module, runtime: str, x: torch.Tensor, threads: int, autocast: Any, name: str, source: str
+    model: nn.Module,
+    runtime: str,
+    x: torch.Tensor,
+    threads: int,
+    autocast: Any,
+    name: str,
+    source: str,
+    deployments: Deployments,
 ) -> Callable[[], Any]:
     if runtime in DEPLOY_RUNTIMES:
-        return _deployed(model, runtime, x, threads, name, source)
+        return deployments.runner(model, runtime, x, threads, name, source)
     if runtime not in ("eager", "compile"):
         raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     forward = torch.compile(model) if runtime == "compile" else model
@@ -349,6 +256,7 @@ class Comparison:
     speedup_median: float  # their time / our time, per interleaved round
     speedup_p10: float
     speedup_p90: float
+    threads: int = 1
 
 
 def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> list[float]:
@@ -367,12 +275,15 @@ def bench_group(
     threads: int = 1,
     seconds: float = 3.0,
     warmup: float = 1.0,
+    deployments: Deployments | None = None,
 ) -> tuple[list[BenchRecord], list[Comparison]]:
     """Time every subject (litevit: unfused and fused) under every runtime, all interleaved together.
 
     ``seconds`` is the measuring budget per runner. Speedups in the records are against the first runner
     (litevit eager unfused); comparisons pit litevit's fastest runner against each other source's fastest.
+    ``deployments``: the run's exported files, shared between groups (default: built for this group alone).
     """
+    deployments = deployments or Deployments()
     if dtype not in ("fp32", "fp16", "bf16"):
         raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
     if device == "cpu":
@@ -402,7 +313,7 @@ def bench_group(
                 if runtime in DEPLOY_RUNTIMES and subject.source == "litevit" and not fused:
                     continue  # litevit's exporter always exports the fused model: timed once, as fused
                 key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
-                runners[key] = _runner(form, runtime, x, threads, autocast, subject.name, subject.source)
+                runners[key] = _runner(form, runtime, x, threads, autocast, subject.name, subject.source, deployments)
                 meta[key] = dict(
                     model=subject.name, source=subject.source, runtime=runtime, fused=fused, params_m=params,
                     macs_m=macs, paper_top1=subject.paper_top1, img_size=(height, width),
@@ -452,6 +363,7 @@ def bench_group(
                         statistics.median(ratios),
                         _percentile(ratios, 0.1),
                         _percentile(ratios, 0.9),
+                        threads,
                     )  # fmt: skip
                 )
     return records, comparisons
@@ -480,7 +392,7 @@ def run_bench(
     *,
     device: str = "cpu",
     batch_sizes: list[int] | None = None,
-    threads: int = 1,
+    threads: int | list[int] = 1,
     img_size: int | tuple[int, int] | None = None,
     dtype: str | None = None,
     channels_last: bool = False,
@@ -490,174 +402,44 @@ def run_bench(
     compare: str | None = None,
     progress: bool = True,
 ) -> BenchResult:
-    """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP."""
+    """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
+
+    ``runtimes``: names from :data:`RUNTIMES`, or ``"installed"`` for eager and every exported-file runtime whose
+    packages are installed. ``threads``: one count or several (each a group of its own). ExecuTorch, a phone
+    runtime with fixed-batch files, is timed at batch 1 only.
+    """
     names = models or default_models()
     gpu = device.startswith("cuda")
     batch_sizes = batch_sizes or ([256] if gpu else [1, 16])
     dtype = dtype or ("fp16" if gpu else "fp32")
-    runtimes = list(runtimes)
+    runtimes = [r for name in runtimes for r in (installed_runtimes() if name == "installed" else [name])]
+    thread_counts = [threads] if isinstance(threads, int) else list(threads)
     if compare not in (None, "timm"):
         raise ValueError(f"--compare supports 'timm' only, got {compare!r}")
-    tasks: list[tuple[list[Subject], int]] = []
+    tasks: list[tuple[list[Subject], int, int]] = []
     for name in names:
         subjects = _subjects(name, img_size, compare)
-        tasks += [(subjects, batch) for batch in batch_sizes]
+        tasks += [(subjects, batch, t) for t in thread_counts for batch in batch_sizes]
     if compare == "timm":
         import timm
 
         for cnn, (top1, _) in REFERENCE_CNNS.items():
             subject = Subject(cnn, "timm", lambda cnn=cnn: timm.create_model(cnn, pretrained=False), top1)
-            tasks += [([subject], batch) for batch in batch_sizes]
+            tasks += [([subject], batch, t) for t in thread_counts for batch in batch_sizes]
     from tqdm import tqdm
 
     records: list[BenchRecord] = []
     comparisons: list[Comparison] = []
-    for subjects, batch in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
+    deployments = Deployments()
+    for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
+        group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
         group_records, group_comparisons = bench_group(
-            subjects, runtimes=runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
-            channels_last=channels_last, threads=threads, seconds=seconds, warmup=warmup,
+            subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
+            channels_last=channels_last, threads=count, seconds=seconds, warmup=warmup, deployments=deployments,
         )  # fmt: skip
         records += group_records
         comparisons += group_comparisons
     result = BenchResult(records, comparisons)
     if "levit_128s" in names and not gpu and img_size is None:
-        result.flop_rate = flop_rate("levit_128s", max(batch_sizes), threads, seconds=4 * seconds)
+        result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)
     return result
-
-
-def write_jsonl(result: BenchResult, path: str | os.PathLike) -> None:
-    with open(path, "a") as f:
-        for record in result.records:
-            f.write(json.dumps({"kind": "record", **dataclasses.asdict(record)}) + "\n")
-        for comparison in result.comparisons:
-            f.write(json.dumps({"kind": "comparison", **dataclasses.asdict(comparison)}) + "\n")
-        if result.flop_rate is not None:
-            f.write(json.dumps({"kind": "flop_rate", **dataclasses.asdict(result.flop_rate)}) + "\n")
-
-
-def markdown(result: BenchResult) -> str:
-    """Tables of the run: every runner, then litevit-vs-other comparisons, then the FLOP-rate line."""
-    first = result.records[0] if result.records else None
-    lines = []
-    if first is not None:
-        lines += [
-            f"Hardware: {first.device_name} ({first.device}), {first.threads} thread(s); torch {first.torch_version}; "
-            f"dtype {first.dtype}; commit {first.git_commit}.",
-            "",
-        ]
-    lines += [
-        "| model | source | runtime | fused | batch | params (M) | MACs (M) | paper top-1 | median ms | p90 ms "
-        "| images/s | speedup vs unfused eager (p10-p90) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in result.records:
-        top1 = f"{r.paper_top1:.1f}" if r.paper_top1 is not None else "-"
-        speed = (
-            "baseline" if r.baseline is None else f"{r.speedup_median:.2f} ({r.speedup_p10:.2f}-{r.speedup_p90:.2f})"
-        )
-        if r.source != "litevit":
-            speed = "-"
-        lines.append(
-            f"| {r.model} | {r.source} | {r.runtime} | {'yes' if r.fused else 'no'} | {r.batch_size} | "
-            f"{r.params_m:.2f} | {r.macs_m:.0f} | {top1} | {r.median_ms:.2f} | {r.p90_ms:.2f} | "
-            f"{r.images_per_s:.1f} | {speed} |"
-        )
-    if result.comparisons:
-        lines += [
-            "",
-            "| model | batch | litevit fastest | other fastest | speedup (median) | p10-p90 |",
-            "|---|---:|---|---|---:|---|",
-        ]
-        for c in result.comparisons:
-            lines.append(
-                f"| {c.model} | {c.batch_size} | {c.ours.split(':', 2)[2]} | {c.theirs.split(':', 1)[0]}:"
-                f"{c.theirs.split(':', 2)[2]} | {c.speedup_median:.2f} | {c.speedup_p10:.2f}-{c.speedup_p90:.2f} |"
-            )
-    if (rate := result.flop_rate) is not None:
-        lines += [
-            "",
-            f"{rate.model} fused eager, batch {rate.batch_size}, {rate.threads} thread(s): {rate.model_gflops:.1f} "
-            f"GFLOP/s against a float32 1024^3 matmul at {rate.matmul_gflops:.1f} GFLOP/s, timed interleaved: "
-            f"{rate.ratio_median:.0%} of the matmul rate (p10-p90 {rate.ratio_p10:.0%}-{rate.ratio_p90:.0%}).",
-        ]
-    return "\n".join(lines)
-
-
-_MARKERS = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8": "v", "openvino": "D",
-            "openvino-int8": "d", "executorch": "P"}  # fmt: skip
-
-
-def _fastest(records: list[BenchRecord]) -> dict[tuple[str, str], BenchRecord]:
-    """(source, model) -> its fastest runner (litevit's fused forms only: that is what it deploys)."""
-    best: dict[tuple[str, str], BenchRecord] = {}
-    for r in records:
-        if r.source == "litevit" and not r.fused:
-            continue
-        key = (r.source, r.model)
-        if key not in best or r.images_per_s > best[key].images_per_s:
-            best[key] = r
-    return best
-
-
-def _line(model: str) -> str:
-    """The line a registered model is drawn on: its family, with MobileViT split into v1, v2 and v3."""
-    family = get_variant(model).family
-    return model.split("_")[0] if family == "mobilevit" else family
-
-
-def plot(result: BenchResult, path: str | os.PathLike) -> None:
-    """PNG, as the papers plot it: paper top-1 against images/s (log), one panel per batch size.
-
-    One line per family through its variants for litevit's fastest path (solid) and timm's (dashed), the
-    marker saying which runtime was fastest; reference CNNs as labelled crosses. Points are not labelled one by
-    one (families are told apart by colour in the legend), so nothing overlaps.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    batches = sorted({r.batch_size for r in result.records})
-    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5.5), squeeze=False)
-    registered = set(list_models())
-    families = sorted({_line(r.model) for r in result.records if r.model in registered})
-    colours = {family: f"C{i}" for i, family in enumerate(families)}
-    runtimes_seen: set[str] = set()
-    for ax, batch in zip(axes[0], batches, strict=True):
-        best = _fastest([r for r in result.records if r.batch_size == batch and r.paper_top1 is not None])
-        for family in families:
-            for source, style in (("litevit", "-"), ("timm", "--")):
-                points = sorted(
-                    (r for (src, model), r in best.items() if src == source and model in registered
-                     and _line(model) == family),
-                    key=lambda r: r.images_per_s,
-                )  # fmt: skip
-                if not points:
-                    continue
-                xs, ys = [r.images_per_s for r in points], [r.paper_top1 for r in points]
-                ax.plot(xs, ys, style, color=colours[family], alpha=0.8)
-                for r in points:
-                    runtimes_seen.add(r.runtime)
-                    ax.scatter(
-                        r.images_per_s, r.paper_top1, marker=_MARKERS[r.runtime], color=colours[family], zorder=3
-                    )
-        for (_, model), r in best.items():
-            if model not in registered:  # a reference CNN
-                ax.scatter(r.images_per_s, r.paper_top1, marker="x", color="black", zorder=3)
-                ax.annotate(model, (r.images_per_s, r.paper_top1), fontsize=7, xytext=(4, -10),
-                            textcoords="offset points")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel(f"images/s at batch {batch} (log)")
-        ax.set_ylabel("ImageNet top-1 (%, as published)")
-        ax.grid(alpha=0.3, which="both")
-    handles = [Line2D([], [], color=colours[f], label=f) for f in families]
-    handles += [Line2D([], [], color="gray", linestyle=s, label=f"{src}'s fastest") for src, s in
-                (("litevit", "-"), ("timm", "--"))]  # fmt: skip
-    handles += [Line2D([], [], color="gray", marker=_MARKERS[r], linestyle="", label=r) for r in sorted(runtimes_seen)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    first = result.records[0]
-    fig.suptitle(f"{first.device_name}, {first.threads} thread(s), torch {first.torch_version}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.97))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

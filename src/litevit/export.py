@@ -43,11 +43,13 @@ from .mobile import (
 )
 from .quantize import (
     DEFAULT_CALIBRATION_IMAGES,
+    Recipe,
     agreement,
     calibration_set,
     onnx_int8,
     openvino_ir,
     openvino_runner,
+    recipe_for,
     save_openvino,
 )
 from .registry import DataConfig
@@ -371,6 +373,7 @@ def export(
     int8: bool = False,
     calibration: str | os.PathLike | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    recipe: Recipe | None = None,
 ) -> ExportResult:
     """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
 
@@ -382,8 +385,9 @@ def export(
 
     ``int8``: static post-training int8 (:mod:`litevit.quantize`), ONNX QDQ for onnxruntime or OpenVINO IR via NNCF,
     calibrated on up to ``calibration_images`` images from the folder ``calibration``, preprocessed with the
-    model's data config. Its ``check`` compares with fp32 PyTorch on the calibration images: the top-1 agreement is
-    reported, and a relative difference above ``INT8_RTOL`` (a broken graph) raises :class:`ExportError`.
+    model's data config, by ``recipe`` (default: the family's, :data:`litevit.quantize.RECIPES`). Its ``check``
+    compares with fp32 PyTorch on the calibration images: the top-1 agreement is reported, and a relative difference
+    above ``INT8_RTOL`` (a broken graph) raises :class:`ExportError`.
 
     The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
@@ -436,7 +440,7 @@ def export(
         min_opset = INT8_MIN_OPSET if int8 else ONNX_OPSETS[0]
         data_bytes, used_opset = _onnx_model(deployed, example, batch, opset, search_input, min_opset)
         if calibration_batches is not None:
-            data_bytes = onnx_int8(data_bytes, calibration_batches, _INPUT)
+            data_bytes = onnx_int8(data_bytes, calibration_batches, _INPUT, recipe or recipe_for(model))
     metadata = dataclasses.replace(
         metadata_for(model, size, batch, format, used_opset), precision="int8" if int8 else "fp32"
     )
@@ -449,7 +453,9 @@ def export(
     elif format == "coreml":
         save_coreml(deployed, example, path, metadata.to_json())
     elif format == "openvino":
-        ir = openvino_ir(deployed, example, batch == "dynamic", metadata.to_json(), calibration_batches)
+        ir = openvino_ir(
+            deployed, example, batch == "dynamic", metadata.to_json(), calibration_batches, recipe or recipe_for(model)
+        )
         save_openvino(ir, path)
     else:
         exporter = _export_torchscript if format == "torchscript" else _export_pt2

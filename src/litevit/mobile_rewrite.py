@@ -10,7 +10,8 @@ same values:
 - batched ``matmul`` with equal batch dims: reshape to 3D, ``bmm``, reshape back;
 - strided ``slice``: ``avg_pool2d`` with a 1x1 window and that stride (a copy: each window holds one value);
 - ``mean`` over H and/or W of a 4D map: ``avg_pool2d`` with that window; over other dims: permute the reduced
-  dims last, reshape to ``(1, kept, reduced, 1)``, mean over (2, 3);
+  dims last, reshape to ``(1, kept, reduced, 1)``, mean over (2, 3); a reduction over more than 1024 values in
+  two levels (XNNPACK adds in one float32 pass, which cost 2e-5 relative per MobileViTv2 GroupNorm);
 - ``softmax`` over the last dim of a 4D map: on a 2D view (XNNPACK's channels-last 4D softmax reduced the wrong
   dim: MobileViTv2 came out 1.2 relative off);
 - ``F.unfold``: a depthwise convolution with one-hot ``k x k`` kernels (channel-major, as ``nn.Unfold``);
@@ -151,17 +152,36 @@ def _strided_slice(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
+# XNNPACK sums a reduction in one pass of float32 adds: over the 65536 values of a MobileViTv2 GroupNorm its
+# error reached 2e-5 relative per norm (7e-5 at the logits). Reductions longer than this are taken in two levels.
+_LONGEST_REDUCTION = 1024
+
+
+def _two_levels(count: int) -> tuple[int, int]:
+    """``(outer, inner)`` with ``outer * inner == count`` and ``inner`` the largest divisor <= sqrt(count)."""
+    inner = next(d for d in range(math.isqrt(count), 0, -1) if count % d == 0)
+    return count // inner, inner
+
+
 def _mean_4d(graph: fx.Graph, x: fx.Node, dims: list[int], out_shape: list[int]) -> fx.Node:
-    """``x.mean(dims)`` reshaped to ``out_shape``, as a mean over (2, 3) of a ``(1, kept, reduced, 1)`` tensor."""
+    """``x.mean(dims)`` reshaped to ``out_shape``, as means over (2, 3) of ``(1, rows, reduced, 1)`` tensors."""
     shape = _shape(x)
-    if len(shape) == 4 and set(dims) <= {2, 3}:  # a pooling window over the reduced dims: no layout change
+    count = math.prod(shape[d] for d in dims)
+    if len(shape) == 4 and set(dims) <= {2, 3} and count <= _LONGEST_REDUCTION:  # a pooling window: same layout
         window = [shape[2] if 2 in dims else 1, shape[3] if 3 in dims else 1]
         pooled = _call(graph, aten.avg_pool2d.default, x, window, window)
         return _call(graph, aten.reshape.default, pooled, out_shape)
     kept = [d for d in range(len(shape)) if d not in dims]
-    moved = _call(graph, aten.permute.default, x, kept + dims)
-    grid = [1, math.prod(shape[d] for d in kept), math.prod(shape[d] for d in dims), 1]
-    pooled = _call(graph, aten.mean.dim, _call(graph, aten.reshape.default, moved, grid), [2, 3], True)
+    rows = math.prod(shape[d] for d in kept)
+    moved = _call(graph, aten.permute.default, x, kept + dims)  # kept..., reduced...
+    outer, inner = _two_levels(count) if count > _LONGEST_REDUCTION else (1, count)
+    pooled = _call(
+        graph, aten.mean.dim, _call(graph, aten.reshape.default, moved, [1, rows * outer, inner, 1]), [2, 3], True
+    )
+    if outer > 1:  # rows*outer partial means of equal size, then their mean
+        pooled = _call(
+            graph, aten.mean.dim, _call(graph, aten.reshape.default, pooled, [1, rows, outer, 1]), [2, 3], True
+        )
     return _call(graph, aten.reshape.default, pooled, out_shape)
 
 
@@ -170,7 +190,7 @@ def _mean(graph: fx.Graph, node: fx.Node) -> bool:
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
     shape = _shape(x)
     dims = sorted(d % len(shape) for d in (dims if dims else range(len(shape))))
-    if len(shape) == 4 and dims == [2, 3] and keepdim:
+    if len(shape) == 4 and dims == [2, 3] and keepdim and shape[2] * shape[3] <= _LONGEST_REDUCTION:
         return False
     _replace(node, _mean_4d(graph, x, dims, _shape(node)))
     return True
@@ -216,7 +236,7 @@ def _mean_node(graph: fx.Graph, x: fx.Node, dims: list[int]) -> fx.Node:
     shape = _shape(x)
     dims = sorted(d % len(shape) for d in dims)
     out_shape = [1 if d in dims else n for d, n in enumerate(shape)]
-    if len(shape) == 4 and dims == [2, 3]:
+    if len(shape) == 4 and dims == [2, 3] and shape[2] * shape[3] <= _LONGEST_REDUCTION:
         return _call(graph, aten.mean.dim, x, dims, True)
     return _mean_4d(graph, x, dims, out_shape)
 

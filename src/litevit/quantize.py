@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +117,101 @@ def calibration_set(
     return batches
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What a family's int8 graph keeps in float and how it is calibrated, for both int8 routes.
+
+    ``transformer``: NNCF's ``ModelType.TRANSFORMER`` (softmax, norms, attention-bias adds and activation inputs stay
+    float; SmoothQuant on MatMul inputs). ``preset``: NNCF ``"mixed"`` (symmetric weights, asymmetric activations)
+    or ``"performance"`` (both symmetric). ``float_ends``: the first weighted layer and the classifier stay float.
+    ``per_channel`` and ``calibration`` (``"minmax"`` or ``"percentile"``): onnxruntime's weight granularity and
+    activation-range method.
+    """
+
+    transformer: bool = True
+    preset: str = "mixed"
+    float_ends: bool = False
+    per_channel: bool = True
+    calibration: str = "minmax"
+
+
+# chosen per family by tools/int8_recipes.py (benchmarks/int8_recipes.md: top-1 of trained models and speed)
+RECIPES: dict[str, Recipe] = {}
+DEFAULT_RECIPE = Recipe()
+
+
+def recipe_for(model: nn.Module) -> Recipe:
+    """The measured recipe of the model's family (the default recipe for models of no registered family)."""
+    return RECIPES.get(getattr(model, "family", ""), DEFAULT_RECIPE)
+
+
+_WEIGHTED_OV = {"Convolution", "GroupConvolution", "MatMul"}
+
+
+def _openvino_ends(model: Any) -> list[str]:
+    """Names of the first weighted ops on every path from the input and the last on every path to the output."""
+
+    def walk(start: list[Any], step: Any) -> set[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            node = todo.pop()
+            if node.get_friendly_name() in seen:
+                continue
+            seen.add(node.get_friendly_name())
+            if node.get_type_name() in _WEIGHTED_OV:
+                found.add(node.get_friendly_name())
+            else:
+                todo += step(node)
+        return found
+
+    def consumers(node: Any) -> list[Any]:
+        return [i.get_node() for out in node.outputs() for i in out.get_target_inputs()]
+
+    def producers(node: Any) -> list[Any]:
+        return [i.get_source_output().get_node() for i in node.inputs()]
+
+    first = walk([c for p in model.get_parameters() for c in consumers(p)], consumers)
+    last = walk([q for r in model.get_results() for q in producers(r)], producers)
+    return sorted(first | last)
+
+
+def _onnx_ends(model: Any) -> list[str]:
+    """The ONNX counterpart of :func:`_openvino_ends` (node names of Conv/MatMul/Gemm)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    users: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+
+    def walk(start: list[Any], step: Any) -> set[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            node = todo.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("Conv", "MatMul", "Gemm"):
+                found.add(node.name)
+            else:
+                todo += step(node)
+        return found
+
+    first = walk([n for i in model.graph.input for n in users.get(i.name, [])],
+                 lambda n: [u for out in n.output for u in users.get(out, [])])  # fmt: skip
+    last = walk([producer[o.name] for o in model.graph.output if o.name in producer],
+                lambda n: [producer[i] for i in n.input if i in producer])  # fmt: skip
+    return sorted(first | last)
+
+
 def openvino_ir(
-    deployed: nn.Module, example: torch.Tensor, dynamic_batch: bool, metadata_json: str, calibration: list | None
+    deployed: nn.Module,
+    example: torch.Tensor,
+    dynamic_batch: bool,
+    metadata_json: str,
+    calibration: list | None,
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> Any:
-    """The fused model as an OpenVINO model, quantized to int8 by NNCF when ``calibration`` is given."""
+    """The fused model as an OpenVINO model, quantized to int8 by NNCF with ``recipe`` when ``calibration`` is given."""
     ov = require("openvino", "OpenVINO export")
     shape = [-1 if dynamic_batch else example.shape[0], *example.shape[1:]]
     with torch.no_grad():
@@ -129,9 +221,10 @@ def openvino_ir(
         model = nncf.quantize(
             model,
             nncf.Dataset(calibration),
-            preset=nncf.QuantizationPreset.MIXED,
-            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED if recipe.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            model_type=nncf.ModelType.TRANSFORMER if recipe.transformer else None,
             subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=_openvino_ends(model)) if recipe.float_ends else None,
         )
     model.set_rt_info(metadata_json, _RT_INFO)
     return model
@@ -141,8 +234,18 @@ def save_openvino(model: Any, path: Path) -> None:
     require("openvino", "OpenVINO export").save_model(model, str(path), compress_to_fp16=False)
 
 
+_STATIC_SHAPES = 8  # compiled input shapes an OpenVINO runner keeps
+
+
 def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, Any]:
-    """The metadata JSON of an IR and a callable running it on CPU at f32 inference precision."""
+    """The metadata JSON of an IR and a callable running it on CPU at f32 inference precision.
+
+    A dynamic-batch IR is compiled once per input shape it is called with, reshaped to that static shape: OpenVINO
+    plans static graphs better (int8 at batch 1, 1 thread: EfficientViT-M0 1.45x, LeViT-128S 1.34x, MobileViT-XXS
+    1.14x faster than the dynamic graph, measured interleaved on the machine of the README's figures). Graphs with
+    a resize (MobileViT at sides that are not multiples of its patch grid) stay dynamic: OpenVINO 2026.4's static
+    Interpolate put MobileViT-XXS at 96 px 2.7e-4 relative off float64, the dynamic one 8e-7.
+    """
     ov = require("openvino", f"running {Path(path).name}")
     core = ov.Core()
     model = core.read_model(str(path))
@@ -152,17 +255,25 @@ def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, 
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
+    requests: dict[tuple[int, ...], Any] = {}
+    static_shapes = not any(op.get_type_name().startswith("Interpolate") for op in model.get_ops())
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.array(request.infer({0: x.numpy()})[0]))
+        shape = tuple(x.shape) if static_shapes else ()
+        if shape not in requests:
+            if len(requests) >= _STATIC_SHAPES:
+                requests.pop(next(iter(requests)))
+            static = model.clone()
+            if shape:
+                static.reshape(list(shape))
+            requests[shape] = core.compile_model(static, "CPU", config).create_infer_request()
+        return torch.from_numpy(np.array(requests[shape].infer({0: x.numpy()})[0]))
 
     return meta, run
 
 
-def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str) -> bytes:
-    """onnxruntime QDQ int8 (U8S8, per-channel weights) of an fp32 ONNX model (opset >= 13).
+def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str, recipe: Recipe = DEFAULT_RECIPE) -> bytes:
+    """onnxruntime QDQ int8 (U8S8; per-channel weights by default) of an fp32 ONNX model (opset >= 13).
 
     Without VNNI, onnxruntime's AVX2/AVX-512 kernels add pairs of u8 x s8 products in 16 bits, which can saturate:
     weights are then quantized to 7 bits (``reduce_range``), as onnxruntime advises for such CPUs.
@@ -189,6 +300,7 @@ def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str) -> by
         source, prepared, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         source.write_bytes(fp32)
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        excluded = _onnx_ends(require("onnx", "int8 quantization for onnxruntime").load(str(prepared)))
         quantize_static(
             str(prepared),
             str(out),
@@ -196,9 +308,12 @@ def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str) -> by
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            per_channel=True,
+            per_channel=recipe.per_channel,
             op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded if recipe.float_ends else None,
+            calibrate_method=CalibrationMethod.Percentile
+            if recipe.calibration == "percentile"
+            else CalibrationMethod.MinMax,
             reduce_range=not has_vnni(),
         )
         return out.read_bytes()
