@@ -17,8 +17,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto -m ""
 
+# the default set, every runtime installed here, timm's routes, 1 thread and all cores; override with
+# make bench BENCH_ARGS="levit_128s --runtime eager"
+BENCH_ARGS ?= --runtime installed --compare timm --threads 1 all --seconds 2 --warmup 0.5
 bench: $(STAMP)
-	$(VENV)/bin/litevit bench $(BENCH_ARGS)
+	mkdir -p runs/bench && rm -f runs/bench/bench.jsonl
+	$(VENV)/bin/litevit bench $(BENCH_ARGS) --int8-costs benchmarks/int8_recipes.jsonl \
+		--out runs/bench/bench.jsonl --markdown runs/bench/bench.md --plot runs/bench/bench.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -15,7 +15,8 @@ from torch import nn
 
 import litevit
 from litevit.cli import main
-from litevit.export import ONNX_OPSETS, RTOL, ExportedModel, ExportError, compare_onnx_speed, export
+from litevit.export import ONNX_OPSETS, RTOL, ExportError, export
+from litevit.exported import ExportedModel, compare_onnx_speed
 
 MODELS = litevit.list_models()
 # the first variant of each family and model class, so new families are picked up automatically

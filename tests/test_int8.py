@@ -19,9 +19,9 @@ import litevit
 from litevit import cli
 from litevit import train as T
 from litevit.data import eval_transform, image_folder
-from litevit.export import ExportedModel
+from litevit.exported import ExportedModel
+from litevit.int8 import MIN_CALIBRATION_IMAGES, CalibrationError, MissingExtraError
 from litevit.predict import evaluate, preprocessing
-from litevit.quantize import MIN_CALIBRATION_IMAGES, CalibrationError, MissingExtraError
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
 
@@ -63,6 +63,13 @@ def test_int8_of_a_trained_model_keeps_its_accuracy(trained, tmp_path, suffix, c
     with torch.no_grad():
         agree = (fp32(images).argmax(-1) == int8(images).argmax(-1)).float().mean().item()
     assert agree >= 0.9, agree
+
+
+def test_quantize_api_writes_openvino_when_the_suffix_leaves_the_choice_open(trained, tmp_path) -> None:
+    best, root = trained
+    result = litevit.quantize(litevit.load(best), tmp_path / "m", root / "train", calibration_images=16)
+    assert result.path == tmp_path / "m.xml" and result.metadata.precision == "int8"
+    assert result.check is not None and result.check.agreement >= 0.9  # on the 16 calibration images
 
 
 def _transform(model: torch.nn.Module):
@@ -133,13 +140,13 @@ def test_float_ends_are_the_first_and_last_weighted_layers() -> None:
     import onnx
     import openvino as ov
 
-    from litevit import quantize
+    from litevit import int8
 
     model = litevit.fuse(litevit.create_model("levit_128s").eval())
     x = torch.randn(1, 3, 224, 224)
     ir = ov.convert_model(model, example_input=x)
     ops = {op.get_friendly_name(): op.get_type_name() for op in ir.get_ordered_ops()}
-    ends = quantize._openvino_ends(ir)
+    ends = int8._openvino_ends(ir)
     assert sorted(ops[name] for name in ends) == ["Convolution", "MatMul", "MatMul"]
     first_conv = next(name for name, kind in ops.items() if kind == "Convolution")
     matmuls = [name for name, kind in ops.items() if kind == "MatMul"]
@@ -149,13 +156,13 @@ def test_float_ends_are_the_first_and_last_weighted_layers() -> None:
     torch.onnx.export(model, (x,), buffer, opset_version=17, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue()).graph
     kinds = {node.name: node.op_type for node in graph.node}
-    ends = quantize._onnx_ends(onnx.load_from_string(buffer.getvalue()))
+    ends = int8._onnx_ends(onnx.load_from_string(buffer.getvalue()))
     assert sorted(kinds[name] for name in ends) == ["Conv", "Gemm", "Gemm"]
     assert next(node.name for node in graph.node if node.op_type == "Conv") in ends
 
 
 def test_every_family_has_a_measured_recipe() -> None:
-    from litevit.quantize import RECIPES, Recipe, recipe_for
+    from litevit.int8 import RECIPES, Recipe, recipe_for
 
     families = {litevit.get_variant(name).family for name in litevit.list_models()}
     assert set(RECIPES) == families

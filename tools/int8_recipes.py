@@ -1,4 +1,4 @@
-"""The measurement behind ``litevit.quantize.RECIPES``: accuracy and speed of candidate int8 recipes per family.
+"""The measurement behind ``litevit.int8.RECIPES``: accuracy and speed of candidate int8 recipes per family.
 
 Accuracy: each family's representative is trained at 64 px on drawn textures (8 classes, 100 training and 50
 held-out images each), quantized with every candidate recipe through ``litevit.export`` (calibrated on 100 training
@@ -29,14 +29,17 @@ import litevit
 from litevit import bench
 from litevit import train as T
 from litevit.data import eval_transform, image_folder
-from litevit.export import ExportedModel, export
+from litevit.export import export
+from litevit.exported import ExportedModel
+from litevit.int8 import Recipe, cpu_isa
 from litevit.predict import evaluate, preprocessing
-from litevit.quantize import Recipe, cpu_isa
 
 FAMILY_MODELS = ["levit_128s", "efficientvit_m0", "mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "t2t_vit_7"]
 CANDIDATES = {  # name -> (suffix, recipe)
     "ov-nncf-defaults": (".xml", Recipe(transformer=False, preset="performance")),
+    "ov-mixed": (".xml", Recipe(transformer=False)),
     "ov-transformer": (".xml", Recipe()),
+    "ov-transformer-no-smoothquant": (".xml", Recipe(smooth_quant=False)),
     "ov-transformer-float-ends": (".xml", Recipe(float_ends=True)),
     "ort-per-channel": (".onnx", Recipe()),
     "ort-per-tensor": (".onnx", Recipe(per_channel=False)),
@@ -201,6 +204,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per file and batch size")
     parser.add_argument("--out", default="benchmarks/int8_recipes", help="writes OUT.jsonl and OUT.md")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # the papers' CPU protocol, and no oversubscription next to other jobs
     work = Path(tempfile.mkdtemp(prefix="litevit-recipes-"))
     root = work / "textures"
     make_textures(root / "train", 100, seed=0)

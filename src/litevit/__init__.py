@@ -4,7 +4,7 @@ from . import models, zoo  # noqa: F401  (registers every family and the publish
 from .backbone import backbone
 from .checkpoint import CheckpointError, read_checkpoint
 from .deploy import FuseError, fuse
-from .export import export
+from .export import export, quantize
 from .features import FeatureInfo, features_only
 from .hub import DownloadError
 from .loading import ModelInfo, create_model, load, load_checkpoint
@@ -28,6 +28,7 @@ __all__ = [
     "export",
     "features_only",
     "fuse",
+    "quantize",
     "get_variant",
     "get_weights",
     "list_models",

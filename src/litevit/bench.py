@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU model with the instruction sets its int8/bf16 kernels use."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    from .quantize import cpu_isa
+    from .int8 import cpu_isa
 
     name = platform.processor() or platform.machine()
     try:
@@ -312,6 +312,8 @@ def bench_group(
                     continue  # CPU runtimes of exported files, from float32 models
                 if runtime in DEPLOY_RUNTIMES and subject.source == "litevit" and not fused:
                     continue  # litevit's exporter always exports the fused model: timed once, as fused
+                if runtime == "executorch" and subject.source != "litevit":
+                    continue  # timm has no ExecuTorch route (bench_runtimes)
                 key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
                 runners[key] = _runner(form, runtime, x, threads, autocast, subject.name, subject.source, deployments)
                 meta[key] = dict(
@@ -385,6 +387,7 @@ class BenchResult:
     records: list[BenchRecord]
     comparisons: list[Comparison]
     flop_rate: FlopRate | None = None  # LeViT-128S against the machine's matmul rate (CPU runs that include it)
+    delegations: dict[str, str] = field(default_factory=dict)  # .pte file -> what XNNPACK runs
 
 
 def run_bench(
@@ -439,7 +442,7 @@ def run_bench(
         )  # fmt: skip
         records += group_records
         comparisons += group_comparisons
-    result = BenchResult(records, comparisons)
+    result = BenchResult(records, comparisons, delegations=deployments.delegations)
     if "levit_128s" in names and not gpu and img_size is None:
         result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)
     return result

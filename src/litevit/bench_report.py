@@ -83,6 +83,8 @@ def markdown(result: BenchResult, costs: dict[tuple[str, str], float] | None = N
         )
     if result.comparisons:
         lines += ["", *comparison_table(result, costs)]
+    if result.delegations:
+        lines += ["", *(f"- `{name}`: {summary}" for name, summary in result.delegations.items())]
     if (rate := result.flop_rate) is not None:
         lines += [
             "",

@@ -1,8 +1,9 @@
 """The exported-file runtimes of ``litevit bench``: litevit's exports and timm's own routes, each built once a run.
 
-litevit models go through litevit's exporter (fused; int8 by the family's recipe, :data:`litevit.quantize.RECIPES`).
+litevit models go through litevit's exporter (fused; int8 by the family's recipe, :data:`litevit.int8.RECIPES`).
 timm's models take the routes a timm user would: a plain ``torch.onnx.export`` / ``openvino.convert_model`` of the
-unmodified model, and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``).
+unmodified model, and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``);
+timm has no ExecuTorch route of its own, so ``executorch`` is timed for litevit only.
 Both sides run with the same session settings: the given thread count, one stream, OpenVINO pinned to f32.
 
 Exporting and quantizing cost far more than timing, so a run builds each file once, with a dynamic batch, and
@@ -59,6 +60,7 @@ class Deployments:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="litevit-bench-"))
         self.files: dict[tuple, Path] = {}
+        self.delegations: dict[str, str] = {}  # .pte name -> the share XNNPACK runs and what is left
 
     def runner(
         self, model: nn.Module, runtime: str, x: torch.Tensor, threads: int, name: str, source: str
@@ -78,7 +80,9 @@ class Deployments:
 
         size = tuple(x.shape[-2:])
         if runtime == "executorch":
-            return export(model, stem.with_suffix(".pte"), batch=x.shape[0], img_size=size).path
+            result = export(model, stem.with_suffix(".pte"), batch=x.shape[0], img_size=size)
+            self.delegations[result.path.name] = result.delegation.summary()
+            return result.path
         int8 = runtime.endswith("-int8")
         suffix = ".xml" if runtime.startswith("openvino") else ".onnx"
         opset = ONNX_OPSET if suffix == ".onnx" and not int8 else None
@@ -87,14 +91,9 @@ class Deployments:
                       calibration=calibration, calibration_images=CALIBRATION_IMAGES).path  # fmt: skip
 
     def _timm(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path) -> Path:
-        from .quantize import calibration_set, require
+        from .int8 import calibration_set, require
 
         example = x.float().cpu()
-        if runtime == "executorch":
-            from .mobile import save_pte
-
-            save_pte(model.float().cpu(), example, stem.with_suffix(".pte"), "{}", rewrite=False)
-            return stem.with_suffix(".pte")
         batches = None
         if runtime.endswith("-int8"):
             batches = calibration_set(calibration_folder(*x.shape[-2:]), DataConfig(), tuple(x.shape[-2:]),
@@ -133,17 +132,12 @@ class Deployments:
     def _session(path: Path, runtime: str, threads: int, x: torch.Tensor, source: str) -> Callable[[], Any]:
         feed = x.float().cpu().contiguous()
         if source == "litevit":
-            from .export import ExportedModel
+            from .exported import ExportedModel
 
             exported = ExportedModel(path, threads=threads)
             return lambda: exported(feed)
-        if runtime == "executorch":
-            from .mobile import pte_runner
-
-            _, run = pte_runner(path, threads)
-            return lambda: run(feed)
         if runtime.startswith("openvino"):
-            from .quantize import require
+            from .int8 import require
 
             ov = require("openvino", "the OpenVINO bench runtime")
             config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",

@@ -11,7 +11,7 @@ import sys
 from . import create_model, get_variant, list_models
 from .bench import RUNTIMES
 from .flops import count_params
-from .quantize import MissingExtraError
+from .int8 import MissingExtraError
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -200,7 +200,8 @@ def _img_size(values: list[int] | None) -> int | tuple[int, int] | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportedModel, ExportError, export
+    from .export import ExportError, export
+    from .exported import ExportedModel
 
     model = _load(args)
     if isinstance(model, ExportedModel):

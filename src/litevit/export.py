@@ -17,9 +17,8 @@ import os
 import re
 import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,27 +29,24 @@ from torch import nn
 
 from .deploy import fuse
 from .features import FeatureExtractor, features_only
-from .layers import to_2tuple
-from .loading import create_model, model_info
-from .mobile import (
-    COREML_PREDICTION_SKIP,
-    Delegation,
-    coreml_available,
-    coreml_runner,
-    pte_runner,
-    save_coreml,
-    save_pte,
-)
-from .quantize import (
+from .int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     Recipe,
     agreement,
     calibration_set,
     onnx_int8,
     openvino_ir,
-    openvino_runner,
     recipe_for,
     save_openvino,
+)
+from .layers import to_2tuple
+from .loading import create_model, model_info
+from .mobile import (
+    COREML_PREDICTION_SKIP,
+    Delegation,
+    coreml_available,
+    save_coreml,
+    save_pte,
 )
 from .registry import DataConfig
 
@@ -383,9 +379,9 @@ def export(
     ``opset``: ONNX opset (default: the lowest that works). ``check``: run the saved file on a batch size different
     from the exported one and raise :class:`ExportError` if it differs from PyTorch by more than ``RTOL`` relative.
 
-    ``int8``: static post-training int8 (:mod:`litevit.quantize`), ONNX QDQ for onnxruntime or OpenVINO IR via NNCF,
+    ``int8``: static post-training int8 (:mod:`litevit.int8`), ONNX QDQ for onnxruntime or OpenVINO IR via NNCF,
     calibrated on up to ``calibration_images`` images from the folder ``calibration``, preprocessed with the
-    model's data config, by ``recipe`` (default: the family's, :data:`litevit.quantize.RECIPES`). Its ``check``
+    model's data config, by ``recipe`` (default: the family's, :data:`litevit.int8.RECIPES`). Its ``check``
     compares with fp32 PyTorch on the calibration images: the top-1 agreement is reported, and a relative difference
     above ``INT8_RTOL`` (a broken graph) raises :class:`ExportError`.
 
@@ -469,6 +465,8 @@ def export(
     if check:
         with torch.inference_mode():
             reference = deployed(check_input)
+        from .exported import ExportedModel  # the loading side imports this module
+
         exported = ExportedModel(path)
         output = exported(check_input)
         if int8:
@@ -484,78 +482,24 @@ def export(
     return ExportResult(path, metadata, parity, report)
 
 
-class ExportedModel:
-    """An exported file (``.onnx``, ``.ts``/``.torchscript``, ``.pt2``, OpenVINO ``.xml``) loaded for inference."""
+def quantize(
+    model: nn.Module | str,
+    path: str | os.PathLike,
+    calibration: str | os.PathLike,
+    *,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    recipe: Recipe | None = None,
+    batch: str | int = "dynamic",
+    img_size: int | tuple[int, int] | None = None,
+    check: bool = True,
+) -> ExportResult:
+    """Static post-training int8 of ``model`` into ``path``: ``.xml`` (OpenVINO, NNCF) or ``.onnx`` (onnxruntime QDQ).
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        self.path = Path(path)
-        if not self.path.exists():  # a .mlpackage is a folder
-            raise FileNotFoundError(f"exported model not found: {self.path}")
-        self.format = _format_from(self.path, None)
-        self._run: Callable[[torch.Tensor], torch.Tensor]
-        if self.format == "openvino":
-            meta_json, self._run = openvino_runner(self.path, threads)
-            self.metadata = ExportMetadata.from_json(meta_json)
-            return
-        if self.format in FIXED_BATCH_FORMATS:
-            runner = pte_runner(self.path, threads) if self.format == "executorch" else coreml_runner(self.path)
-            meta_json, self._run = runner
-            self.metadata = ExportMetadata.from_json(meta_json)
-            return
-        if self.format == "onnx":
-            session = _ort_session(self.path, threads)
-            props = session.get_modelmeta().custom_metadata_map
-            if _META_KEY not in props:
-                raise ValueError(f"{self.path} was not exported by litevit (no {_META_KEY!r} metadata)")
-            self.metadata = ExportMetadata.from_json(props[_META_KEY])
-            self._run = lambda x: _run_onnx(session, x)
-            return
-        extra = {_META_KEY: ""}
-        if self.format == "torchscript":
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=FutureWarning)
-                module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
-        else:
-            module = torch.export.load(str(self.path), extra_files=extra).module()
-        if not extra[_META_KEY]:
-            raise ValueError(f"{self.path} was not exported by litevit (no {_META_KEY!r} extra file)")
-        meta = extra[_META_KEY]
-        self.metadata = ExportMetadata.from_json(meta.decode() if isinstance(meta, bytes) else meta)
-        self._run = module
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        meta = self.metadata
-        if x.ndim != 4 or tuple(x.shape[-2:]) != meta.img_size:
-            raise ValueError(f"{self.path.name} expects images of shape (B, C, {meta.img_size[0]}, {meta.img_size[1]})")
-        if meta.batch != "dynamic" and x.shape[0] != meta.batch:
-            raise ValueError(f"{self.path.name} was exported for batch {meta.batch}; got {x.shape[0]}")
-        with torch.inference_mode():
-            return self._run(x.float().contiguous())
-
-
-def compare_onnx_speed(
-    model: nn.Module, onnx_path: str | os.PathLike, batch: int = 1, iters: int = 50, warmup: int = 10
-) -> dict[str, float]:
-    """Median latency (ms) of the fused eager model and of onnxruntime on ``onnx_path``, measured interleaved.
-
-    Both run with ``torch.get_num_threads()`` intra-op threads; each iteration times one eager call and one
-    onnxruntime call in alternating order so that machine load affects both alike.
+    The same as ``export(model, path, int8=True, calibration=...)``; ``path`` without a suffix gets ``.xml``, the
+    faster int8 route for every family measured (README). ``check`` (default on) reports the top-1 agreement with
+    fp32 PyTorch on the calibration images in ``result.check.agreement``.
     """
-    fused = fuse(model).float()
-    threads = torch.get_num_threads()
-    exported = ExportedModel(onnx_path, threads=threads)
-    x = torch.randn(batch, int(getattr(fused.config, "in_chans", 3)), *exported.metadata.img_size)
-    runners = {"eager_ms": lambda: fused(x), "onnxruntime_ms": lambda: exported(x)}
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    with torch.inference_mode():
-        for i in range(warmup + iters):
-            order = list(runners) if i % 2 == 0 else list(reversed(runners))
-            for key in order:
-                start = time.perf_counter()
-                runners[key]()
-                if i >= warmup:
-                    times[key].append((time.perf_counter() - start) * 1e3)
-    result = {k: float(np.median(v)) for k, v in times.items()}
-    result["speedup"] = result["eager_ms"] / result["onnxruntime_ms"]
-    result["threads"] = float(threads)
-    return result
+    return export(
+        model, path, batch=batch, img_size=img_size, check=check, int8=True, calibration=calibration,
+        calibration_images=calibration_images, recipe=recipe,
+    )  # fmt: skip

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .int8 import require
 from .mobile_rewrite import rewrite_for_xnnpack
-from .quantize import require
 
 _META_METHOD = "litevit_json"  # .pte constant method returning the metadata JSON as uint8
 _META_KEY = "litevit.json"  # Core ML user-defined metadata key

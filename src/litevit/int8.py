@@ -122,13 +122,14 @@ class Recipe:
     """What a family's int8 graph keeps in float and how it is calibrated, for both int8 routes.
 
     ``transformer``: NNCF's ``ModelType.TRANSFORMER`` (softmax, norms, attention-bias adds and activation inputs stay
-    float; SmoothQuant on MatMul inputs). ``preset``: NNCF ``"mixed"`` (symmetric weights, asymmetric activations)
-    or ``"performance"`` (both symmetric). ``float_ends``: the first weighted layer and the classifier stay float.
-    ``per_channel`` and ``calibration`` (``"minmax"`` or ``"percentile"``): onnxruntime's weight granularity and
-    activation-range method.
+    float; SmoothQuant on MatMul inputs unless ``smooth_quant`` is off). ``preset``: NNCF ``"mixed"`` (symmetric
+    weights, asymmetric activations) or ``"performance"`` (both symmetric). ``float_ends``: the first weighted layer
+    and the classifier stay float. ``per_channel`` and ``calibration`` (``"minmax"`` or ``"percentile"``):
+    onnxruntime's weight granularity and activation-range method.
     """
 
     transformer: bool = True
+    smooth_quant: bool = True
     preset: str = "mixed"
     float_ends: bool = False
     per_channel: bool = True
@@ -225,9 +226,16 @@ def openvino_ir(
             model_type=nncf.ModelType.TRANSFORMER if recipe.transformer else None,
             subset_size=len(calibration),
             ignored_scope=nncf.IgnoredScope(names=_openvino_ends(model)) if recipe.float_ends else None,
+            advanced_parameters=None if recipe.smooth_quant else _without_smooth_quant(nncf),
         )
     model.set_rt_info(metadata_json, _RT_INFO)
     return model
+
+
+def _without_smooth_quant(nncf: Any) -> Any:
+    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+
+    return nncf.AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
 
 
 def save_openvino(model: Any, path: Path) -> None:
