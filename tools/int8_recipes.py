@@ -6,10 +6,11 @@ images) and evaluated on the 400 held-out images: top-1 and top-1 agreement with
 Speed: at the variant's own resolution with random weights, every candidate file and onnxruntime fp32 are timed
 interleaved at batch 1 (and 16 with ``--batch 1 16``), 1 thread; ratios are onnxruntime fp32 time / candidate time.
 
-    .venv/bin/python tools/int8_recipes.py --out benchmarks/int8_recipes
+    OMP_NUM_THREADS=1 .venv/bin/python tools/int8_recipes.py --out benchmarks/int8_recipes [--batch 1 16]
 
 The rule that picks a family's recipe (printed, then written into ``RECIPES`` by hand), per route (OpenVINO,
-onnxruntime): the fastest candidate whose top-1 drop is within 0.5 points of the route's smallest drop.
+onnxruntime): the fastest candidate whose top-1 drop is within 0.5 points of the route's smallest drop; without
+``--batch`` (no timings) the smallest drop. The chosen recipes' speed is what ``litevit bench`` measures.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CANDIDATES = {  # name -> (suffix, recipe)
     "ort-per-channel": (".onnx", Recipe()),
     "ort-per-tensor": (".onnx", Recipe(per_channel=False)),
     "ort-percentile": (".onnx", Recipe(calibration="percentile")),
-    "ort-float-ends": (".onnx", Recipe(float_ends=True)),
+    "ort-float-ends": (".onnx", Recipe(onnx_float_ends=True)),
 }
 TEXTURES = ("hstripes", "vstripes", "diag_up", "diag_down", "rings", "checker", "dots", "blob")
 
@@ -144,18 +145,21 @@ def speed(name: str, root: Path, work: Path, batches: list[int], seconds: float)
 
 
 def choose(acc: list[dict], spd: list[dict]) -> list[dict]:
-    """Per model and route, the fastest candidate whose top-1 drop is within 0.5 points of the route's smallest."""
+    """Per model and route, the fastest candidate whose top-1 drop is within 0.5 points of the route's smallest
+    (without timings: the smallest drop)."""
+    first_batch = min((r["batch"] for r in spd), default=None)
     chosen = []
     for name in dict.fromkeys(r["model"] for r in acc):
         rows = {r["candidate"]: r for r in acc if r["model"] == name}
         drop = {c: r["top1_fp32"] - r["top1_int8"] for c, r in rows.items()}
-        ratio = {r["candidate"]: r["vs_ort_fp32"] for r in spd if r["model"] == name and r["batch"] == 1}
+        ratio = {r["candidate"]: r["vs_ort_fp32"] for r in spd if r["model"] == name and r["batch"] == first_batch}
         ratio["ort-percentile"] = ratio.get("ort-per-channel", 0.0)  # the same graph, other scales
         pick = {}
         for route, prefix in (("openvino", "ov-"), ("onnxruntime", "ort-")):
             candidates = [c for c in rows if c.startswith(prefix)]
             smallest = min(drop[c] for c in candidates)
-            pick[route] = max((c for c in candidates if drop[c] <= smallest + 0.5), key=lambda c: ratio.get(c, 0.0))
+            close = [c for c in candidates if drop[c] <= smallest + 0.5]
+            pick[route] = max(close, key=lambda c: (ratio.get(c, 0.0), -drop[c]))
         chosen.append(dict(
             kind="chosen", model=name, openvino=pick["openvino"], onnxruntime=pick["onnxruntime"],
             openvino_drop=drop[pick["openvino"]], onnxruntime_drop=drop[pick["onnxruntime"]],
@@ -178,18 +182,20 @@ def markdown(acc: list[dict], spd: list[dict], chosen: list[dict]) -> str:
         drop = r["top1_fp32"] - r["top1_int8"]
         lines.append(f"| {r['model']} | {r['candidate']} | {r['top1_fp32']:.2f} | {r['top1_int8']:.2f} | "
                      f"{drop:+.2f} | {r['agreement']:.2f} |")  # fmt: skip
-    lines += [
-        "",
-        "Speed: own resolution, random weights, 1 thread, interleaved; ratio = onnxruntime fp32 time / this time "
-        "(median, p10-p90 of per-round ratios).",
-        "",
-        "| model | candidate | batch | median ms | vs onnxruntime fp32 |",
-        "|---|---|---:|---:|---|",
-    ]
+    if spd:
+        lines += [
+            "",
+            "Speed: own resolution, random weights, 1 thread, interleaved; ratio = onnxruntime fp32 time / this time "
+            "(median, p10-p90 of per-round ratios).",
+            "",
+            "| model | candidate | batch | median ms | vs onnxruntime fp32 |",
+            "|---|---|---:|---:|---|",
+        ]
     for r in spd:
         lines.append(f"| {r['model']} | {r['candidate']} | {r['batch']} | {r['median_ms']:.2f} | "
                      f"{r['vs_ort_fp32']:.2f} ({r['p10']:.2f}-{r['p90']:.2f}) |")  # fmt: skip
-    lines += ["", "Chosen per route: the fastest candidate within 0.5 points of the route's smallest drop.", ""]
+    lines += ["", "Chosen per route: the fastest candidate within 0.5 points of the route's smallest drop (without "
+              "timings: the smallest drop).", ""]  # fmt: skip
     lines += [f"- {c['model']}: OpenVINO {c['openvino']} (drop {c['openvino_drop']:+.2f}), onnxruntime "
               f"{c['onnxruntime']} (drop {c['onnxruntime_drop']:+.2f}); NNCF defaults drop "
               f"{c['nncf_defaults_drop']:+.2f}" for c in chosen]  # fmt: skip
@@ -200,7 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=FAMILY_MODELS)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--batch", type=int, nargs="*", default=[], help="also time the candidates at these batches")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per file and batch size")
     parser.add_argument("--out", default="benchmarks/int8_recipes", help="writes OUT.jsonl and OUT.md")
     args = parser.parse_args()
@@ -212,7 +218,8 @@ def main() -> None:
     acc, spd = [], []
     for name in args.models:
         acc += accuracy(name, root, work, args.epochs)
-        spd += speed(name, root, work, args.batch, args.seconds)
+        if args.batch:
+            spd += speed(name, root, work, args.batch, args.seconds)
     chosen = choose(acc, spd)
     out = Path(args.out)
     with open(out.with_suffix(".jsonl"), "w") as f:

@@ -124,8 +124,8 @@ class Recipe:
     ``transformer``: NNCF's ``ModelType.TRANSFORMER`` (softmax, norms, attention-bias adds and activation inputs stay
     float; SmoothQuant on MatMul inputs unless ``smooth_quant`` is off). ``preset``: NNCF ``"mixed"`` (symmetric
     weights, asymmetric activations) or ``"performance"`` (both symmetric). ``float_ends``: the first weighted layer
-    and the classifier stay float. ``per_channel`` and ``calibration`` (``"minmax"`` or ``"percentile"``):
-    onnxruntime's weight granularity and activation-range method.
+    and the classifier stay float. onnxruntime: ``per_channel`` weights, activation ranges by ``calibration``
+    (``"minmax"`` or ``"percentile"``), ``onnx_float_ends`` as ``float_ends``.
     """
 
     transformer: bool = True
@@ -134,16 +134,38 @@ class Recipe:
     float_ends: bool = False
     per_channel: bool = True
     calibration: str = "minmax"
+    onnx_float_ends: bool = False
 
 
-# chosen per family by tools/int8_recipes.py (benchmarks/int8_recipes.md: top-1 of trained models and speed)
-RECIPES: dict[str, Recipe] = {}
+# chosen per family by tools/int8_recipes.py (benchmarks/int8_recipes.md: top-1 of trained models); MobileViT's
+# three versions differ enough to be measured and chosen apart
+RECIPES: dict[str, Recipe] = {
+    # NNCF's transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.7); onnxruntime percentile: 0.75
+    "levit": Recipe(smooth_quant=False, calibration="percentile"),
+    # every NNCF candidate lost 4.25-12 points, its defaults the least; onnxruntime per-channel MinMax 0.5
+    "efficientvit_msra": Recipe(transformer=False, preset="performance"),
+    # NNCF lost 12-16 points, its defaults the least; onnxruntime percentile 0.25
+    "mobilevit": Recipe(transformer=False, preset="performance", calibration="percentile"),
+    # NNCF mixed preset without the transformer type: drop 0.0; onnxruntime per-tensor 0.0
+    "mobilevitv2": Recipe(transformer=False, per_channel=False),
+    # NNCF transformer type without SmoothQuant 3.25 (the least of 3.25-4.5); onnxruntime with float ends 0.5
+    "mobilevitv3": Recipe(smooth_quant=False, onnx_float_ends=True),
+    # T2T-ViT-7 learned the textures poorly (19.75 % top-1), so its drops are weak evidence: transformer type 2.25
+    "t2t_vit": Recipe(calibration="percentile"),
+}
 DEFAULT_RECIPE = Recipe()
+
+
+def recipe_key(model: nn.Module) -> str:
+    """The family of a litevit model, with MobileViT split into ``mobilevit``, ``mobilevitv2``, ``mobilevitv3``."""
+    family = getattr(model, "family", "")
+    name = getattr(model, "variant_name", None) or ""
+    return name.split("_")[0] if family == "mobilevit" and name else family
 
 
 def recipe_for(model: nn.Module) -> Recipe:
     """The measured recipe of the model's family (the default recipe for models of no registered family)."""
-    return RECIPES.get(getattr(model, "family", ""), DEFAULT_RECIPE)
+    return RECIPES.get(recipe_key(model), DEFAULT_RECIPE)
 
 
 _WEIGHTED_OV = {"Convolution", "GroupConvolution", "MatMul"}
@@ -318,7 +340,7 @@ def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str, recip
             weight_type=QuantType.QInt8,
             per_channel=recipe.per_channel,
             op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-            nodes_to_exclude=excluded if recipe.float_ends else None,
+            nodes_to_exclude=excluded if recipe.onnx_float_ends else None,
             calibrate_method=CalibrationMethod.Percentile
             if recipe.calibration == "percentile"
             else CalibrationMethod.MinMax,
