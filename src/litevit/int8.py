@@ -140,7 +140,7 @@ class Recipe:
 # chosen per family by tools/int8_recipes.py (benchmarks/int8_recipes.md: top-1 of trained models); MobileViT's
 # three versions differ enough to be measured and chosen apart
 RECIPES: dict[str, Recipe] = {
-    # NNCF's transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.7); onnxruntime percentile: 0.75
+    # NNCF's transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75); onnxruntime percentile: 0.75
     "levit": Recipe(smooth_quant=False, calibration="percentile"),
     # every NNCF candidate lost 4.25-12 points, its defaults the least; onnxruntime per-channel MinMax 0.5
     "efficientvit_msra": Recipe(transformer=False, preset="performance"),
