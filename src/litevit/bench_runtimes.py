@@ -114,18 +114,12 @@ class Deployments:
         )  # fmt: skip
         if batches is None:
             return path
-        from onnxruntime.quantization import CalibrationDataReader, quantize_static
+        from onnxruntime.quantization import quantize_static
 
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.items = iter(batches)
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(self.items, None)
-                return None if batch is None else {"input": batch}
+        from .int8 import calibration_reader
 
         quantized = stem.parent / f"{stem.name}-int8.onnx"
-        quantize_static(str(path), str(quantized), Reader())  # onnxruntime's defaults
+        quantize_static(str(path), str(quantized), calibration_reader(batches, "input"))  # onnxruntime's defaults
         return quantized
 
     @staticmethod
@@ -145,11 +139,8 @@ class Deployments:
             request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
             array = feed.numpy()
             return lambda: request.infer({0: array})
-        import onnxruntime as ort
+        from .export import _ort_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = _ort_session(path, threads)
         inputs = {session.get_inputs()[0].name: feed.numpy()}
         return lambda: session.run(None, inputs)

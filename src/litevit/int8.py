@@ -302,6 +302,21 @@ def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, 
     return meta, run
 
 
+def calibration_reader(batches: list[np.ndarray], input_name: str) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` feeding ``batches`` to the input ``input_name``, once each."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Reader()
+
+
 def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str, recipe: Recipe = DEFAULT_RECIPE) -> bytes:
     """onnxruntime QDQ int8 (U8S8; per-channel weights by default) of an fp32 ONNX model (opset >= 13).
 
@@ -310,21 +325,12 @@ def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str, recip
     """
     require("onnxruntime", "int8 quantization for onnxruntime")
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
 
     with tempfile.TemporaryDirectory() as tmp:
         source, prepared, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
@@ -334,7 +340,7 @@ def onnx_int8(fp32: bytes, calibration: list[np.ndarray], input_name: str, recip
         quantize_static(
             str(prepared),
             str(out),
-            Reader(),
+            calibration_reader(calibration, input_name),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
