@@ -171,3 +171,39 @@ def test_every_family_has_a_measured_recipe() -> None:
         model = litevit.create_model(name)
         assert recipe_key(model) in lines and recipe_for(model) is RECIPES[recipe_key(model)]
     assert recipe_for(torch.nn.Conv2d(3, 3, 1)) == Recipe()
+
+
+def _int8_weights(ir, kind: str) -> list[bool]:
+    """For every op of type ``kind`` in an IR: whether its weights are stored in int8 (NNCF's compressed weights:
+    an int8 Constant, converted and scaled back to float in the graph)."""
+
+    def int8_constant(node) -> bool:
+        while node.get_type_name() in ("Reshape", "Convert", "Multiply", "Subtract", "Unsqueeze"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8")
+
+    return [int8_constant(op.input_value(1).get_node()) for op in ir.get_ordered_ops() if op.get_type_name() == kind]
+
+
+@pytest.mark.parametrize("float_depthwise", [False, True])
+def test_float_depthwise_keeps_grouped_convolutions_float(tmp_path, float_depthwise: bool) -> None:
+    """EfficientViT's and MobileViT v1/v3's recipe: depthwise convolutions stay float (NNCF's int8 ones cost
+    EfficientViT-M0 4.25 and MobileViT-XXS 12 points, benchmarks/int8_recipes.md); the other convolutions and the
+    MatMuls stay int8."""
+    import openvino as ov
+
+    from litevit.int8 import RECIPES, Recipe
+
+    assert RECIPES["efficientvit_msra"].float_depthwise and RECIPES["mobilevit"].float_depthwise
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(MIN_CALIBRATION_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    recipe = Recipe(transformer=False, preset="performance", float_depthwise=float_depthwise)
+    model = litevit.create_model("efficientvit_m0").eval()
+    litevit.export(model, tmp_path / "m.xml", img_size=64, int8=True, calibration=folder, check=False, recipe=recipe)
+    ir = ov.Core().read_model(str(tmp_path / "m.xml"))
+    grouped, plain = _int8_weights(ir, "GroupConvolution"), _int8_weights(ir, "Convolution")
+    assert grouped and sum(plain) >= len(plain) - 4  # NNCF keeps the squeeze-excitation convolutions float
+    assert not any(grouped) if float_depthwise else all(grouped)

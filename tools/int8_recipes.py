@@ -29,6 +29,7 @@ from PIL import Image
 import litevit
 from litevit import bench
 from litevit import train as T
+from litevit.bench_runtimes import ONNX_OPSET
 from litevit.data import eval_transform, image_folder
 from litevit.export import export
 from litevit.exported import ExportedModel
@@ -42,6 +43,7 @@ CANDIDATES = {  # name -> (suffix, recipe)
     "ov-transformer": (".xml", Recipe()),
     "ov-transformer-no-smoothquant": (".xml", Recipe(smooth_quant=False)),
     "ov-transformer-float-ends": (".xml", Recipe(float_ends=True)),
+    "ov-float-depthwise": (".xml", Recipe(transformer=False, preset="performance", float_depthwise=True)),
     "ort-per-channel": (".onnx", Recipe()),
     "ort-per-tensor": (".onnx", Recipe(per_channel=False)),
     "ort-percentile": (".onnx", Recipe(calibration="percentile")),
@@ -116,7 +118,7 @@ def speed(name: str, root: Path, work: Path, batches: list[int], seconds: float)
     """Every candidate at the variant's resolution (random weights) against onnxruntime fp32, interleaved."""
     torch.set_num_threads(1)
     model = litevit.create_model(name).eval()
-    files = {"ort-fp32": export(model, work / f"{name}-fp32.onnx", opset=bench.ONNX_OPSET).path}
+    files = {"ort-fp32": export(model, work / f"{name}-fp32.onnx", opset=ONNX_OPSET).path}
     for candidate, (suffix, recipe) in CANDIDATES.items():
         if candidate in ("ort-percentile",):  # the same graph as ort-per-channel, other scales
             continue

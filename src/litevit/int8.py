@@ -2,13 +2,13 @@
 
 Two int8 routes, both calibrated on images preprocessed with the model's own data config:
 
-- OpenVINO (``.xml`` + ``.bin``), quantized by NNCF (optional extra ``litevit[openvino]``). Recipe: NNCF's
-  ``ModelType.TRANSFORMER`` (softmax, LayerNorm, the attention-bias adds and the GELU/Hardswish inputs stay in
-  float; SmoothQuant on the MatMul inputs) with the mixed preset (symmetric weights, asymmetric activations), for
-  every family; the convolutional stems and heads are quantized like the rest.
-- onnxruntime QDQ (``.onnx``): ``quantize_static`` with uint8 activations and per-channel int8 weights (U8S8, the
-  form onnxruntime's VNNI kernels run fastest) on MatMul, Conv and Gemm, MinMax calibration, after its
-  ``quant_pre_process``; per-channel needs opset 13. On CPUs without VNNI the weights use 7 bits (see
+- OpenVINO (``.xml`` + ``.bin``), quantized by NNCF (optional extra ``litevit[openvino]``).
+- onnxruntime QDQ (``.onnx``): ``quantize_static`` with uint8 activations and int8 weights (U8S8, the form
+  onnxruntime's VNNI kernels run fastest) on MatMul, Conv and Gemm, after its ``quant_pre_process``; per-channel
+  weights need opset 13.
+
+What stays float and how ranges are calibrated is a per-family :class:`Recipe` (:data:`RECIPES`), each chosen by
+the measurement of ``tools/int8_recipes.py`` kept in ``benchmarks/int8_recipes.md``. On CPUs without VNNI the weights use 7 bits (see
   :func:`onnx_int8`): the path is chosen by what the CPU running the export has.
 
 OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
@@ -18,6 +18,7 @@ compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would oth
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -124,14 +125,16 @@ class Recipe:
     ``transformer``: NNCF's ``ModelType.TRANSFORMER`` (softmax, norms, attention-bias adds and activation inputs stay
     float; SmoothQuant on MatMul inputs unless ``smooth_quant`` is off). ``preset``: NNCF ``"mixed"`` (symmetric
     weights, asymmetric activations) or ``"performance"`` (both symmetric). ``float_ends``: the first weighted layer
-    and the classifier stay float. onnxruntime: ``per_channel`` weights, activation ranges by ``calibration``
-    (``"minmax"`` or ``"percentile"``), ``onnx_float_ends`` as ``float_ends``.
+    and the classifier stay float. ``float_depthwise``: depthwise (grouped) convolutions stay float (OpenVINO's
+    int8 ones lost EfficientViT and MobileViT v1/v3 3-12 points). onnxruntime: ``per_channel`` weights, activation
+    ranges by ``calibration`` (``"minmax"`` or ``"percentile"``), ``onnx_float_ends`` as ``float_ends``.
     """
 
     transformer: bool = True
     smooth_quant: bool = True
     preset: str = "mixed"
     float_ends: bool = False
+    float_depthwise: bool = False
     per_channel: bool = True
     calibration: str = "minmax"
     onnx_float_ends: bool = False
@@ -143,13 +146,13 @@ RECIPES: dict[str, Recipe] = {
     # NNCF's transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75); onnxruntime percentile: 0.75
     "levit": Recipe(smooth_quant=False, calibration="percentile"),
     # every NNCF candidate lost 4.25-12 points, its defaults the least; onnxruntime per-channel MinMax 0.5
-    "efficientvit_msra": Recipe(transformer=False, preset="performance"),
+    "efficientvit_msra": Recipe(transformer=False, preset="performance", float_depthwise=True),
     # NNCF lost 12-16 points, its defaults the least; onnxruntime percentile 0.25
-    "mobilevit": Recipe(transformer=False, preset="performance", calibration="percentile"),
+    "mobilevit": Recipe(transformer=False, preset="performance", float_depthwise=True, calibration="percentile"),
     # NNCF mixed preset without the transformer type: drop 0.0; onnxruntime per-tensor 0.0
     "mobilevitv2": Recipe(transformer=False, per_channel=False),
     # NNCF transformer type without SmoothQuant 3.25 (the least of 3.25-4.5); onnxruntime with float ends 0.5
-    "mobilevitv3": Recipe(smooth_quant=False, onnx_float_ends=True),
+    "mobilevitv3": Recipe(transformer=False, preset="performance", float_depthwise=True, onnx_float_ends=True),
     # T2T-ViT-7 learned the textures poorly (19.75 % top-1), so its drops are weak evidence: transformer type 2.25
     "t2t_vit": Recipe(calibration="percentile"),
 }
@@ -241,17 +244,32 @@ def openvino_ir(
         model = ov.convert_model(deployed, example_input=example, input=[ov.PartialShape(shape)])
     if calibration is not None:
         nncf = require("nncf", "int8 quantization for OpenVINO")
-        model = nncf.quantize(
-            model,
-            nncf.Dataset(calibration),
-            preset=nncf.QuantizationPreset.MIXED if recipe.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-            model_type=nncf.ModelType.TRANSFORMER if recipe.transformer else None,
-            subset_size=len(calibration),
-            ignored_scope=nncf.IgnoredScope(names=_openvino_ends(model)) if recipe.float_ends else None,
-            advanced_parameters=None if recipe.smooth_quant else _without_smooth_quant(nncf),
-        )
+        nncf_log = logging.getLogger("nncf")
+        level = nncf_log.level
+        nncf_log.setLevel(max(level, logging.WARNING))  # NNCF logs a line per layer an ignored scope keeps float
+        try:
+            model = _nncf_quantize(nncf, model, calibration, recipe)
+        finally:
+            nncf_log.setLevel(level)
     model.set_rt_info(metadata_json, _RT_INFO)
     return model
+
+
+def _nncf_quantize(nncf: Any, model: Any, calibration: list, recipe: Recipe) -> Any:
+    ignored = nncf.IgnoredScope(
+        names=_openvino_ends(model) if recipe.float_ends else [],
+        types=["GroupConvolution"] if recipe.float_depthwise else [],
+        validate=False,  # a family's recipe may name layers that some of its variants lack
+    )
+    return nncf.quantize(
+        model,
+        nncf.Dataset(calibration),
+        preset=nncf.QuantizationPreset.MIXED if recipe.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        model_type=nncf.ModelType.TRANSFORMER if recipe.transformer else None,
+        subset_size=len(calibration),
+        ignored_scope=ignored,
+        advanced_parameters=None if recipe.smooth_quant else _without_smooth_quant(nncf),
+    )
 
 
 def _without_smooth_quant(nncf: Any) -> Any:

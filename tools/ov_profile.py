@@ -1,0 +1,75 @@
+"""Per-layer OpenVINO CPU time of litevit's fp32 IR against its int8 IR (the family's recipe), 1 thread, static
+shape, next to onnxruntime fp32's wall time: what bounds an int8 speed-up.
+
+Usage: OMP_NUM_THREADS=1 python tools/ov_profile.py efficientvit_m0 [batch] [runs]
+Prints, per graph: wall time per call (median), the sum of layer times (the rest is per-call overhead), the share
+of each layer type (OpenVINO's node type and the kernel it ran: ``jit_avx512_I8`` is int8, ``..._FP32`` float).
+"""
+
+import argparse
+import collections
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import openvino as ov
+import torch
+
+import litevit
+from litevit.bench_runtimes import ONNX_OPSET, calibration_folder
+from litevit.export import export
+from litevit.exported import ExportedModel
+
+
+def wall_ms(run, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def profile(path: str, x: np.ndarray, runs: int) -> tuple[float, float, list[tuple[str, float]]]:
+    core = ov.Core()
+    model = core.read_model(path)
+    model.reshape(list(x.shape))
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+              "INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True}  # fmt: skip
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    request.infer({0: x})  # warm-up
+    wall = wall_ms(lambda: request.infer({0: x}), runs)
+    per_kind: collections.Counter[str] = collections.Counter()
+    for info in request.profiling_info:  # the last call's layers
+        if info.status == info.Status.EXECUTED:
+            per_kind[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1e3
+    total = sum(per_kind.values())
+    return wall, total, [(kind, 100 * t / total) for kind, t in per_kind.most_common(12)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("batch", type=int, nargs="?", default=1)
+    parser.add_argument("runs", type=int, nargs="?", default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    folder = tempfile.mkdtemp()
+    model = litevit.create_model(args.name).eval()
+    size = model.config.img_size
+    size = size if isinstance(size, tuple) else (size, size)
+    export(model, f"{folder}/fp32.onnx", opset=ONNX_OPSET)
+    export(model, f"{folder}/fp32.xml")
+    export(model, f"{folder}/int8.xml", int8=True, calibration=calibration_folder(*size), calibration_images=32)
+    x = torch.randn(args.batch, 3, *size)
+    onnx_fp32 = ExportedModel(f"{folder}/fp32.onnx", threads=1)
+    print(f"{args.name} batch {args.batch}: onnxruntime fp32 {wall_ms(lambda: onnx_fp32(x), args.runs):.2f} ms/call")
+    for label in ("fp32", "int8"):
+        wall, layers, shares = profile(f"{folder}/{label}.xml", x.numpy(), args.runs)
+        print(f"OpenVINO {label}: {wall:.2f} ms/call, layers {layers:.2f} ms ({wall - layers:.2f} ms outside them); "
+              + ", ".join(f"{kind} {share:.1f}%" for kind, share in shares))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
