@@ -185,7 +185,7 @@ def _int8_weights(ir, kind: str) -> list[bool]:
     return [int8_constant(op.input_value(1).get_node()) for op in ir.get_ordered_ops() if op.get_type_name() == kind]
 
 
-@pytest.mark.parametrize("float_depthwise", [False, True])
+@pytest.mark.parametrize("float_depthwise", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_float_depthwise_keeps_grouped_convolutions_float(tmp_path, float_depthwise: bool) -> None:
     """EfficientViT's and MobileViT v1/v3's recipe: depthwise convolutions stay float (NNCF's int8 ones cost
     EfficientViT-M0 4.25 and MobileViT-XXS 12 points, benchmarks/int8_recipes.md); the other convolutions and the
