@@ -1,9 +1,14 @@
 """Top-1 agreement of every variant's int8 file with its fp32 model, and top-1 of both where images have labels.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/int8_agreement.py --images DIR [--pretrained | --probe N] [MODEL ...]
+    OMP_NUM_THREADS=1 .venv/bin/python tools/int8_agreement.py (--images DIR | --textures N) [--pretrained | --probe N]
+        [MODEL ...]
 
 ``--images``: an ImageFolder (class sub-folders) or a flat folder of images, shuffled with a fixed seed (so that
 classes mix): the first ``--calibration-images`` calibrate, the next ``--eval-images`` are compared.
+``--textures N``: instead, N drawn textures per class of ``tools/int8_recipes.py``'s 8, tinted with a colour per
+class (random backbones see colour better than pattern).
+
+The README's every-variant table: ``--textures 60 --calibration-images 64 --eval-images 200 --probe 160``.
 
 Weights, one of:
 - ``--pretrained``: each variant's default published weights (downloaded once into the cache); with an ImageNet-style
@@ -25,6 +30,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +43,9 @@ from litevit.bench import device_name
 from litevit.data import eval_transform, load_image
 from litevit.exported import ExportedModel
 from litevit.predict import preprocessing
+
+sys.path.insert(0, str(Path(__file__).parent))
+from int8_recipes import make_textures  # noqa: E402
 
 
 def fit_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 300) -> float:
@@ -70,7 +79,9 @@ def fit_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, clas
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="default: every registered variant")
-    parser.add_argument("--images", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images")
+    source.add_argument("--textures", type=int, metavar="N", help="N tinted drawn textures per class")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", action="store_true")
     weights.add_argument("--probe", type=int, default=0, metavar="N", help="random backbone, head trained on N images")
@@ -82,7 +93,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    root = Path(args.images)
+    work = Path(tempfile.mkdtemp(prefix="litevit-agreement-"))
+    root = Path(args.images) if args.images else make_textures(work / "textures", args.textures, seed=5, tint=True)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
     random.Random(0).shuffle(files)
     calibration, rest = files[: args.calibration_images], files[args.calibration_images :]
@@ -90,7 +102,6 @@ def main() -> None:
     classes = sorted({p.parent.name for p in files}) if all(p.parent != root for p in files) else None
     if args.probe and (classes is None or len(probe) < args.probe):
         parser.error(f"--probe {args.probe} needs class sub-folders and that many images after the evaluated ones")
-    work = Path(tempfile.mkdtemp(prefix="litevit-agreement-"))
     (work / "calibration").mkdir()
     for i, path in enumerate(calibration):
         shutil.copy(path, work / "calibration" / f"{i}{path.suffix}")

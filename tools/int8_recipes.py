@@ -9,13 +9,17 @@ interleaved at batch 1 (and 16 with ``--batch 1 16``), 1 thread; ratios are onnx
     OMP_NUM_THREADS=1 .venv/bin/python tools/int8_recipes.py --out benchmarks/int8_recipes [--batch 1 16]
 
 The rule that picks a family's recipe (printed, then written into ``RECIPES`` by hand), per route (OpenVINO,
-onnxruntime): the fastest candidate whose top-1 drop is within 0.5 points of the route's smallest drop; without
-``--batch`` (no timings) the smallest drop. The chosen recipes' speed is what ``litevit bench`` measures.
+onnxruntime): among the candidates whose top-1 drop is within 0.5 points of the route's smallest, the smallest drop
+among those within 5 % of the fastest's batch-1 speed; without ``--batch`` (no timings) the smallest drop.
+``--rechoose JSONL [JSONL ...]`` applies the rule again to finished runs' records: a later file's accuracy (or
+speed) records of a model replace the earlier files' (a family measured again with more ``--epochs``).
+The chosen recipes' speed is what ``litevit bench`` measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import statistics
 import sys
@@ -79,12 +83,20 @@ def draw(kind: str, rng: np.random.Generator, size: int = 64) -> Image.Image:
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
-def make_textures(root: Path, per_class: int, seed: int) -> Path:
+def make_textures(root: Path, per_class: int, seed: int, tint: bool = False) -> Path:
+    """``per_class`` textures of every class under ``root/<class>/``; ``tint`` blends each image half-way with a
+    colour of its class (hue class/8), so that classes differ in colour as well as in pattern."""
     rng = np.random.default_rng(seed)
-    for kind in TEXTURES:
+    for c, kind in enumerate(TEXTURES):
         (root / kind).mkdir(parents=True, exist_ok=True)
+        hue = np.array(colorsys.hsv_to_rgb(c / len(TEXTURES), 0.8, 1.0)) * 255
         for i in range(per_class):
-            draw(kind, rng).save(root / kind / f"{i}.png")
+            image = draw(kind, rng)
+            if tint:
+                image = Image.fromarray(
+                    np.clip(0.5 * np.asarray(image, np.float32) + 0.5 * hue, 0, 255).astype(np.uint8)
+                )
+            image.save(root / kind / f"{i}.png")
     return root
 
 
@@ -147,8 +159,9 @@ def speed(name: str, root: Path, work: Path, batches: list[int], seconds: float)
 
 
 def choose(acc: list[dict], spd: list[dict]) -> list[dict]:
-    """Per model and route, the fastest candidate whose top-1 drop is within 0.5 points of the route's smallest
-    (without timings: the smallest drop)."""
+    """Per model and route, among the candidates whose top-1 drop is within 0.5 points of the route's smallest, the
+    smallest drop among those within 5 % of the fastest's speed (timing noise is a few %; without timings: the
+    smallest drop)."""
     first_batch = min((r["batch"] for r in spd), default=None)
     chosen = []
     for name in dict.fromkeys(r["model"] for r in acc):
@@ -161,7 +174,9 @@ def choose(acc: list[dict], spd: list[dict]) -> list[dict]:
             candidates = [c for c in rows if c.startswith(prefix)]
             smallest = min(drop[c] for c in candidates)
             close = [c for c in candidates if drop[c] <= smallest + 0.5]
-            pick[route] = max(close, key=lambda c: (ratio.get(c, 0.0), -drop[c]))
+            fastest = max(ratio.get(c, 0.0) for c in close)
+            fast = [c for c in close if ratio.get(c, 0.0) >= 0.95 * fastest]
+            pick[route] = min(fast, key=lambda c: (drop[c], -ratio.get(c, 0.0)))
         chosen.append(dict(
             kind="chosen", model=name, openvino=pick["openvino"], onnxruntime=pick["onnxruntime"],
             openvino_drop=drop[pick["openvino"]], onnxruntime_drop=drop[pick["onnxruntime"]],
@@ -196,8 +211,11 @@ def markdown(acc: list[dict], spd: list[dict], chosen: list[dict]) -> str:
     for r in spd:
         lines.append(f"| {r['model']} | {r['candidate']} | {r['batch']} | {r['median_ms']:.2f} | "
                      f"{r['vs_ort_fp32']:.2f} ({r['p10']:.2f}-{r['p90']:.2f}) |")  # fmt: skip
-    lines += ["", "Chosen per route: the fastest candidate within 0.5 points of the route's smallest drop (without "
-              "timings: the smallest drop).", ""]  # fmt: skip
+    rule = (
+        "Chosen per route: among candidates within 0.5 points of the route's smallest drop, the smallest drop "
+        "among those within 5 % of the fastest's batch-1 speed (without timings: the smallest drop)."
+    )
+    lines += ["", rule, ""]
     lines += [f"- {c['model']}: OpenVINO {c['openvino']} (drop {c['openvino_drop']:+.2f}), onnxruntime "
               f"{c['onnxruntime']} (drop {c['onnxruntime_drop']:+.2f}); NNCF defaults drop "
               f"{c['nncf_defaults_drop']:+.2f}" for c in chosen]  # fmt: skip
@@ -211,7 +229,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=[], help="also time the candidates at these batches")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per file and batch size")
     parser.add_argument("--out", default="benchmarks/int8_recipes", help="writes OUT.jsonl and OUT.md")
+    parser.add_argument("--rechoose", nargs="+", metavar="JSONL", help="no run: choose again from these records")
     args = parser.parse_args()
+    if args.rechoose:
+        write(Path(args.out), *merged(args.rechoose))
+        return
     torch.set_num_threads(1)  # the papers' CPU protocol, and no oversubscription next to other jobs
     work = Path(tempfile.mkdtemp(prefix="litevit-recipes-"))
     root = work / "textures"
@@ -222,8 +244,23 @@ def main() -> None:
         acc += accuracy(name, root, work, args.epochs)
         if args.batch:
             spd += speed(name, root, work, args.batch, args.seconds)
+    write(Path(args.out), acc, spd)
+
+
+def merged(paths: list[str]) -> tuple[list[dict], list[dict]]:
+    """Accuracy and speed records of several runs; a later run's records of a model replace an earlier run's."""
+    kept: dict[str, list[dict]] = {"accuracy": [], "speed": []}
+    for path in paths:
+        records = [json.loads(line) for line in open(path)]
+        for kind, rows in kept.items():
+            new = [{k: v for k, v in r.items() if k != "kind"} for r in records if r["kind"] == kind]
+            replaced = {r["model"] for r in new}
+            kept[kind] = [r for r in rows if r["model"] not in replaced] + new
+    return kept["accuracy"], kept["speed"]
+
+
+def write(out: Path, acc: list[dict], spd: list[dict]) -> None:
     chosen = choose(acc, spd)
-    out = Path(args.out)
     with open(out.with_suffix(".jsonl"), "w") as f:
         for row in acc:
             f.write(json.dumps({"kind": "accuracy", **row}) + "\n")
