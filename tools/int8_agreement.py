@@ -107,6 +107,7 @@ def main() -> None:
         shutil.copy(path, work / "calibration" / f"{i}{path.suffix}")
     for name in args.models or litevit.list_models():
         start = time.perf_counter()
+        torch.manual_seed(0)  # the same random backbone and probe for a variant in every run
         fp32 = litevit.create_model(name, pretrained=args.pretrained).eval()
         data, size, _ = preprocessing(fp32)
         transform = eval_transform(data, size)

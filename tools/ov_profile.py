@@ -2,8 +2,10 @@
 shape, next to onnxruntime fp32's wall time: what bounds an int8 speed-up.
 
 Usage: OMP_NUM_THREADS=1 python tools/ov_profile.py efficientvit_m0 [batch] [runs]
-Prints, per graph: wall time per call (median), the sum of layer times (the rest is per-call overhead), the share
-of each layer type (OpenVINO's node type and the kernel it ran: ``jit_avx512_I8`` is int8, ``..._FP32`` float).
+Prints, per graph: wall time per call (median), the sum of the last call's layer times as OpenVINO reports them
+(wall minus that is per-call time outside the layers, roughly: OpenVINO's layer times are not exact and the
+difference can come out negative), the share of each layer type (OpenVINO's node type and the kernel it ran:
+``..._I8`` / ``..._i8`` int8, ``..._f32`` float). Output of the README's run: ``benchmarks/ov_profile.txt``.
 """
 
 import argparse
@@ -67,7 +69,7 @@ def main() -> None:
     print(f"{args.name} batch {args.batch}: onnxruntime fp32 {wall_ms(lambda: onnx_fp32(x), args.runs):.2f} ms/call")
     for label in ("fp32", "int8"):
         wall, layers, shares = profile(f"{folder}/{label}.xml", x.numpy(), args.runs)
-        print(f"OpenVINO {label}: {wall:.2f} ms/call, layers {layers:.2f} ms ({wall - layers:.2f} ms outside them); "
+        print(f"OpenVINO {label}: {wall:.2f} ms/call, layers {layers:.2f} ms (wall - layers {wall - layers:.2f} ms); "
               + ", ".join(f"{kind} {share:.1f}%" for kind, share in shares))  # fmt: skip
 
 
