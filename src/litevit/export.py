@@ -390,7 +390,7 @@ def export(
     """
     path = Path(path)
     if int8 and format is None and not path.suffix:
-        # the int8 route measured faster for every family (README, benchmarks/int8.md): OpenVINO + NNCF
+        # the int8 route measured faster for every family (benchmarks/int8_recipes.md, make bench): OpenVINO + NNCF
         path = path.with_suffix(".xml")
     format = _format_from(path, format)
     batch = _parse_batch(batch)
