@@ -19,9 +19,11 @@ import openvino as ov
 import torch
 
 import litevit
+from litevit.bench import model_input_size
 from litevit.bench_runtimes import ONNX_OPSET, calibration_folder
 from litevit.export import export
 from litevit.exported import ExportedModel
+from litevit.int8 import openvino_config
 
 
 def wall_ms(run, runs: int) -> float:
@@ -37,8 +39,7 @@ def profile(path: str, x: np.ndarray, runs: int) -> tuple[float, float, list[tup
     core = ov.Core()
     model = core.read_model(path)
     model.reshape(list(x.shape))
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-              "INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True}  # fmt: skip
+    config = {**openvino_config(1), "PERF_COUNT": True}  # litevit's runner settings, with per-layer counters
     request = core.compile_model(model, "CPU", config).create_infer_request()
     request.infer({0: x})  # warm-up
     wall = wall_ms(lambda: request.infer({0: x}), runs)
@@ -59,8 +60,7 @@ def main() -> None:
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp()
     model = litevit.create_model(args.name).eval()
-    size = model.config.img_size
-    size = size if isinstance(size, tuple) else (size, size)
+    size = model_input_size(model)
     export(model, f"{folder}/fp32.onnx", opset=ONNX_OPSET)
     export(model, f"{folder}/fp32.xml")
     export(model, f"{folder}/int8.xml", int8=True, calibration=calibration_folder(*size), calibration_images=32)

@@ -131,12 +131,10 @@ class Deployments:
             exported = ExportedModel(path, threads=threads)
             return lambda: exported(feed)
         if runtime.startswith("openvino"):
-            from .int8 import require
+            from .int8 import openvino_config, require
 
             ov = require("openvino", "the OpenVINO bench runtime")
-            config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip
-            request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+            request = ov.Core().compile_model(str(path), "CPU", openvino_config(threads)).create_infer_request()
             array = feed.numpy()
             return lambda: request.infer({0: array})
         from .export import _ort_session

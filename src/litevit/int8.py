@@ -291,6 +291,15 @@ def save_openvino(model: Any, path: Path) -> None:
 _STATIC_SHAPES = 8  # compiled input shapes an OpenVINO runner keeps
 
 
+def openvino_config(threads: int | None) -> dict[str, Any]:
+    """OpenVINO CPU compile settings for timing and parity: f32 inference precision, one latency-bound stream, and
+    ``threads`` inference threads (``None``: OpenVINO's choice)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
 def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, Any]:
     """The metadata JSON of an IR and a callable running it on CPU at f32 inference precision.
 
@@ -306,9 +315,7 @@ def openvino_runner(path: str | os.PathLike, threads: int | None) -> tuple[str, 
     if not model.has_rt_info(_RT_INFO):
         raise ValueError(f"{path} was not exported by litevit (no litevit metadata in its rt_info)")
     meta = model.get_rt_info(_RT_INFO).astype(str)
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
+    config = openvino_config(threads)
     requests: dict[tuple[int, ...], Any] = {}
     static_shapes = not any(op.get_type_name().startswith("Interpolate") for op in model.get_ops())
 
