@@ -146,7 +146,8 @@ def plot(result: BenchResult, path: str | os.PathLike, costs: dict[tuple[str, st
     """PNG, as the papers plot it: top-1 against images/s (log), one panel per batch size and thread count.
 
     One line per family through its variants for litevit's fastest path (solid) and timm's (dashed), the
-    marker saying which runtime was fastest; an int8 point sits at the paper top-1 minus its measured drop.
+    marker saying which runtime was fastest (filled: litevit, hollow: timm, so single variants are told apart too);
+    an int8 point sits at the paper top-1 minus its measured drop.
     Reference CNNs are labelled crosses. Points are not labelled one by one (families are told apart by colour
     in the legend), so nothing overlaps.
     """
@@ -187,8 +188,9 @@ def plot(result: BenchResult, path: str | os.PathLike, costs: dict[tuple[str, st
                             color=colours[family], alpha=0.8)  # fmt: skip
                     for r in points:
                         runtimes_seen.add(r.runtime)
-                        ax.scatter(r.images_per_s, top1(r), marker=_MARKERS[r.runtime], color=colours[family],
-                                   zorder=3)  # fmt: skip
+                        fill = colours[family] if source == "litevit" else "none"  # timm's points hollow
+                        ax.scatter(r.images_per_s, top1(r), marker=_MARKERS[r.runtime], facecolors=fill,
+                                   edgecolors=colours[family], zorder=3)  # fmt: skip
             for (_, model), r in best.items():
                 if model not in registered:  # a reference CNN
                     ax.scatter(r.images_per_s, r.paper_top1, marker="x", color="black", zorder=3)
@@ -199,12 +201,12 @@ def plot(result: BenchResult, path: str | os.PathLike, costs: dict[tuple[str, st
             ax.set_ylabel("ImageNet top-1 (%, published; int8: minus measured drop)")
             ax.grid(alpha=0.3, which="both")
     handles = [Line2D([], [], color=colours[f], label=f) for f in families]
-    handles += [Line2D([], [], color="gray", linestyle=s, label=f"{src}'s fastest") for src, s in
-                (("litevit", "-"), ("timm", "--"))]  # fmt: skip
+    handles += [Line2D([], [], color="gray", linestyle=s, marker="o", markerfacecolor=fill, label=f"{src}'s fastest")
+                for src, s, fill in (("litevit", "-", "gray"), ("timm", "--", "none"))]  # fmt: skip
     handles += [Line2D([], [], color="gray", marker=_MARKERS[r], linestyle="", label=r) for r in sorted(runtimes_seen)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     first = result.records[0]
     fig.suptitle(f"{first.device_name}, torch {first.torch_version}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.1 / len(thread_counts), 1, 0.97))
+    fig.tight_layout(rect=(0, 0.1 / len(thread_counts), 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)
