@@ -22,7 +22,7 @@ test-all: $(STAMP)
 BENCH_ARGS ?= --runtime installed --compare timm --threads 1 all --seconds 2 --warmup 0.5
 bench: $(STAMP)
 	mkdir -p runs/bench && rm -f runs/bench/bench.jsonl
-	$(VENV)/bin/litevit bench $(BENCH_ARGS) --int8-costs benchmarks/int8_recipes.jsonl \
+	$(VENV)/bin/litevit bench $(BENCH_ARGS) --int8-costs benchmarks/int8_settings.jsonl \
 		--out runs/bench/bench.jsonl --markdown runs/bench/bench.md --plot runs/bench/bench.png
 
 lint: $(STAMP)

@@ -106,7 +106,7 @@ def test_fuse_is_exact_in_float64(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_fused_float32_within_1e5_relative(name: str) -> None:
-    """The deploy path is exact in the precision it runs in: within 1e-5 of the largest unfused logit."""
+    """The fused path is exact in the precision it runs in: within 1e-5 of the largest unfused logit."""
     model = litevit.create_model(name)
     randomise_for_fuse_test(model)
     model.eval()

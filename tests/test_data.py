@@ -16,14 +16,7 @@ from PIL import Image
 
 import litevit
 from litevit import data
-from litevit.data import (
-    ImageLoadError,
-    eval_transform,
-    image_folder,
-    imagenet_classes,
-    imagenet_synsets,
-    load_image,
-)
+from litevit.data import ImageLoadError, eval_transform, image_folder, imagenet_classes, imagenet_synsets, load_image
 from litevit.registry import DataConfig
 
 _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}

@@ -15,7 +15,7 @@ from torch import nn
 import litevit
 from litevit.cli import main
 from litevit.data import eval_transform, imagenet_classes
-from litevit.export import export
+from litevit.deploy.export import export
 from litevit.predict import evaluate, load_classifier, predict
 
 NAME = "levit_128s"

@@ -5,7 +5,7 @@
 
 ``--images``: an ImageFolder (class sub-folders) or a flat folder of images, shuffled with a fixed seed (so that
 classes mix): the first ``--calibration-images`` calibrate, the next ``--eval-images`` are compared.
-``--textures N``: instead, N drawn textures per class of ``tools/int8_recipes.py``'s 8, tinted with a colour per
+``--textures N``: instead, N drawn textures per class of ``tools/int8_settings.py``'s 8, tinted with a colour per
 class (random backbones see colour better than pattern).
 
 The README's every-variant table: ``--textures 60 --calibration-images 64 --eval-images 200 --probe 160``.
@@ -39,13 +39,13 @@ import torch
 from torch import nn
 
 import litevit
-from litevit.bench import device_name
+from litevit.bench.timing import device_name
 from litevit.data import eval_transform, load_image
-from litevit.exported import ExportedModel
+from litevit.deploy.runtime import ExportedModel
 from litevit.predict import preprocessing
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_recipes import make_textures  # noqa: E402
+from int8_settings import make_textures  # noqa: E402
 
 
 def fit_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 300) -> float:

@@ -15,8 +15,8 @@ import timm
 import torch
 
 import litevit
-from litevit.bench_runtimes import ONNX_OPSET, calibration_folder
-from litevit.export import export
+from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
+from litevit.deploy.export import export
 
 
 def profile(path: str, x: torch.Tensor, runs: int) -> tuple[float, list[tuple[str, float]]]:

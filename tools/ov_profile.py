@@ -1,4 +1,4 @@
-"""Per-layer OpenVINO CPU time of litevit's fp32 IR against its int8 IR (the family's recipe), 1 thread, static
+"""Per-layer OpenVINO CPU time of litevit's fp32 IR against its int8 IR (the family's settings), 1 thread, static
 shape, next to onnxruntime fp32's wall time: what bounds an int8 speed-up.
 
 Usage: OMP_NUM_THREADS=1 python tools/ov_profile.py efficientvit_m0 [batch] [runs]
@@ -19,11 +19,11 @@ import openvino as ov
 import torch
 
 import litevit
-from litevit.bench import model_input_size
-from litevit.bench_runtimes import ONNX_OPSET, calibration_folder
-from litevit.export import export
-from litevit.exported import ExportedModel
-from litevit.int8 import openvino_config
+from litevit.bench.run import model_input_size
+from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
+from litevit.deploy.export import export
+from litevit.deploy.openvino import openvino_config
+from litevit.deploy.runtime import ExportedModel
 
 
 def wall_ms(run, runs: int) -> float:

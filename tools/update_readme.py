@@ -4,7 +4,7 @@ from pathlib import Path
 
 import litevit  # noqa: F401  (registers the models and the published weights)
 from litevit.registry import variants_markdown
-from litevit.weights import weights_markdown
+from litevit.weights.records import weights_markdown
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 text = readme.read_text()

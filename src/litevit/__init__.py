@@ -1,17 +1,23 @@
 """litevit: lightweight vision transformers, exactly as published, fast at inference."""
 
-from . import models, zoo  # noqa: F401  (registers every family and the published weights)
+from . import models  # noqa: F401  (registers every family)
+from ._version import __version__
 from .backbone import backbone
-from .checkpoint import CheckpointError, read_checkpoint
-from .deploy import FuseError, fuse
-from .export import export, quantize
-from .features import FeatureInfo, features_only
-from .hub import DownloadError
-from .loading import ModelInfo, create_model, load, load_checkpoint
+from .deploy import FuseError, export, fuse, quantize
+from .models.features import FeatureInfo, features_only
 from .registry import DataConfig, Paper, Variant, get_variant, list_models
-from .weights import Weights, get_weights, list_weights
-
-__version__ = "0.1.0"
+from .weights import (
+    CheckpointError,
+    DownloadError,
+    ModelInfo,
+    Weights,
+    create_model,
+    get_weights,
+    list_weights,
+    load,
+    load_checkpoint,
+    read_checkpoint,
+)
 
 __all__ = [
     "CheckpointError",

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .features import features_only
-from .loading import create_model
+from .models.features import features_only
 from .registry import get_variant
+from .weights.loading import create_model
 
 
 class Backbone(nn.Module):
@@ -67,7 +67,7 @@ def backbone(
     """A torchvision-ready backbone from a registered model (``checkpoint`` and ``kwargs`` go to ``create_model``).
 
     ``out_indices``: feature points of the model (default: the last three). ``simple_pyramid``: build strides
-    4/8/16/32 from the last map with :class:`litevit.features.SimpleFeaturePyramid` (default: for T2T-ViT only,
+    4/8/16/32 from the last map with :class:`litevit.models.features.SimpleFeaturePyramid` (default: for T2T-ViT only,
     whose backbone is single-scale).
     """
     if simple_pyramid is None:

@@ -8,10 +8,11 @@ import logging
 import os
 import sys
 
-from . import create_model, get_variant, list_models
-from .bench import RUNTIMES
+from ._extras import MissingExtraError
+from .bench.run import RUNTIMES
 from .flops import count_params
-from .int8 import MissingExtraError
+from .registry import get_variant, list_models
+from .weights.loading import create_model
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -46,7 +47,7 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .weights import get_weights, list_weights, param_millions, weights_markdown
+    from .weights.records import get_weights, list_weights, param_millions, weights_markdown
 
     names = list(dict.fromkeys(n for pattern in args.patterns or ["*"] for n in list_weights(pattern)))
     if not names:
@@ -71,8 +72,8 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .hub import fetch
-    from .weights import get_weights, split_name
+    from .weights.hub import fetch
+    from .weights.records import get_weights, split_name
 
     for name in args.names:
         weights = get_weights(*split_name(name))
@@ -115,7 +116,8 @@ def _threads(value: str) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench, bench_report
+    from .bench import report as bench_report
+    from .bench import run as bench
 
     models = _expand(args.models) if args.models else None
     if args.models and not models:
@@ -139,7 +141,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure latency and throughput, unfused vs deployed (default: a model set)")
+    p = sub.add_parser("bench", help="measure latency and throughput, unfused vs fused (default: a model set)")
     p.add_argument("models", nargs="*", help="names or patterns (default: smallest of each family + levit_256, m4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--batch-size", type=int, nargs="+", help="batch sizes (default: 1 16 on CPU, 256 on GPU)")
@@ -162,14 +164,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="PNG of paper top-1 against images/s, one panel per batch size and thread count")
     p.add_argument(
         "--int8-costs", metavar="JSONL",
-        help="measured int8 top-1 drops per family (tools/int8_recipes.py output), printed next to int8 speeds",
+        help="measured int8 top-1 drops per family (tools/int8_settings.py output), printed next to int8 speeds",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+    from .training import train
 
     if logging.getLogger().level > logging.INFO:  # the per-epoch metrics lines are the point of a training run
         logging.getLogger(train.__name__).setLevel(logging.INFO)
@@ -184,7 +186,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from . import train
+    from .training import train
 
     p = sub.add_parser("train", help="train or fine-tune a model on an ImageFolder (also under torchrun)")
     train.add_arguments(p)
@@ -200,8 +202,9 @@ def _img_size(values: list[int] | None) -> int | tuple[int, int] | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportError, export
-    from .exported import ExportedModel
+    from .deploy.errors import ExportError
+    from .deploy.export import export
+    from .deploy.runtime import ExportedModel
 
     model = _load(args)
     if isinstance(model, ExportedModel):

@@ -17,11 +17,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .data import ImageLoadError, default_workers, eval_transform, image_folder, imagenet_synsets, load_image
-from .export import SUFFIXES
-from .exported import ExportedModel
+from .deploy.metadata import SUFFIXES
+from .deploy.runtime import ExportedModel
 from .layers import to_2tuple
-from .loading import create_model, load, model_info
 from .registry import DataConfig
+from .weights.loading import create_model, load, model_info
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The model registry: one :class:`Variant` record per model, with its paper numbers and data config.
 
-Nothing here loads weights: :mod:`litevit.loading` builds models and reads checkpoints on top of it.
+Nothing here loads weights: :mod:`litevit.weights.loading` builds models and reads checkpoints on top of it.
 """
 
 from __future__ import annotations

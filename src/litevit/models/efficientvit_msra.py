@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import take_indices, to_format
 from ..layers import BNLinear, ConvBN, Residual, check_images, halve, make_divisible, resample_table, to_2tuple
 from ..registry import DataConfig, Paper, register
 from . import efficientvit_msra_convert
+from .features import take_indices, to_format
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class CascadedGroupAttention(nn.Module):
     def fuse(self) -> CascadedGroupAttention:
         """Fold BatchNorms, gather the bias table once and fold the query scale into the key projection."""
         if self.fused_bias is not None:
-            return self  # already in deploy form: fusing again must not scale the keys twice
+            return self  # already fused: fusing again must not scale the keys twice
         fused = copy.deepcopy(self)
         for group in (fused.qkvs, fused.dws):
             for i, layer in enumerate(group):

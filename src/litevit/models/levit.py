@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..features import take_indices, to_format
 from ..layers import BNLinear, ConvBN, LinearBN, Residual, check_images, halve, resample_table, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
 from . import levit_convert
+from .features import take_indices, to_format
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class LeViTAttention(nn.Module):
         if self.fused_bias is None:
             attn = attn * self.scale + self.attention_bias()
         else:
-            attn += self.fused_bias  # deploy: the scale lives in the query weights; in place saves a pass
+            attn += self.fused_bias  # fused: the scale lives in the query weights; in place saves a pass
         x = attn.softmax(dim=-1) @ v  # B, heads, N', vd
         x = x.transpose(1, 2).reshape(B, -1, heads * vd)  # B, N', heads * vd
         return self.proj(self.act(x))
@@ -124,7 +124,7 @@ class LeViTAttention(nn.Module):
         """Fold BatchNorms, gather the bias table once and fold the query scale into the query weights."""
         fused = copy.deepcopy(self)
         if self.fused_bias is not None:
-            return fused  # already in deploy form
+            return fused  # already fused
         for name in ("qkv", "q", "kv", "proj"):
             layer = getattr(fused, name, None)
             if isinstance(layer, LinearBN):

@@ -1,0 +1,84 @@
+"""Optional extras and the CPU's instruction sets: what the deploy and bench code may use on this machine.
+
+:func:`require` imports an optional dependency or raises one line naming the ``litevit[extra]`` that installs it.
+:func:`cpu_isa` reads the vector and matrix instruction sets the CPU reports (``/proc/cpuinfo``), so that code
+paths are chosen by what the running CPU has, never by the machine that wrote the code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import platform
+from pathlib import Path
+from typing import Any
+
+_EXTRAS = {
+    "openvino": "openvino",
+    "nncf": "openvino",
+    "onnxruntime": "export",
+    "onnx": "export",
+    "executorch": "executorch",
+    "coremltools": "coreml",
+}
+
+
+_ISA = {  # /proc/cpuinfo flag -> the name published next to a figure
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the CPU reports it."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them (``/proc/cpuinfo``)."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cpu_isa(flags: frozenset[str] | None = None) -> tuple[str, ...]:
+    """The vector and matrix instruction sets among ``flags`` (default: this CPU's) that int8 and bf16 kernels use."""
+    flags = cpu_flags() if flags is None else flags
+    return tuple(name for flag, name in _ISA.items() if flag in flags)
+
+
+def has_vnni() -> bool:
+    """Whether int8 dot products run in one instruction (VNNI); without it u8 x s8 products can saturate."""
+    return bool({"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"} & set(cpu_isa()))
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency that is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, purpose: str) -> Any:
+    """Import an optional dependency, or raise one line naming the litevit extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = _EXTRAS.get(module.split(".")[0], module)
+        raise MissingExtraError(f"{purpose} needs {module}: pip install 'litevit[{extra}]'") from None

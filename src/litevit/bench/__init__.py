@@ -1,0 +1,1 @@
+"""Measured speed: interleaved timing, the runtimes compared, and the report (tables and plot)."""

@@ -1,0 +1,383 @@
+"""Measured speed: params, MACs, batch-1 latency and batched throughput, unfused vs fused, per runtime.
+
+Protocol: every runner of a comparison group (same model, batch size and input) is warmed up for a fixed
+time, then the runners are called in interleaved rounds (rotating order) until the time budget is spent;
+each call is timed on its own (with device synchronisation on GPU). We report the median and the
+10th/90th percentiles of the per-call times, and ratios as the median (and p10/p90) of the per-round
+ratios, so that drifts in machine load hit both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import statistics
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..deploy.fuse import fuse
+from ..flops import count_macs, count_params
+from ..layers import to_2tuple
+from ..registry import get_variant, list_models
+from ..weights.loading import create_model
+from .runtimes import EXPORT_RUNTIMES, ExportedFiles, installed_runtimes
+from .timing import device_name, git_commit, percentile, time_interleaved
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("eager", "compile", *EXPORT_RUNTIMES)
+# reference CNNs from timm for the papers' comparison: name -> (top-1 %, source)
+REFERENCE_CNNS = {
+    "efficientnet_b0": (77.1, "EfficientNet paper (Tan & Le 2019), Table 2"),
+    "mobilenetv3_large_100": (75.2, "MobileNetV3 paper (Howard et al. 2019), Table 3"),
+}
+
+
+@dataclass
+class BenchRecord:
+    model: str
+    source: str  # "litevit", "timm"
+    runtime: str  # eager | compile | onnxruntime
+    fused: bool
+    batch_size: int
+    img_size: tuple[int, int]
+    dtype: str
+    channels_last: bool
+    device: str
+    device_name: str
+    threads: int
+    torch_version: str
+    git_commit: str
+    params_m: float
+    macs_m: float
+    paper_top1: float | None
+    median_ms: float  # per call
+    p10_ms: float
+    p90_ms: float
+    images_per_s: float  # batch_size / median call time
+    samples: int
+    baseline: str | None  # the runner the speedups are against (None: this is it)
+    speedup_median: float  # baseline time / this time, per interleaved round
+    speedup_p10: float
+    speedup_p90: float
+
+
+@dataclass
+class Subject:
+    """One model to time: how to build it and what to report about it."""
+
+    name: str
+    source: str
+    build: Callable[[], nn.Module]
+    paper_top1: float | None
+    img_size: tuple[int, int] | None = None  # input size; None: the model's own (224 for models without one)
+
+    def __post_init__(self) -> None:
+        # one model per subject for all its batch sizes (each runner fuses and exports its own copy)
+        self.build = functools.cache(self.build)
+
+
+def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | None) -> list[Subject]:
+    """litevit's model, and with ``compare="timm"`` timm's model of the same variant carrying the same weights:
+    timm's random initialisation, read into litevit through litevit's own checkpoint converter."""
+    variant = get_variant(name)
+    top1 = variant.paper.top1
+    timm_name = None
+    if compare == "timm":
+        import timm
+
+        timm_name = next((n for n in variant.external_names if n in timm.list_models()), None)
+    size = to_2tuple(img_size if img_size is not None else variant.config.img_size)
+    if timm_name is None:
+        return [Subject(name, "litevit", lambda: create_model(name, img_size=img_size), top1, size)]
+    kwargs = {} if img_size is None else {"img_size": img_size}
+    theirs = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
+
+    def ours() -> nn.Module:
+        model = create_model(name, img_size=img_size, checkpoint=theirs.state_dict()).eval()
+        height, width = model_input_size(model)
+        x = torch.randn(2, 3, height, width)
+        with torch.inference_mode():
+            expected, got = theirs(x), model(x)
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()):
+            raise RuntimeError(f"litevit's {name} and timm's {timm_name} disagree on the same weights")
+        return model
+
+    # both at the litevit variant's size: timm's models carry no input size of their own
+    return [Subject(name, "litevit", ours, top1, size), Subject(timm_name, "timm", lambda: theirs, top1, size)]
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int]:
+    return to_2tuple(getattr(getattr(model, "config", None), "img_size", 224))
+
+
+def _runner(
+    model: nn.Module,
+    runtime: str,
+    x: torch.Tensor,
+    threads: int,
+    autocast: Any,
+    name: str,
+    source: str,
+    exported_files: ExportedFiles,
+) -> Callable[[], Any]:
+    if runtime in EXPORT_RUNTIMES:
+        return exported_files.runner(model, runtime, x, threads, name, source)
+    if runtime not in ("eager", "compile"):
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    forward = torch.compile(model) if runtime == "compile" else model
+
+    def run() -> Any:
+        with torch.inference_mode(), autocast:
+            return forward(x)
+
+    return run
+
+
+@dataclass
+class Comparison:
+    """litevit's fastest runner against another source's fastest on the same model, batch and machine."""
+
+    model: str
+    batch_size: int
+    ours: str
+    theirs: str
+    speedup_median: float  # their time / our time, per interleaved round
+    speedup_p10: float
+    speedup_p90: float
+    threads: int = 1
+
+
+def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> list[float]:
+    return [a / b for a, b in zip(times[slow], times[fast], strict=True)]
+
+
+def bench_group(
+    subjects: list[Subject],
+    *,
+    runtimes: Iterable[str] = ("eager",),
+    batch_size: int = 1,
+    img_size: int | tuple[int, int] | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    channels_last: bool = False,
+    threads: int = 1,
+    seconds: float = 3.0,
+    warmup: float = 1.0,
+    exported_files: ExportedFiles | None = None,
+) -> tuple[list[BenchRecord], list[Comparison]]:
+    """Time every subject (litevit: unfused and fused) under every runtime, all interleaved together.
+
+    ``seconds`` is the measuring budget per runner. Speedups in the records are against the first runner
+    (litevit eager unfused); comparisons pit litevit's fastest runner against each other source's fastest.
+    ``exported_files``: the run's exported files, shared between groups (default: built for this group alone).
+    """
+    exported_files = exported_files or ExportedFiles()
+    if dtype not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    autocast: Any = nullcontext()
+    if dtype != "fp32":
+        autocast = torch.autocast(device.split(":")[0], dtype=torch.float16 if dtype == "fp16" else torch.bfloat16)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    runners: dict[str, Callable[[], Any]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for subject in subjects:
+        model = subject.build().eval()
+        if img_size is not None:
+            height, width = to_2tuple(img_size)
+        else:
+            height, width = subject.img_size or model_input_size(model)
+        macs, params = count_macs(model, (height, width)) / 1e6, count_params(model) / 1e6
+        forms = [(False, model)] + ([(True, fuse(model))] if subject.source == "litevit" else [])
+        for fused, form in forms:
+            x = torch.randn(batch_size, 3, height, width, device=device)
+            form = form.to(device)
+            if channels_last:
+                form, x = form.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            for runtime in runtimes:
+                if runtime in EXPORT_RUNTIMES and (device != "cpu" or dtype != "fp32"):
+                    continue  # CPU runtimes of exported files, from float32 models
+                if runtime in EXPORT_RUNTIMES and subject.source == "litevit" and not fused:
+                    continue  # litevit's exporter always exports the fused model: timed once, as fused
+                if runtime == "executorch" and subject.source != "litevit":
+                    continue  # timm has no ExecuTorch route (bench_runtimes)
+                key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
+                runners[key] = _runner(
+                    form, runtime, x, threads, autocast, subject.name, subject.source, exported_files
+                )
+                meta[key] = dict(
+                    model=subject.name, source=subject.source, runtime=runtime, fused=fused, params_m=params,
+                    macs_m=macs, paper_top1=subject.paper_top1, img_size=(height, width),
+                )  # fmt: skip
+    times = time_interleaved(runners, seconds * len(runners), warmup, sync)
+    common = dict(
+        batch_size=batch_size, dtype=dtype, channels_last=channels_last, device=device,
+        device_name=device_name(device), threads=threads, torch_version=torch.__version__, git_commit=git_commit(),
+    )  # fmt: skip
+    baseline = next(iter(runners))
+    records = []
+    for key, samples in times.items():
+        median = statistics.median(samples)
+        ratios = _ratio(times, baseline, key)
+        records.append(
+            BenchRecord(
+                **meta[key],
+                **common,
+                median_ms=median * 1e3,
+                p10_ms=percentile(samples, 0.1) * 1e3,
+                p90_ms=percentile(samples, 0.9) * 1e3,
+                images_per_s=batch_size / median,
+                samples=len(samples),
+                baseline=None if key == baseline else baseline,
+                speedup_median=statistics.median(ratios),
+                speedup_p10=percentile(ratios, 0.1),
+                speedup_p90=percentile(ratios, 0.9),
+            )  # fmt: skip
+        )
+    fastest: dict[str, str] = {}
+    for key, samples in times.items():
+        source = meta[key]["source"]
+        if source not in fastest or statistics.median(samples) < statistics.median(times[fastest[source]]):
+            fastest[source] = key
+    comparisons = []
+    if "litevit" in fastest:
+        ours = fastest["litevit"]
+        for source, theirs in fastest.items():
+            if source != "litevit":
+                ratios = _ratio(times, theirs, ours)
+                comparisons.append(
+                    Comparison(
+                        meta[ours]["model"],
+                        batch_size,
+                        ours,
+                        theirs,
+                        statistics.median(ratios),
+                        percentile(ratios, 0.1),
+                        percentile(ratios, 0.9),
+                        threads,
+                    )  # fmt: skip
+                )
+    return records, comparisons
+
+
+def default_models() -> list[str]:
+    """The smallest variant (by paper MACs) of each family, plus LeViT-256 and EfficientViT-M4."""
+    smallest: dict[str, str] = {}
+    for name in list_models():
+        family = get_variant(name).family
+        if family not in smallest or get_variant(name).paper.macs_m < get_variant(smallest[family]).paper.macs_m:
+            smallest[family] = name
+    extra = [n for n in ("levit_256", "efficientvit_m4") if n in list_models()]
+    return list(dict.fromkeys(list(smallest.values()) + extra))
+
+
+@dataclass
+class BenchResult:
+    records: list[BenchRecord]
+    comparisons: list[Comparison]
+    flop_rate: FlopRate | None = None  # LeViT-128S against the machine's matmul rate (CPU runs that include it)
+    delegations: dict[str, str] = field(default_factory=dict)  # .pte file -> what XNNPACK runs
+
+
+def run_bench(
+    models: list[str] | None = None,
+    *,
+    device: str = "cpu",
+    batch_sizes: list[int] | None = None,
+    threads: int | list[int] = 1,
+    img_size: int | tuple[int, int] | None = None,
+    dtype: str | None = None,
+    channels_last: bool = False,
+    runtimes: Iterable[str] = ("eager",),
+    seconds: float = 3.0,
+    warmup: float = 1.0,
+    compare: str | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
+
+    ``runtimes``: names from :data:`RUNTIMES`, or ``"installed"`` for eager and every exported-file runtime whose
+    packages are installed. ``threads``: one count or several (each a group of its own). ExecuTorch, a phone
+    runtime with fixed-batch files, is timed at batch 1 only.
+    """
+    names = models or default_models()
+    gpu = device.startswith("cuda")
+    batch_sizes = batch_sizes or ([256] if gpu else [1, 16])
+    dtype = dtype or ("fp16" if gpu else "fp32")
+    runtimes = [r for name in runtimes for r in (installed_runtimes() if name == "installed" else [name])]
+    thread_counts = [threads] if isinstance(threads, int) else list(threads)
+    if compare not in (None, "timm"):
+        raise ValueError(f"--compare supports 'timm' only, got {compare!r}")
+    tasks: list[tuple[list[Subject], int, int]] = []
+    for name in names:
+        subjects = _subjects(name, img_size, compare)
+        tasks += [(subjects, batch, t) for t in thread_counts for batch in batch_sizes]
+    if compare == "timm":
+        import timm
+
+        for cnn, (top1, _) in REFERENCE_CNNS.items():
+            subject = Subject(cnn, "timm", lambda cnn=cnn: timm.create_model(cnn, pretrained=False), top1)
+            tasks += [([subject], batch, t) for t in thread_counts for batch in batch_sizes]
+    from tqdm import tqdm
+
+    records: list[BenchRecord] = []
+    comparisons: list[Comparison] = []
+    exported_files = ExportedFiles()
+    for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
+        group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
+        group_records, group_comparisons = bench_group(
+            subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
+            channels_last=channels_last, threads=count, seconds=seconds, warmup=warmup, exported_files=exported_files,
+        )  # fmt: skip
+        records += group_records
+        comparisons += group_comparisons
+    result = BenchResult(records, comparisons, delegations=exported_files.delegations)
+    if "levit_128s" in names and not gpu and img_size is None:
+        result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)
+    return result
+
+
+@dataclass
+class FlopRate:
+    """A model's achieved FLOP rate against the machine's float32 matmul rate, timed interleaved."""
+
+    model: str
+    batch_size: int
+    threads: int
+    model_gflops: float  # 2 * MACs * images/s of the fused eager model (median)
+    matmul_gflops: float  # 2 n^3 / time of an n x n float32 matmul (median)
+    ratio_median: float  # per interleaved round
+    ratio_p10: float
+    ratio_p90: float
+
+
+def flop_rate(
+    name: str = "levit_128s", batch_size: int = 16, threads: int = 1, seconds: float = 10.0, size: int = 1024
+) -> FlopRate:
+    """How close the fused model's eager forward comes to plain matmul throughput on this machine."""
+    torch.set_num_threads(threads)
+    model = fuse(create_model(name))
+    height, width = model_input_size(model)
+    flops_per_image = 2 * count_macs(model, (height, width))
+    x = torch.randn(batch_size, 3, height, width)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    times = time_interleaved({"model": forward, "matmul": lambda: torch.mm(a, b)}, seconds, warmup=1.0)
+    model_rates = [flops_per_image * batch_size / t / 1e9 for t in times["model"]]
+    matmul_rates = [2 * size**3 / t / 1e9 for t in times["matmul"]]
+    ratios = [m / r for m, r in zip(model_rates, matmul_rates, strict=True)]
+    return FlopRate(
+        name, batch_size, threads, statistics.median(model_rates), statistics.median(matmul_rates),
+        statistics.median(ratios), percentile(ratios, 0.1), percentile(ratios, 0.9),
+    )  # fmt: skip

@@ -1,0 +1,147 @@
+"""The exported-file runtimes of ``litevit bench``: litevit's exports and timm's own routes, each built once a run.
+
+litevit models go through litevit's exporter (fused; int8 by the family's settings,
+:data:`litevit.deploy.int8.INT8_SETTINGS`).
+timm's models take the routes a timm user would: a plain ``torch.onnx.export`` / ``openvino.convert_model`` of the
+unmodified model, and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``);
+timm has no ExecuTorch route of its own, so ``executorch`` is timed for litevit only.
+Both sides run with the same session settings: the given thread count, one stream, OpenVINO pinned to f32.
+
+Exporting and quantizing cost far more than timing, so a run builds each file once, with a dynamic batch, and
+every group (batch size, thread count) opens its own session on it. ``.pte`` files have a fixed batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..registry import DataConfig
+
+EXPORT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "executorch")  # CPU, exported files
+# one opset for both sides of an onnxruntime comparison: 17 has LayerNormalization and HardSwish as single ops
+ONNX_OPSET = 17
+CALIBRATION_IMAGES = 32
+_NEEDS = {  # runtime -> the modules it imports
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "onnxruntime-int8": ("onnx", "onnxruntime"),
+    "openvino": ("openvino",),
+    "openvino-int8": ("openvino", "nncf"),
+    "executorch": ("executorch",),
+}
+
+
+def installed_runtimes() -> list[str]:
+    """``eager`` and every exported-file runtime whose packages are installed here."""
+    found = [r for r, modules in _NEEDS.items() if all(importlib.util.find_spec(m) for m in modules)]
+    return ["eager", *found]
+
+
+def calibration_folder(height: int, width: int, count: int = CALIBRATION_IMAGES) -> Path:
+    """Synthetic calibration images for timing int8 graphs (their accuracy is not what the bench measures)."""
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-"))
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+class ExportedFiles:
+    """The exported files of one bench run, keyed by source, model, runtime, input size (and batch for ``.pte``)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="litevit-bench-"))
+        self.files: dict[tuple, Path] = {}
+        self.delegations: dict[str, str] = {}  # .pte name -> the share XNNPACK runs and what is left
+
+    def runner(
+        self, model: nn.Module, runtime: str, x: torch.Tensor, threads: int, name: str, source: str
+    ) -> Callable[[], Any]:
+        """A callable running ``x`` through the model's ``runtime`` file (built on first use) with ``threads``."""
+        size = tuple(x.shape[-2:])
+        batch = x.shape[0] if runtime == "executorch" else None
+        key = (source, name, runtime, size, batch)
+        if key not in self.files:
+            stem = self.folder / (f"{source}-{name}-{runtime}-{size[0]}x{size[1]}" + (f"-b{batch}" if batch else ""))
+            build = self._litevit if source == "litevit" else self._timm
+            self.files[key] = build(model, runtime, x, stem)
+        return self._session(self.files[key], runtime, threads, x, source)
+
+    def _litevit(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path) -> Path:
+        from ..deploy.export import export
+
+        size = tuple(x.shape[-2:])
+        if runtime == "executorch":
+            result = export(model, stem.with_suffix(".pte"), batch=x.shape[0], img_size=size)
+            self.delegations[result.path.name] = result.delegation.summary()
+            return result.path
+        int8 = runtime.endswith("-int8")
+        suffix = ".xml" if runtime.startswith("openvino") else ".onnx"
+        opset = ONNX_OPSET if suffix == ".onnx" and not int8 else None
+        calibration = calibration_folder(*size) if int8 else None
+        return export(model, stem.with_suffix(suffix), batch="dynamic", img_size=size, opset=opset, int8=int8,
+                      calibration=calibration, calibration_images=CALIBRATION_IMAGES).path  # fmt: skip
+
+    def _timm(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path) -> Path:
+        from .._extras import require
+        from ..deploy.int8 import calibration_set
+
+        example = x.float().cpu()
+        batches = None
+        if runtime.endswith("-int8"):
+            batches = calibration_set(calibration_folder(*x.shape[-2:]), DataConfig(), tuple(x.shape[-2:]),
+                                      CALIBRATION_IMAGES)  # fmt: skip
+        if runtime.startswith("openvino"):
+            ov = require("openvino", "the OpenVINO bench runtime")
+            ir = ov.convert_model(model.float().cpu(), example_input=example)
+            if batches is not None:
+                nncf = require("nncf", "the openvino-int8 bench runtime")
+                ir = nncf.quantize(ir, nncf.Dataset(batches), subset_size=len(batches))
+            ov.save_model(ir, str(stem.with_suffix(".xml")), compress_to_fp16=False)
+            return stem.with_suffix(".xml")
+        require("onnxruntime", "the onnxruntime bench runtime")
+        path = stem.with_suffix(".onnx")
+        torch.onnx.export(
+            model, (example,), str(path), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+        )  # fmt: skip
+        if batches is None:
+            return path
+        from onnxruntime.quantization import quantize_static
+
+        from ..deploy.onnx import calibration_reader
+
+        quantized = stem.parent / f"{stem.name}-int8.onnx"
+        quantize_static(str(path), str(quantized), calibration_reader(batches, "input"))  # onnxruntime's defaults
+        return quantized
+
+    @staticmethod
+    def _session(path: Path, runtime: str, threads: int, x: torch.Tensor, source: str) -> Callable[[], Any]:
+        feed = x.float().cpu().contiguous()
+        if source == "litevit":
+            from ..deploy.runtime import ExportedModel
+
+            exported = ExportedModel(path, threads=threads)
+            return lambda: exported(feed)
+        if runtime.startswith("openvino"):
+            from .._extras import require
+            from ..deploy.openvino import openvino_config
+
+            ov = require("openvino", "the OpenVINO bench runtime")
+            request = ov.Core().compile_model(str(path), "CPU", openvino_config(threads)).create_infer_request()
+            array = feed.numpy()
+            return lambda: request.infer({0: array})
+        from ..deploy.onnx import ort_session
+
+        session = ort_session(path, threads)
+        inputs = {session.get_inputs()[0].name: feed.numpy()}
+        return lambda: session.run(None, inputs)

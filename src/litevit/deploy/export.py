@@ -1,0 +1,281 @@
+"""Export to ONNX, TorchScript and ``torch.export`` (pt2), always from the fused eval model, with parity checks.
+
+Every exported file carries the variant name, the data config and the input size (ONNX ``metadata_props``, the
+``litevit.json`` extra file of TorchScript and pt2 archives), so that :class:`ExportedModel` can preprocess images
+for it without the Python model. ONNX files are single self-contained files with a dynamic batch axis by default,
+at the lowest opset that exports and runs correctly for the model (searched upwards from 9 unless given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..layers import to_2tuple
+from ..models.features import FeatureExtractor, features_only
+from ..registry import DataConfig
+from ..weights.loading import create_model, model_info
+from .coreml import COREML_PREDICTION_SKIP, coreml_available, save_coreml
+from .errors import ExportError
+from .executorch import Delegation, save_pte
+from .fuse import fuse
+from .int8 import DEFAULT_CALIBRATION_IMAGES, Int8Settings, agreement, calibration_set, int8_settings_for
+from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, format_from
+from .onnx import INPUT_NAME, ONNX_OPSETS, onnx_int8, onnx_model, save_onnx
+from .openvino import openvino_ir, save_openvino
+from .parity import RTOL, ParityCheck, compare
+
+log = logging.getLogger(__name__)
+
+INT8_FORMATS = ("onnx", "openvino")
+INT8_RTOL = 1.0  # an int8 graph further than this from fp32 (relative to the largest logit) is broken, not rounded
+# (a tiny LeViT at 3 classes: 0.52 with its top-1 unchanged; agreement, reported by the check, is the accuracy signal)
+INT8_MIN_OPSET = 13  # per-channel QDQ
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    metadata: ExportMetadata
+    check: ParityCheck | None
+    delegation: Delegation | None = None  # ExecuTorch: the share of operators XNNPACK runs
+
+
+def _parse_batch(batch: str | int) -> str | int:
+    if batch == "dynamic":
+        return batch
+    try:
+        value = int(batch)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}") from None
+    if value < 1:
+        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+    return value
+
+
+def _resized(model: nn.Module, img_size: tuple[int, int]) -> nn.Module:
+    """``model`` rebuilt for another input size, its weights resampled by the model's ``adapt_checkpoint``."""
+    name = getattr(model, "variant_name", None)
+    config = getattr(model, "config", None)
+    if name is None or config is None:
+        raise ValueError(
+            "img_size differs from the model's and the model was not built by litevit.create_model; "
+            "build it at the wanted size instead"
+        )
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "img_size"}
+    if isinstance(model, FeatureExtractor):  # its state is a headless classifier's
+        rebuilt = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **{**fields, "num_classes": 0})
+        resized = features_only(rebuilt, model.out_indices)
+    else:
+        resized = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
+    resized.model_info = dataclasses.replace(model_info(model), img_size=img_size)
+    return resized
+
+
+def metadata_for(
+    model: nn.Module, img_size: tuple[int, int], batch: str | int, format: str, opset: int | None = None
+) -> ExportMetadata:
+    from .._version import __version__
+
+    info = model_info(model) if hasattr(model, "variant_name") else None
+    name = info.variant if info is not None else None
+    data = info.data if info is not None else DataConfig()
+    features = isinstance(model, FeatureExtractor)
+    num_classes = 0 if features else int(getattr(getattr(model, "config", None), "num_classes", 0))
+    names = info.class_names if info is not None and not features else None
+    return ExportMetadata(
+        name, img_size, num_classes, data, batch, format, opset, __version__, torch.__version__.split("+")[0], names
+    )
+
+
+def _example(batch: str | int, img_size: tuple[int, int], in_chans: int, seed: int) -> torch.Tensor:
+    """A random batch: 2 images for a dynamic export (sizes 0 and 1 get specialised by tracers), else ``batch``."""
+    generator = torch.Generator().manual_seed(seed)
+    n = 2 if batch == "dynamic" else int(batch)
+    return torch.randn(n, in_chans, *img_size, generator=generator)
+
+
+def _check_batch(batch: str | int) -> int:
+    """A batch size different from the exported one when the batch axis is dynamic (else the fixed size)."""
+    return 3 if batch == "dynamic" else int(batch)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: ExportMetadata) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={META_KEY: metadata.to_json()})
+
+
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, metadata: ExportMetadata) -> None:
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if metadata.batch == "dynamic" else None
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, str(path), extra_files={META_KEY: metadata.to_json()})
+
+
+def export(
+    model: nn.Module | str,
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    batch: str | int = "dynamic",
+    img_size: int | tuple[int, int] | None = None,
+    opset: int | None = None,
+    check: bool = False,
+    int8: bool = False,
+    calibration: str | os.PathLike | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    int8_settings: Int8Settings | None = None,
+    recipe: Int8Settings | None = None,
+) -> ExportResult:
+    """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
+
+    ``format``: ``"onnx"``, ``"torchscript"``, ``"pt2"`` or ``"openvino"`` (default: from the suffix of ``path``:
+    ``.onnx``, ``.ts``, ``.pt2``, ``.xml``). ``batch``: ``"dynamic"`` or a fixed size. ``img_size``: the input size
+    (default: the model's; another size rebuilds the model and resamples its resolution-dependent weights).
+    ``opset``: ONNX opset (default: the lowest that works). ``check``: run the saved file on a batch size different
+    from the exported one and raise :class:`ExportError` if it differs from PyTorch by more than ``RTOL`` relative.
+
+    ``int8``: static post-training int8 (:mod:`litevit.deploy.int8`), ONNX QDQ for onnxruntime or OpenVINO IR via NNCF,
+    calibrated on up to ``calibration_images`` images from the folder ``calibration``, preprocessed with the
+    model's data config, by ``int8_settings`` (default: the family's, :data:`.int8.INT8_SETTINGS`; ``recipe`` is its
+    deprecated former name). Its ``check``
+    compares with fp32 PyTorch on the calibration images: the top-1 agreement is reported, and a relative difference
+    above ``INT8_RTOL`` (a broken graph) raises :class:`ExportError`.
+
+    The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
+    """
+    if recipe is not None:
+        warnings.warn("export(recipe=...) is now export(int8_settings=...)", DeprecationWarning, stacklevel=2)
+        int8_settings = int8_settings or recipe
+    settings = int8_settings
+    path = Path(path)
+    if int8 and format is None and not path.suffix:
+        # the int8 route measured faster for every family (benchmarks/int8_settings.md, make bench): OpenVINO + NNCF
+        path = path.with_suffix(".xml")
+    format = format_from(path, format)
+    batch = _parse_batch(batch)
+    if format in FIXED_BATCH_FORMATS and batch == "dynamic":
+        batch = 1
+    if opset is not None and format != "onnx":
+        raise ValueError(f"opset applies to ONNX export only, not {format}")
+    if int8 and format not in INT8_FORMATS:
+        raise ValueError(f"int8 export writes .onnx (onnxruntime QDQ) or .xml (OpenVINO), not {format}")
+    if int8 and calibration is None:
+        raise ValueError("int8 export needs calibration images: --calibration DIR (a folder of images)")
+    if int8 and opset is not None and opset < INT8_MIN_OPSET:
+        raise ValueError(f"int8 ONNX (per-channel QDQ) needs opset >= {INT8_MIN_OPSET}, got {opset}")
+    if isinstance(model, str):
+        model = create_model(model)
+    config = getattr(model, "config", None)
+    model_size = getattr(config, "img_size", None)
+    size = to_2tuple(img_size if img_size is not None else model_size if model_size is not None else 224)
+    if model_size is not None and size != to_2tuple(model_size):
+        model = _resized(model, size)
+    in_chans = int(getattr(config, "in_chans", 3))
+    fused = fuse(model).float()
+    for parameter in fused.parameters():
+        parameter.requires_grad_(False)
+    example = _example(batch, size, in_chans, seed=0)
+    check_input = _example(_check_batch(batch), size, in_chans, seed=1)
+    calibration_batches = None
+    if int8:
+        data = model_info(model).data if hasattr(model, "variant_name") else DataConfig()
+        calibration_batches = calibration_set(calibration, data, size, calibration_images)
+        check_input = torch.from_numpy(np.concatenate(calibration_batches[:32]))
+        if batch != "dynamic":
+            check_input = check_input[: int(batch)]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    used_opset = None
+    if format == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            search_input = None
+        else:
+            search_input = _example(_check_batch(batch), size, in_chans, seed=1)
+        min_opset = INT8_MIN_OPSET if int8 else ONNX_OPSETS[0]
+        data_bytes, used_opset = onnx_model(fused, example, batch, opset, search_input, min_opset)
+        if calibration_batches is not None:
+            data_bytes = onnx_int8(data_bytes, calibration_batches, INPUT_NAME, settings or int8_settings_for(model))
+    metadata = dataclasses.replace(
+        metadata_for(model, size, batch, format, used_opset), precision="int8" if int8 else "fp32"
+    )
+    report = None
+    if format == "onnx":
+        save_onnx(data_bytes, path, metadata)
+    elif format == "executorch":
+        report = save_pte(fused, example, path, metadata.to_json())
+        log.info("%s: %s", path, report.summary())
+    elif format == "coreml":
+        save_coreml(fused, example, path, metadata.to_json())
+    elif format == "openvino":
+        ir = openvino_ir(
+            fused,
+            example,
+            batch == "dynamic",
+            metadata.to_json(),
+            calibration_batches,
+            settings or int8_settings_for(model),
+        )
+        save_openvino(ir, path)
+    else:
+        exporter = _export_torchscript if format == "torchscript" else _export_pt2
+        exporter(fused, example, path, metadata)
+    log.info("exported %s to %s (%s, %s)", metadata.variant or type(model).__name__, path, format, metadata.precision)
+
+    parity = None
+    if check and format == "coreml" and not coreml_available():
+        log.warning("%s: converted; prediction check skipped: %s", path, COREML_PREDICTION_SKIP)
+        check = False
+    if check:
+        with torch.inference_mode():
+            reference = fused(check_input)
+        from .runtime import ExportedModel  # the loading side imports this module
+
+        exported = ExportedModel(path)
+        output = exported(check_input)
+        if int8:
+            parity = compare(output, reference, check_input.shape[0], rtol=INT8_RTOL)
+            parity = dataclasses.replace(parity, agreement=agreement(output, reference))
+        else:
+            parity = compare(output, reference, check_input.shape[0])
+        if not parity.passed:
+            raise ExportError(
+                f"{path}: exported model differs from PyTorch at batch {parity.batch}: max |diff| "
+                f"{parity.max_abs_diff:.3e}, relative {parity.max_rel_diff:.3e} > {INT8_RTOL if int8 else RTOL:g}"
+            )
+    return ExportResult(path, metadata, parity, report)
+
+
+def quantize(
+    model: nn.Module | str,
+    path: str | os.PathLike,
+    calibration: str | os.PathLike,
+    *,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    int8_settings: Int8Settings | None = None,
+    batch: str | int = "dynamic",
+    img_size: int | tuple[int, int] | None = None,
+    check: bool = True,
+) -> ExportResult:
+    """Static post-training int8 of ``model`` into ``path``: ``.xml`` (OpenVINO, NNCF) or ``.onnx`` (onnxruntime QDQ).
+
+    The same as ``export(model, path, int8=True, calibration=...)``; ``path`` without a suffix gets ``.xml``, the
+    faster int8 route for every family measured (README). ``check`` (default on) reports the top-1 agreement with
+    fp32 PyTorch on the calibration images in ``result.check.agreement``.
+    """
+    return export(
+        model, path, batch=batch, img_size=img_size, check=check, int8=True, calibration=calibration,
+        calibration_images=calibration_images, int8_settings=int8_settings,
+    )  # fmt: skip

@@ -1,0 +1,191 @@
+"""Static post-training int8 and OpenVINO IR: calibration images, NNCF, onnxruntime QDQ.
+
+Two int8 routes, both calibrated on images preprocessed with the model's own data config:
+
+- OpenVINO (``.xml`` + ``.bin``), quantized by NNCF (optional extra ``litevit[openvino]``).
+- onnxruntime QDQ (``.onnx``): ``quantize_static`` with uint8 activations and int8 weights (U8S8, the form
+  onnxruntime's VNNI kernels run fastest) on MatMul, Conv and Gemm, after its ``quant_pre_process``; per-channel
+  weights need opset 13.
+
+What stays float and how ranges are calibrated is a per-family :class:`Int8Settings` (:data:`INT8_SETTINGS`), each
+chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/int8_settings.md``. onnxruntime on CPUs
+without VNNI: the weights use 7 bits (see :func:`.onnx.onnx_int8`), chosen by what the CPU running the export has.
+
+OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
+compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise run in bf16.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import ImageLoadError, eval_transform, load_image
+from ..registry import DataConfig
+
+MIN_CALIBRATION_IMAGES = 8
+DEFAULT_CALIBRATION_IMAGES = 300
+
+
+class CalibrationError(ValueError):
+    """Calibration images that cannot be used: missing, unreadable or too few."""
+
+
+def calibration_set(
+    folder: str | os.PathLike, data: DataConfig, img_size: tuple[int, int], count: int = DEFAULT_CALIBRATION_IMAGES
+) -> list[np.ndarray]:
+    """Up to ``count`` images under ``folder`` (recursively, sorted), each preprocessed to a ``(1, C, H, W)`` array."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CalibrationError(f"calibration folder not found: {root} (expected a folder of image files)")
+    if count < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {count}")
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if len(files) < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(
+            f"{root} has {len(files)} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES} "
+            f"(suffixes {', '.join(IMG_EXTENSIONS)}), ideally a few hundred from the model's domain"
+        )
+    transform = eval_transform(data, img_size)
+    batches, unreadable = [], []
+    for path in files[:count]:
+        try:
+            batches.append(transform(load_image(path))[None].numpy())
+        except ImageLoadError:
+            unreadable.append(path.name)
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise CalibrationError(f"{len(unreadable)} calibration image(s) under {root} cannot be read: {shown}")
+    return batches
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """What a family's int8 graph keeps in float and how it is calibrated, for both int8 routes.
+
+    ``transformer``: NNCF's ``ModelType.TRANSFORMER`` (softmax, norms, attention-bias adds and activation inputs stay
+    float; SmoothQuant on MatMul inputs unless ``smooth_quant`` is off). ``preset``: NNCF ``"mixed"`` (symmetric
+    weights, asymmetric activations) or ``"performance"`` (both symmetric). ``float_ends``: the first weighted layer
+    and the classifier stay float. ``float_depthwise``: depthwise (grouped) convolutions stay float (OpenVINO's
+    int8 ones lost EfficientViT and MobileViT v1/v3 3-12 points). onnxruntime: ``per_channel`` weights, activation
+    ranges by ``calibration`` (``"minmax"`` or ``"percentile"``), ``onnx_float_ends`` as ``float_ends``.
+    """
+
+    transformer: bool = True
+    smooth_quant: bool = True
+    preset: str = "mixed"
+    float_ends: bool = False
+    float_depthwise: bool = False
+    per_channel: bool = True
+    calibration: str = "minmax"
+    onnx_float_ends: bool = False
+
+
+# chosen per family by tools/int8_settings.py (benchmarks/int8_settings.md: top-1 drops of models trained on drawn
+# textures; the rule is in the tool); MobileViT's three versions are measured and chosen apart
+INT8_SETTINGS: dict[str, Int8Settings] = {
+    # NNCF transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75, NNCF defaults 4.0);
+    # onnxruntime with float ends 1.0 (percentile 0.75, 11 % slower at batch 1)
+    "levit": Int8Settings(smooth_quant=False, onnx_float_ends=True),
+    # depthwise convolutions float: 0.75 (NNCF defaults 4.25, every other NNCF candidate 4.25-12); onnxruntime 1.0
+    "efficientvit_msra": Int8Settings(
+        transformer=False, preset="performance", float_depthwise=True, onnx_float_ends=True
+    ),
+    # depthwise convolutions float: 0.0 (every other NNCF candidate 12-15.75); onnxruntime percentile 0.25
+    "mobilevit": Int8Settings(transformer=False, preset="performance", float_depthwise=True, calibration="percentile"),
+    # NNCF mixed preset without the transformer type: 0.0 (defaults 1.0); onnxruntime per-tensor 0.0
+    "mobilevitv2": Int8Settings(transformer=False, per_channel=False),
+    # depthwise convolutions float: -0.5 (every other NNCF candidate 3.25-4.5); onnxruntime with float ends 0.5
+    "mobilevitv3": Int8Settings(transformer=False, preset="performance", float_depthwise=True, onnx_float_ends=True),
+    # trained 30 epochs (67.75 %): every candidate within 0.25 points of the best, the transformer type's -0.75
+    # (agreement with fp32 97.5 %, NNCF defaults 95.2 %). The rule would take NNCF defaults, 5.2 % faster at batch 1
+    # (2.50x against 2.37x, within the run's spread); at 224 px with random backbones and linear probes NNCF
+    # defaults agreed with fp32 on 46-64 % of images against the transformer type's 61-80 % (T2T-ViT 7/10/12/14, two
+    # runs with different random draws: benchmarks/int8_agreement*.jsonl), so T2T keeps the transformer type.
+    # onnxruntime percentile -1.5
+    "t2t_vit": Int8Settings(calibration="percentile"),
+}
+DEFAULT_INT8_SETTINGS = Int8Settings()
+
+
+def int8_settings_key(model: nn.Module) -> str:
+    """The family of a litevit model, with MobileViT split into ``mobilevit``, ``mobilevitv2``, ``mobilevitv3``."""
+    family = getattr(model, "family", "")
+    name = getattr(model, "variant_name", None) or ""
+    return name.split("_")[0] if family == "mobilevit" and name else family
+
+
+def int8_settings_for(model: nn.Module) -> Int8Settings:
+    """The measured settings of the model's family (the default settings for models of no registered family)."""
+    return INT8_SETTINGS.get(int8_settings_key(model), DEFAULT_INT8_SETTINGS)
+
+
+_WEIGHTED_OV = {"Convolution", "GroupConvolution", "MatMul"}
+
+
+def openvino_ends(model: Any) -> list[str]:
+    """Names of the first weighted ops on every path from the input and the last on every path to the output."""
+
+    def walk(start: list[Any], step: Any) -> set[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            node = todo.pop()
+            if node.get_friendly_name() in seen:
+                continue
+            seen.add(node.get_friendly_name())
+            if node.get_type_name() in _WEIGHTED_OV:
+                found.add(node.get_friendly_name())
+            else:
+                todo += step(node)
+        return found
+
+    def consumers(node: Any) -> list[Any]:
+        return [i.get_node() for out in node.outputs() for i in out.get_target_inputs()]
+
+    def producers(node: Any) -> list[Any]:
+        return [i.get_source_output().get_node() for i in node.inputs()]
+
+    first = walk([c for p in model.get_parameters() for c in consumers(p)], consumers)
+    last = walk([q for r in model.get_results() for q in producers(r)], producers)
+    return sorted(first | last)
+
+
+def onnx_ends(model: Any) -> list[str]:
+    """The ONNX counterpart of :func:`openvino_ends` (node names of Conv/MatMul/Gemm)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    users: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+
+    def walk(start: list[Any], step: Any) -> set[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            node = todo.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("Conv", "MatMul", "Gemm"):
+                found.add(node.name)
+            else:
+                todo += step(node)
+        return found
+
+    first = walk([n for i in model.graph.input for n in users.get(i.name, [])],
+                 lambda n: [u for out in n.output for u in users.get(out, [])])  # fmt: skip
+    last = walk([producer[o.name] for o in model.graph.output if o.name in producer],
+                lambda n: [producer[i] for i in n.input if i in producer])  # fmt: skip
+    return sorted(first | last)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows whose top-1 class is the same in both logits."""
+    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
