@@ -66,6 +66,14 @@ def cpu_isa(flags: frozenset[str] | None = None) -> tuple[str, ...]:
     return tuple(name for flag, name in _ISA.items() if flag in flags)
 
 
+def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX-BF16), from ``flags`` (default: this CPU's).
+
+    Without it OpenVINO has no bf16 kernels worth running: a bf16 file then runs in f32.
+    """
+    return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))
+
+
 def has_vnni() -> bool:
     """Whether int8 dot products run in one instruction (VNNI); without it u8 x s8 products can saturate."""
     return bool({"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"} & set(cpu_isa()))
