@@ -24,9 +24,10 @@ from ..deploy.fuse import fuse
 from ..flops import count_macs, count_params
 from ..layers import to_2tuple
 from ..registry import get_variant, list_models
+from ..timing import percentile, time_interleaved
 from ..weights.loading import create_model
 from .runtimes import EXPORT_RUNTIMES, ExportedFiles, installed_runtimes
-from .timing import device_name, git_commit, percentile, time_interleaved
+from .timing import device_name, git_commit
 
 log = logging.getLogger(__name__)
 

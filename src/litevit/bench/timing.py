@@ -1,14 +1,11 @@
-"""Timing primitives: interleaved rounds, percentiles, the machine's name, the achieved FLOP rate."""
+"""What a bench record names: the machine and the commit; and the eager-vs-onnxruntime speed check of an export."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +13,7 @@ from torch import nn
 from .._extras import cpu_isa, cpu_model
 from ..deploy.fuse import fuse
 from ..deploy.runtime import ExportedModel
+from ..timing import time_interleaved
 
 
 def device_name(device: str) -> str:
@@ -38,38 +36,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def time_interleaved(
-    runners: dict[str, Callable[[], Any]], seconds: float, warmup: float, sync: Callable[[], None] = lambda: None
-) -> dict[str, list[float]]:
-    """Per-call times (s) of each runner, measured in interleaved rounds after a time-based warm-up."""
-    for run in runners.values():
-        start = time.perf_counter()
-        while time.perf_counter() - start < warmup:
-            run()
-        sync()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    deadline = time.perf_counter() + seconds
-    round_index = 0
-    while time.perf_counter() < deadline or round_index < 3:
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            sync()
-            start = time.perf_counter()
-            runners[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-        round_index += 1
-    return times
 
 
 def compare_onnx_speed(
