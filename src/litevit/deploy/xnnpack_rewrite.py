@@ -135,19 +135,24 @@ def _matmul(graph: fx.Graph, node: fx.Node) -> bool:
 
 def _strided_slice(graph: fx.Graph, node: fx.Node) -> bool:
     x, dim, start, end, step = (list(node.args) + [0, None, None, 1][len(node.args) - 1 :])[:5]
-    if step == 1:
+    if step == 1 or not node.meta["val"].is_floating_point():  # avg_pool2d takes floating point only
         return False
     shape = _shape(x)
     dim %= len(shape)
-    start = 0 if start is None else start
-    if start != 0:
-        x = _call(graph, aten.slice.Tensor, x, dim, start, shape[dim])
+    size = shape[dim]
+    # Python's slice bounds: negative from the end, then clamped to the dim (end at most the dim, as INT64_MAX is)
+    start = 0 if start is None else min(max(start + size if start < 0 else start, 0), size)
+    end = size if end is None else min(max(end + size if end < 0 else end, start), size)
     length = _shape(node)[dim]
+    if length == 0:
+        return False
+    if (start, end) != (0, size):
+        x = _call(graph, aten.slice.Tensor, x, dim, start, end)
     outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
-    # the kept elements of dim are rows of a (1, outer, L, inner) image, pooled 1x1 with stride (step, 1)
-    grid = _call(graph, aten.reshape.default, x, [1, outer, shape[dim] - start, inner])
+    # the kept elements of dim are rows of a (1, outer, end - start, inner) image, pooled 1x1 with stride
+    # (step, 1): ceil((end - start) / step) rows, the slice's length
+    grid = _call(graph, aten.reshape.default, x, [1, outer, end - start, inner])
     pooled = _call(graph, aten.avg_pool2d.default, grid, [1, 1], [step, 1])
-    pooled = _call(graph, aten.slice.Tensor, pooled, 2, 0, length)  # an end short of the dim's
     _replace(node, _call(graph, aten.reshape.default, pooled, _shape(node)))
     return True
 
@@ -188,6 +193,9 @@ def _mean_4d(graph: fx.Graph, x: fx.Node, dims: list[int], out_shape: list[int])
 def _mean(graph: fx.Graph, node: fx.Node) -> bool:
     x, dims = node.args[0], node.args[1]
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if node.kwargs.get("dtype") is not None:  # a mean in another dtype: convert first, then the mean is in it
+        x = graph.call_function(aten._to_copy.default, (x,), {"dtype": node.kwargs["dtype"]})
+        x.meta["val"] = node.args[0].meta["val"].to(node.kwargs["dtype"])
     shape = _shape(x)
     dims = sorted(d % len(shape) for d in (dims if dims else range(len(shape))))
     if len(shape) == 4 and dims == [2, 3] and keepdim and shape[2] * shape[3] <= _LONGEST_REDUCTION:
@@ -201,7 +209,8 @@ def _unfold(graph: fx.Graph, node: fx.Node) -> bool:
     x, kernel, dilation, padding, stride = node.args
     channels = _shape(x)[1]
     kh, kw = kernel
-    eye = torch.eye(kh * kw).reshape(kh * kw, 1, kh, kw).repeat(channels, 1, 1, 1)  # C*k*k, 1, kh, kw
+    eye = torch.eye(kh * kw, dtype=x.meta["val"].dtype)  # in the graph's dtype: conv2d takes one dtype
+    eye = eye.reshape(kh * kw, 1, kh, kw).repeat(channels, 1, 1, 1)  # C*k*k, 1, kh, kw
     name = f"_unfold_kernel_{node.name}"
     graph.owning_module.register_buffer(name, eye)
     weight = graph.get_attr(name)
@@ -316,13 +325,12 @@ def _identity(graph: fx.Graph, node: fx.Node) -> bool:
 def _softmax(graph: fx.Graph, node: fx.Node) -> bool:
     """Softmax of a 4D map over its last dim, on a 2D view: XNNPACK's channels-last 4D softmax took the wrong dim."""
     x, dim = node.args[0], node.args[1]
+    dtype = node.args[2] if len(node.args) > 2 else node.kwargs.get("dtype")  # softmax computed in, and giving, dtype
     shape = _shape(x)
-    if len(shape) != 4:
-        return False
-    if dim % 4 != 3:
+    if len(shape) != 4 or dim % 4 != 3:
         return False
     flat = _call(graph, aten.reshape.default, x, [-1, shape[-1]])
-    _replace(node, _call(graph, aten.reshape.default, _call(graph, aten.softmax.int, flat, -1), shape))
+    _replace(node, _call(graph, aten.reshape.default, _call(graph, aten.softmax.int, flat, -1, dtype), shape))
     return True
 
 
