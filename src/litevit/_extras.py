@@ -3,6 +3,7 @@
 :func:`require` imports an optional dependency or raises one line naming the ``litevit[extra]`` that installs it.
 :func:`cpu_isa` reads the vector and matrix instruction sets the CPU reports (``/proc/cpuinfo``), so that code
 paths are chosen by what the running CPU has, never by the machine that wrote the code.
+:func:`printable` escapes the control characters of text from outside before it is printed or logged.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import platform
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,19 @@ def require(module: str, purpose: str) -> Any:
     except ImportError:
         extra = _EXTRAS.get(module.split(".")[0], module)
         raise MissingExtraError(f"{purpose} needs {module}: pip install 'litevit[{extra}]'") from None
+
+
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls, format (bidi overrides), surrogates, breaks
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print or log on one terminal line: control and format characters are shown as Python escapes.
+
+    For any text that came from outside (a server's reason phrase, archive member names, class names read from a
+    file): printed raw, an escape sequence could move the cursor, recolour or erase the terminal, a newline or a
+    bidirectional override could fake another message. ESC becomes ``\\x1b``, a newline ``\\n``, U+202E
+    ``\\u202e``; letters of every script, spaces and backslashes are kept as they are.
+    """
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text
+    )

@@ -72,12 +72,18 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .weights.hub import fetch
+    from ._extras import printable
+    from .weights.hub import DownloadError, fetch
     from .weights.records import get_weights, split_name
 
     for name in args.names:
         weights = get_weights(*split_name(name))
-        print(f"{weights.name}: {fetch(weights, progress=not args.no_progress)}")
+        try:
+            path = fetch(weights, progress=not args.no_progress)
+        except DownloadError as exc:  # one line, whatever the server sent
+            print(f"litevit download: error: {printable(str(exc))}", file=sys.stderr)
+            return 2
+        print(f"{weights.name}: {path}")
     return 0
 
 

@@ -46,6 +46,9 @@ class ModelInfo:
     data: DataConfig  # preprocessing the weights expect
     weights: str | None = None  # "variant.tag", a file path, "<state dict>", or None for random weights
     taken: str | None = None  # which weights of the file were loaded
+    # published weights: True when checked against a published hash, False when only against the sha256 recorded at
+    # their first download (trust on first use: nothing published to verify them against); None for other sources
+    weights_verified: bool | None = None
 
 
 def model_info(model: nn.Module) -> ModelInfo:
@@ -267,6 +270,7 @@ def create_model(
         data,
         source,
         ckpt.taken if ckpt is not None else None,
+        hub.verified(record) if record is not None else None,
     )
     if ckpt is not None:
         log.info("loaded %s into %s (%s)", source, variant.name, ckpt.taken)

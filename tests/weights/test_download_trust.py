@@ -1,0 +1,178 @@
+"""Files without a published hash (every family but LeViT): a WARNING says so once, the sha256 of the first
+download is recorded beside it, and a later file that differs is refused (trust on first use). Also: stale
+``.part`` files are removed, and two downloads of one file at once do not corrupt each other. Nothing leaves
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loopback import (
+    HTML,
+    NAMES,
+    UNHASHED,
+    Mirror,
+    body,
+    cached_files,
+    checkpoint,
+    download_error,
+    paced,
+    publish,
+    release,
+    serve,
+)
+
+from litevit import cli
+from litevit.weights import hub
+from litevit.weights import records as weights
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mirror]:
+    yield from serve(tmp_path, monkeypatch)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == hub.__name__ and r.levelno == logging.WARNING]
+
+
+def test_every_family_but_levit_is_unverified() -> None:
+    assert set(NAMES) - set(UNHASHED) == {"levit_128s"}
+    assert all(not hub.verified(weights.get_weights(n)) for n in UNHASHED)
+    assert hub.verified(weights.get_weights("levit_128s"))
+
+
+@pytest.mark.parametrize("name", UNHASHED)
+def test_an_unverified_download_warns_once_and_records_its_sha256(
+    name: str, mirror: Mirror, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = release(name, checkpoint())
+    record = weights.get_weights(name)
+    path = mirror.route(record.url, body(served))
+    with caplog.at_level(logging.WARNING):
+        hub.fetch(record, progress=False)
+        hub.fetch(record, progress=False)
+    digest = hashlib.sha256(served).hexdigest()
+    cached = hub.cached_path(record.url)
+    assert hub.recorded_hash_path(cached).read_text() == f"{digest}  {cached.name}\n"  # sha256sum -c reads it
+    (message,) = _warnings(caplog)
+    assert "has no published hash, so litevit cannot verify it" in message and digest in message
+    assert mirror.requests == [path]
+
+
+def test_a_levit_download_is_verified_without_a_warning(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = checkpoint()
+    record = publish("levit_128s", served, monkeypatch)
+    mirror.route(record.url, body(served))
+    with caplog.at_level(logging.WARNING):
+        hub.fetch(record, progress=False)
+    assert _warnings(caplog) == []
+    assert cached_files() == [hub.cached_path(record.url)]  # no sha256 record: the published hash is the check
+
+
+@pytest.mark.parametrize("name", UNHASHED)
+def test_a_later_download_that_differs_from_the_first_is_refused(
+    name: str, mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = weights.get_weights(name)
+    first, other = release(name, checkpoint(seed=0)), release(name, checkpoint(seed=1))
+    mirror.route(record.url, body(first))
+    assert cli.main(["download", name, "--no-progress"]) == 0
+    cached = hub.cached_path(record.url)
+    for path in cached_files():
+        if path != hub.recorded_hash_path(cached):
+            path.unlink()  # the checkpoint (and an archive's extracted member) lost; the record stays
+    mirror.route(record.url, body(other))
+    line = download_error(capsys, name)
+    new, old = hashlib.sha256(other).hexdigest(), hashlib.sha256(first).hexdigest()
+    assert f"has sha256 {new}, but {old} was recorded when {record.name} was first downloaded" in line
+    assert cached_files() == [hub.recorded_hash_path(cached)]
+    mirror.route(record.url, body(first))  # the file first seen is accepted again
+    assert cli.main(["download", name, "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("name", UNHASHED)
+def test_a_cached_file_that_changed_is_refused(name: str, mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> None:
+    record = weights.get_weights(name)
+    mirror.route(record.url, body(release(name, checkpoint(seed=0))))
+    assert cli.main(["download", name, "--no-progress"]) == 0
+    cached = hub.cached_path(record.url)
+    cached.write_bytes(release(name, checkpoint(seed=2)))
+    line = download_error(capsys, name)
+    assert f"the cached file {cached} has sha256" in line and "it changed since; delete both" in line
+
+
+def test_a_file_placed_by_hand_is_trusted_on_first_use(mirror: Mirror, caplog: pytest.LogCaptureFixture) -> None:
+    record = weights.get_weights("t2t_vit_7")
+    cached = hub.cached_path(record.url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(checkpoint())
+    with caplog.at_level(logging.WARNING):
+        assert hub.fetch(record, progress=False) == cached
+    (message,) = _warnings(caplog)
+    assert "was placed by hand and has no published hash" in message
+    assert hub.recorded_hash_path(cached).read_text().split()[0] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert mirror.requests == []
+
+
+def test_an_html_page_placed_by_hand_is_refused_not_trusted(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> None:
+    record = weights.get_weights("mobilevit_xxs")
+    cached = hub.cached_path(record.url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(HTML)
+    line = download_error(capsys, "mobilevit_xxs")
+    assert f"the cached file {cached} is an HTML page" in line
+    assert not hub.recorded_hash_path(cached).exists()
+
+
+@pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv3_xxs"])
+def test_stale_part_files_are_removed(name: str, mirror: Mirror) -> None:
+    record = weights.get_weights(name)
+    served = release(name, checkpoint())
+    mirror.route(record.url, body(served))
+    cached = hub.cached_path(record.url)
+    cached.parent.mkdir(parents=True)
+    stale = [cached.with_name(f".{cached.name}.{tag}.part") for tag in ("k1ll3d_0", "sha256.x9_zq2ab")]
+    if record.archive_member is not None:
+        extracted = cached.with_name(cached.name + ".d")
+        extracted.mkdir()
+        stale.append(extracted / ".checkpoint_ema_best.pt.abcdefgh.part")
+    other = cached.with_name(".another.pth.abcdefgh.part")  # another file's download: not this one's to remove
+    for path in [*stale, other]:
+        path.write_bytes(b"half a file")
+    hub.fetch(record, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert other.exists()
+    assert cached.read_bytes() == served
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv3_xxs"])
+def test_two_downloads_at_once_do_not_corrupt_each_other(name: str, mirror: Mirror) -> None:
+    record = weights.get_weights(name)
+    served = release(name, checkpoint(256 << 10))
+    path = mirror.route(record.url, paced(served, 16 << 10, 0.02, mirror.stop))  # ~0.3 s: the two overlap
+    results: list[Path | BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(hub.fetch(record, progress=False))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2 and results[0] == results[1] and isinstance(results[0], Path), results
+    assert mirror.requests == [path]  # the second waited for the first, then used its file
+    assert hub.cached_path(record.url).read_bytes() == served
+    assert not list(hub.cache_dir().rglob("*.part"))
