@@ -7,7 +7,9 @@ predictions skip off macOS.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from litevit import cli
 from litevit._extras import MissingExtraError, require
 from litevit.deploy.coreml import COREML_PREDICTION_SKIP, coreml_available
 from litevit.deploy.export import export
+from litevit.deploy.metadata import MetadataError
 from litevit.deploy.parity import RTOL
 from litevit.deploy.runtime import ExportedModel
 from litevit.deploy.xnnpack_rewrite import rewrite_for_xnnpack
@@ -190,15 +193,44 @@ def test_pte_matches_pytorch_every_variant(name: str, tmp_path: Path) -> None:
     _check_pte(name, tmp_path)
 
 
-def test_cli_pte_reports_delegation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def levit_pte(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """LeViT-128S exported to .pte through the CLI with --check, and what the CLI printed."""
     pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'litevit[executorch]'")
-    path = tmp_path / "m.pte"
-    assert cli.main(["export", "levit_128s", "--out", str(path), "--check"]) == 0  # --check fails above RTOL
-    printed = capsys.readouterr().out
+    path = tmp_path_factory.mktemp("pte") / "m.pte"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["export", "levit_128s", "--out", str(path), "--check"]) == 0  # --check fails above RTOL
+    return path, printed.getvalue()
+
+
+def test_cli_pte_reports_delegation(levit_pte: tuple[Path, str]) -> None:
+    path, printed = levit_pte
     assert "executorch fp32, batch 1" in printed and "XNNPACK runs" in printed and "(passed)" in printed
     share = float(printed.split("XNNPACK runs ")[1].split("%")[0]) / 100
     assert share >= MIN_SHARE, printed
     assert ExportedModel(path).metadata.variant == "levit_128s"
+
+
+# the metadata JSON lies in the .pte as the bytes of a constant: edits of the same length keep the file readable
+PTE_TAMPERED = {
+    "missing_field": (b'"variant": ', b'"varianX": ', "'variant' is missing"),
+    "mistyped_field": (b'"num_classes": 1000', b'"num_classes": 1e03', "'num_classes': expected int, got 1000.0"),
+    "class_count_not_the_graphs": (b'"num_classes": 1000', b'"num_classes": 1001', "'num_classes' is 1001 but"),
+    "img_size_not_the_graphs": (b'"img_size": [224, 224]', b'"img_size": [224, 225]', "'img_size' is [224, 225]"),
+    "batch_not_the_graphs": (b'"batch": 1', b'"batch": 2', "'batch' is 2 but the graph takes batch 1"),
+}
+
+
+def test_tampered_pte_is_refused_naming_the_field(levit_pte: tuple[Path, str], tmp_path: Path) -> None:
+    data = levit_pte[0].read_bytes()
+    for case, (old, new, phrase) in PTE_TAMPERED.items():
+        assert data.count(old) == 1, case
+        path = tmp_path / f"{case}.pte"
+        path.write_bytes(data.replace(old, new))
+        with pytest.raises(MetadataError) as info:
+            ExportedModel(path)
+        assert phrase in str(info.value) and "\n" not in str(info.value), (case, str(info.value))
 
 
 def _check_coreml(name: str, folder: Path) -> None:

@@ -115,8 +115,11 @@ def set_threads(threads: int) -> None:
     lib._unsafe_reset_threadpool(threads)
 
 
-def pte_runner(path: str | os.PathLike, threads: int | None = None) -> tuple[str, Callable[[torch.Tensor], Any]]:
-    """The metadata JSON of a litevit ``.pte`` and a function running its ``forward`` in ExecuTorch's runtime."""
+def pte_runner(
+    path: str | os.PathLike, threads: int | None = None
+) -> tuple[str, Callable[[torch.Tensor], Any], tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """The metadata JSON of a litevit ``.pte``, a function running its ``forward`` in ExecuTorch's runtime, and the
+    shapes of its input and outputs (a ``.pte`` is planned for fixed shapes)."""
     runtime = require("executorch.runtime", "running a .pte").Runtime.get()
     if threads is not None:
         set_threads(threads)
@@ -125,9 +128,14 @@ def pte_runner(path: str | os.PathLike, threads: int | None = None) -> tuple[str
         raise ValueError(f"{path} was not exported by litevit (no {_META_METHOD!r} method)")
     meta = program.load_method(_META_METHOD).execute([])[0]
     forward = program.load_method("forward")
+    plan = forward.metadata
+    shapes = (
+        tuple(plan.input_tensor_meta(0).sizes()),
+        [tuple(plan.output_tensor_meta(i).sizes()) for i in range(plan.num_outputs())],
+    )
 
     def run(x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         outputs = forward.execute([x])
         return outputs[0] if len(outputs) == 1 else list(outputs)
 
-    return bytes(meta.tolist()).decode(), run
+    return bytes(meta.tolist()).decode(errors="replace"), run, shapes  # tampered bytes fail as JSON, named

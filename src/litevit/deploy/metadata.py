@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..data import eval_transform
 from ..registry import DataConfig
 
 FORMATS = ("onnx", "torchscript", "pt2", "openvino", "executorch", "coreml")
@@ -48,13 +53,118 @@ class ExportMetadata:
 
     @classmethod
     def from_json(cls, text: str) -> ExportMetadata:
-        raw = json.loads(text)
-        data = raw.pop("data")
-        data = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        raw["img_size"] = tuple(raw["img_size"])
-        if raw.get("class_names") is not None:
-            raw["class_names"] = tuple(raw["class_names"])
-        return cls(data=data, **raw)
+        """The metadata in ``text``; :class:`MetadataError` naming the first field that is missing, of the wrong
+        type or out of range (a file's metadata is read as untrusted input)."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise MetadataError(f"litevit metadata is not valid JSON ({type(exc).__name__})") from None
+        meta = _read_dataclass(cls, raw, "")
+        _check_values(meta)
+        return meta
+
+
+class MetadataError(ValueError):
+    """Exported-file metadata that is missing, mistyped, out of range or contradicts the graph; names the field."""
+
+
+class _Mismatch(Exception):
+    """A JSON value that is not of the expected type."""
+
+
+def _read_dataclass(cls: type, raw: Any, prefix: str) -> Any:
+    """``cls`` from a JSON object: every field typed by ``cls``'s annotations, lists read as tuples.
+
+    At the top level a field with a default may be absent (files written before it was added); a nested record
+    (``data``) is always written whole, so each of its fields is required.
+    """
+    if not isinstance(raw, dict):
+        raise MetadataError(
+            f"litevit metadata {prefix.rstrip('.') or 'root'}: expected a JSON object, got {_short(raw)}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in fields.items():
+        required = prefix or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if required and name not in raw:
+            raise MetadataError(f"litevit metadata field {prefix + name!r} is missing")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise MetadataError(f"litevit metadata field {prefix + unknown[0]!r} is unknown (written by a newer litevit?)")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name in [n for n in fields if n in raw]:  # in field order: the first bad field is reported
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _read_dataclass(hints[name], raw[name], f"{prefix}{name}.")
+            continue
+        try:
+            values[name] = _typed(raw[name], hints[name])
+        except _Mismatch:
+            hint = hints[name]
+            expected = hint.__name__ if isinstance(hint, type) else str(hint)  # int, or list[int, int] as JSON has
+            expected = expected.replace("tuple[", "list[").replace("NoneType", "None").replace("None", "null")
+            raise MetadataError(
+                f"litevit metadata field {prefix + name!r}: expected {expected}, got {_short(raw[name])}"
+            ) from None
+    return cls(**values)
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` (int, float, str, None, unions and tuples of those), or :class:`_Mismatch`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        for arm in args:
+            try:
+                return _typed(value, arm)
+            except _Mismatch:
+                pass
+    elif origin is tuple and isinstance(value, list):
+        if args[-1] is Ellipsis:
+            return tuple(_typed(v, args[0]) for v in value)
+        if len(value) == len(args):
+            return tuple(_typed(v, a) for v, a in zip(value, args, strict=True))
+    elif hint is type(None) and value is None:
+        return None
+    elif hint is str and isinstance(value, str):
+        return value
+    elif hint in (int, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        if hint is float and math.isfinite(value):
+            return float(value)
+        if hint is int and isinstance(value, int):
+            return value
+    raise _Mismatch
+
+
+def _check_values(meta: ExportMetadata) -> None:
+    """Ranges and agreement between fields, each failure naming its field."""
+
+    def bad(name: str, expected: str, got: str) -> MetadataError:
+        return MetadataError(f"litevit metadata field {name!r}: expected {expected}, got {got}")
+
+    if meta.format not in FORMATS:
+        raise bad("format", f"one of {', '.join(FORMATS)}", _short(meta.format))
+    if min(meta.img_size) < 1:
+        raise bad("img_size", "[height, width] of positive integers", _short(meta.img_size))
+    if meta.num_classes < 0:
+        raise bad("num_classes", "an integer >= 0 (0: features or pooled embeddings)", _short(meta.num_classes))
+    if meta.batch != "dynamic" and not (isinstance(meta.batch, int) and meta.batch >= 1):
+        raise bad("batch", "'dynamic' or a positive integer", _short(meta.batch))
+    if meta.class_names is not None and len(meta.class_names) != meta.num_classes:
+        raise bad("class_names", f"{meta.num_classes} names (num_classes)", f"{len(meta.class_names)} names")
+    data = meta.data
+    if data.img_size < 1:
+        raise bad("data.img_size", "a positive integer", _short(data.img_size))
+    if min(data.std) <= 0:
+        raise bad("data.std", "three positive numbers", _short(data.std))
+    try:  # the preprocessing's own checks: interpolation, channel order, crop_pct range
+        eval_transform(data, 32)
+    except ValueError as exc:
+        raise MetadataError(f"litevit metadata field 'data': {exc}") from None
+
+
+def _short(value: Any) -> str:
+    """``value`` as JSON, cut to 60 characters (a tampered field may be long)."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def format_from(path: Path, format: str | None) -> str:

@@ -1,19 +1,28 @@
-"""Exported files loaded for inference: every format :func:`litevit.deploy.export.export` writes, with its metadata."""
+"""Exported files loaded for inference: every format :func:`litevit.deploy.export.export` writes, with its metadata.
+
+A file's metadata is read as untrusted input: every field is checked (:meth:`ExportMetadata.from_json`), and against
+the graph where the format states its shapes (input size, batch, class count); a file that disagrees with itself is
+a :class:`MetadataError` naming the field.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .._extras import require
 from .coreml import coreml_runner
 from .executorch import pte_runner
-from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, format_from
+from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, MetadataError, format_from
 from .onnx import ort_session, run_onnx
 from .openvino import openvino_runner
+
+Shape = tuple[int | None, ...]  # a graph's tensor shape, None for a dynamic dim
 
 
 class ExportedModel:
@@ -25,35 +34,52 @@ class ExportedModel:
             raise FileNotFoundError(f"exported model not found: {self.path}")
         self.format = format_from(self.path, None)
         self._run: Callable[[torch.Tensor], torch.Tensor]
+        graph: tuple[Shape, list[Shape]] | None = None  # (input, outputs) as the file states them; None: unstated
         if self.format == "openvino":
             meta_json, self._run = openvino_runner(self.path, threads)
-            self.metadata = ExportMetadata.from_json(meta_json)
-            return
-        if self.format in FIXED_BATCH_FORMATS:
-            runner = pte_runner(self.path, threads) if self.format == "executorch" else coreml_runner(self.path)
-            meta_json, self._run = runner
-            self.metadata = ExportMetadata.from_json(meta_json)
-            return
-        if self.format == "onnx":
+            graph = _openvino_shapes(self.path)
+        elif self.format in FIXED_BATCH_FORMATS:
+            if self.format == "executorch":
+                meta_json, self._run, graph = pte_runner(self.path, threads)
+            else:
+                meta_json, self._run = coreml_runner(self.path)
+        elif self.format == "onnx":
             session = ort_session(self.path, threads)
             props = session.get_modelmeta().custom_metadata_map
             if META_KEY not in props:
                 raise ValueError(f"{self.path} was not exported by litevit (no {META_KEY!r} metadata)")
-            self.metadata = ExportMetadata.from_json(props[META_KEY])
+            meta_json = props[META_KEY]
+            graph = _dims(session.get_inputs()[0].shape), [_dims(o.shape) for o in session.get_outputs()]
             self._run = lambda x: run_onnx(session, x)
-            return
+        else:
+            meta_json, self._run, graph = self._load_torch()
+        try:
+            self.metadata = ExportMetadata.from_json(meta_json)
+            if self.metadata.format != self.format:
+                raise MetadataError(
+                    f"litevit metadata field 'format' is {self.metadata.format!r} but the file is {self.format}"
+                )
+            if graph is not None:
+                check_graph(self.metadata, *graph)
+        except MetadataError as exc:
+            raise MetadataError(f"{self.path}: {exc}") from None
+
+    def _load_torch(self) -> tuple[str, Callable[[torch.Tensor], torch.Tensor], tuple[Shape, list[Shape]] | None]:
+        """A TorchScript or pt2 file's metadata JSON, module and (pt2 only) graph shapes."""
         extra = {META_KEY: ""}
+        graph = None
         if self.format == "torchscript":
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=FutureWarning)
                 module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
         else:
-            module = torch.export.load(str(self.path), extra_files=extra).module()
+            program = torch.export.load(str(self.path), extra_files=extra)
+            graph = _program_shapes(program)
+            module = program.module()
         if not extra[META_KEY]:
             raise ValueError(f"{self.path} was not exported by litevit (no {META_KEY!r} extra file)")
         meta = extra[META_KEY]
-        self.metadata = ExportMetadata.from_json(meta.decode() if isinstance(meta, bytes) else meta)
-        self._run = module
+        return meta.decode() if isinstance(meta, bytes) else meta, module, graph
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         meta = self.metadata
@@ -62,4 +88,56 @@ class ExportedModel:
         if meta.batch != "dynamic" and x.shape[0] != meta.batch:
             raise ValueError(f"{self.path.name} was exported for batch {meta.batch}; got {x.shape[0]}")
         with torch.inference_mode():
-            return self._run(x.float().contiguous())
+            out = self._run(x.float().contiguous())
+        # formats that state no output shape (TorchScript, Core ML) are checked on their first output
+        if meta.num_classes and not (isinstance(out, torch.Tensor) and out.shape[-1] == meta.num_classes):
+            got = f"{out.shape[-1]} classes" if isinstance(out, torch.Tensor) else f"{len(out)} outputs"
+            raise MetadataError(
+                f"{self.path}: litevit metadata field 'num_classes' is {meta.num_classes} but the graph gives {got}"
+            )
+        return out
+
+
+def check_graph(meta: ExportMetadata, inputs: Shape, outputs: Sequence[Shape]) -> None:
+    """Raise :class:`MetadataError` naming the metadata field that contradicts the graph's input or output shapes."""
+    if len(inputs) != 4:
+        raise MetadataError(f"the graph's input has shape {list(inputs)}, not B, C, H, W")
+    if any(g is not None and g != m for g, m in zip(inputs[2:], meta.img_size, strict=True)):
+        raise MetadataError(
+            f"litevit metadata field 'img_size' is {list(meta.img_size)} but the graph takes {list(inputs[2:])}"
+        )
+    if inputs[0] is not None and meta.batch != inputs[0]:
+        raise MetadataError(f"litevit metadata field 'batch' is {meta.batch!r} but the graph takes batch {inputs[0]}")
+    if meta.num_classes:
+        if len(outputs) != 1:
+            raise MetadataError(
+                f"litevit metadata field 'num_classes' is {meta.num_classes} but the graph has {len(outputs)} outputs"
+            )
+        last = outputs[0][-1] if outputs[0] else None
+        if last is not None and last != meta.num_classes:
+            raise MetadataError(
+                f"litevit metadata field 'num_classes' is {meta.num_classes} but the graph gives {last} classes"
+            )
+
+
+def _dims(shape: Sequence[Any]) -> Shape:
+    """A shape with named or symbolic dims as None."""
+    return tuple(d if isinstance(d, int) else None for d in shape)
+
+
+def _openvino_shapes(path: Path) -> tuple[Shape, list[Shape]]:
+    model = require("openvino", f"running {path.name}").Core().read_model(str(path))
+
+    def shape(port: Any) -> Shape:
+        partial = port.get_partial_shape()
+        return tuple(d.get_length() if d.is_static else None for d in partial) if partial.rank.is_static else ()
+
+    return shape(model.inputs[0]), [shape(port) for port in model.outputs]
+
+
+def _program_shapes(program: torch.export.ExportedProgram) -> tuple[Shape, list[Shape]]:
+    """The user input's and outputs' shapes of a ``torch.export`` program (symbolic dims as None)."""
+    nodes = {node.name: node for node in program.graph.nodes}
+    first = nodes[program.graph_signature.user_inputs[0]]
+    outputs = [nodes[name] for name in program.graph_signature.user_outputs if name in nodes]
+    return _dims(first.meta["val"].shape), [_dims(node.meta["val"].shape) for node in outputs]
