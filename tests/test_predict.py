@@ -274,3 +274,74 @@ def test_eval_maps_imagenet_synset_folders_to_imagenet_classes(
     assert result.count == 9 and result.loss == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     with pytest.raises(ValueError, match="not ImageNet-1k classes"):
         folder_targets(["n00000001"], imagenet_classes(), 1000)
+
+
+# ------------------------------------------------------------------------------- text from files reaches the terminal
+
+# clear the screen and recolour, fake a line, reverse the text direction
+HOSTILE = ["\x1b[2J\x1b[31mcat", "dog\nlitevit predict: error: fake", "eel\u202egpj.exe"]
+
+
+def _raw_control(text: str) -> list[str]:
+    """The control and bidirectional-format characters in ``text`` other than the newlines ending lines."""
+    import unicodedata
+
+    return [c for c in text.replace("\n", "") if unicodedata.category(c) in ("Cc", "Cf")]
+
+
+def test_class_names_from_a_checkpoint_are_printed_escaped(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from litevit.training.checkpoint import export_safetensors
+
+    model = litevit.create_model(NAME, num_classes=3)
+    path = tmp_path / "best.safetensors"
+    export_safetensors(path, model.state_dict(), NAME, {"num_classes": 3, "classes": HOSTILE}, model.model_info.data)
+    assert main(["predict", str(path), "--topk", "3", str(files["png0"])]) == 0
+    out = capsys.readouterr().out
+    assert not _raw_control(out), out
+    assert "\\x1b[2J\\x1b[31mcat" in out and "dog\\nlitevit predict" in out and "eel\\u202egpj.exe" in out
+    assert len(out.splitlines()) == 4  # the path and three classes: no line faked by a name
+
+
+def test_class_names_from_an_exported_file_are_printed_escaped(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import onnx
+
+    from litevit.deploy.metadata import META_KEY
+
+    proto = onnx.load(str(files["onnx"]))
+    for prop in proto.metadata_props:
+        if prop.key == META_KEY:
+            meta = json.loads(prop.value)
+            meta["class_names"] = [HOSTILE[i % 3] + str(i) for i in range(meta["num_classes"])]
+            prop.value = json.dumps(meta)
+    path = tmp_path / "hostile.onnx"
+    onnx.save(proto, str(path))
+    assert main(["predict", str(path), "--topk", "5", str(files["png0"])]) == 0
+    out = capsys.readouterr().out
+    assert not _raw_control(out) and len(out.splitlines()) == 6 and "\\x1b[2J" in out, out
+
+
+def test_file_names_in_errors_and_warnings_are_escaped(
+    folder: Path,
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(folder, hostile)
+    (hostile / "dog" / "\x1b[2Jbad.jpg").write_bytes(files["jpg0"].read_bytes()[:200])  # unreadable: skipped, logged
+    base = ["--checkpoint", str(files["ckpt"]), "--batch-size", "4", "--workers", "0", "--no-progress"]
+    assert main(["eval", NAME, "--data", str(hostile), *base]) == 0
+    assert "\\x1b[2Jbad.jpg" in caplog.text and not _raw_control(caplog.text), caplog.text
+    missing = tmp_path / "\x1b]0;title\x07.onnx"
+    assert main(["predict", str(missing), str(files["png0"])]) == 2
+    err = capsys.readouterr().err
+    assert "\\x1b]0;title\\x07.onnx" in err and not _raw_control(err), err

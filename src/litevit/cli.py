@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ._extras import MissingExtraError
+from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
 from .flops import count_params
 from .registry import get_variant, list_models
@@ -268,13 +268,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = _load(args, _img_size(args.img_size))
     failed = 0
     for result in iter_predictions(model, args.images, topk=args.topk, batch_size=args.batch_size):
+        # paths and class names come from files (folder names, checkpoint and exported metadata): escaped, an
+        # escape sequence in a class name must not reach the terminal
         if result.error is not None:
-            print(f"litevit predict: error: {result.error}", file=sys.stderr)
+            print(f"litevit predict: error: {printable(result.error)}", file=sys.stderr)
             failed += 1
             continue
-        print(result.path)
+        print(printable(result.path))
         for index, name, prob in result.topk:
-            print(f"  {prob:7.2%}  {name} ({index})")
+            print(f"  {prob:7.2%}  {printable(name)} ({index})")
     return 1 if failed else 0
 
 
@@ -300,7 +302,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     skipped = f", {result.skipped} unreadable skipped" if result.skipped else ""
     print(
-        f"{args.model}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
+        f"{printable(args.model)}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
         f"({result.count} images, {result.num_classes} classes{skipped})"
     )
     return 0
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, MissingExtraError) as exc:
-        print(f"litevit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"litevit {args.command}: error: {printable(str(exc))}", file=sys.stderr)  # may quote a file's text
         return 2
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._extras import printable
 from .data import ImageLoadError, default_workers, eval_transform, image_folder, imagenet_synsets, load_image
 from .deploy.metadata import SUFFIXES
 from .deploy.runtime import ExportedModel
@@ -176,7 +177,7 @@ class _Readable(Dataset):
         try:
             return self.transform(load_image(path)), target
         except ImageLoadError as exc:
-            log.warning("skipped: %s", exc)
+            log.warning("skipped: %s", printable(str(exc)))  # the path holds folder and file names from disk
             return None, target
 
 
