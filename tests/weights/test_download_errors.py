@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -179,6 +178,7 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_the_path(
             denied = OSError(errno.EROFS, os.strerror(errno.EROFS), str(home))
             monkeypatch.setattr(download.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(denied))
     else:  # a full disk, as a file size limit: writes fail part-way with EFBIG, as with ENOSPC
+        resource = pytest.importorskip("resource")
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, limit[1]))
     try:

@@ -6,9 +6,15 @@ download is recorded beside it, and a later file that differs is refused (trust 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +35,7 @@ from loopback import (
 )
 
 from litevit import cli
-from litevit.weights import hub
+from litevit.weights import download, hub
 from litevit.weights import records as weights
 
 
@@ -123,6 +129,22 @@ def test_a_file_placed_by_hand_is_trusted_on_first_use(mirror: Mirror, caplog: p
     assert mirror.requests == []
 
 
+def test_a_read_only_cache_filled_by_hand_still_loads(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = weights.get_weights("mobilevitv2_050")
+    cached = hub.cached_path(record.url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(checkpoint())
+    denied = OSError(errno.EROFS, os.strerror(errno.EROFS), str(cached.parent))
+    monkeypatch.setattr(download.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(denied))  # as root, too
+    with caplog.at_level(logging.WARNING):
+        assert hub.fetch(record, progress=False) == cached
+    (message,) = _warnings(caplog)
+    assert "cannot be recorded: cannot write the litevit cache at" in message and "Read-only file system" in message
+    assert not hub.recorded_hash_path(cached).exists()
+
+
 def test_an_html_page_placed_by_hand_is_refused_not_trusted(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> None:
     record = weights.get_weights("mobilevit_xxs")
     cached = hub.cached_path(record.url)
@@ -176,3 +198,25 @@ def test_two_downloads_at_once_do_not_corrupt_each_other(name: str, mirror: Mirr
     assert mirror.requests == [path]  # the second waited for the first, then used its file
     assert hub.cached_path(record.url).read_bytes() == served
     assert not list(hub.cache_dir().rglob("*.part"))
+
+
+@pytest.mark.slow  # a second Python that imports torch: ~15 s on a busy 2-core machine
+def test_a_killed_download_leaves_a_part_file_that_the_next_one_removes(mirror: Mirror) -> None:
+    record = weights.get_weights("t2t_vit_7")
+    served = checkpoint(900 << 10)
+    mirror.route(record.url, paced(served, 16 << 10, 0.5, mirror.stop))  # 32 kB/s: a minute for the file
+    code = "from litevit.weights import hub, records; hub.fetch(records.get_weights('t2t_vit_7'), progress=False)"
+    child = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    cached = hub.cached_path(record.url)
+    try:
+        give_up = time.monotonic() + 60
+        while not list(cached.parent.glob("*.part")) and time.monotonic() < give_up and child.poll() is None:
+            time.sleep(0.1)
+        (part,) = cached.parent.glob("*.part")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert part.exists()
+    mirror.route(record.url, body(served))
+    assert hub.fetch(record, progress=False) == cached  # the dead process's lock went with it
+    assert not part.exists() and cached.read_bytes() == served

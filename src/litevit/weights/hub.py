@@ -218,9 +218,15 @@ def _verify_cached(weights: Weights, path: Path, bounds: Limits) -> str | None:
 
 
 def _trust(weights: Weights, path: Path, digest: str | None) -> None:
+    """Record the sha256 of a file placed by hand, if it has none yet; a read-only cache keeps working unrecorded."""
     if digest is None:
         return
-    _record(path, digest)
+    try:
+        _record(path, digest)
+    except CacheError as exc:
+        log.warning("%s: %s has no published hash and its sha256 %s cannot be recorded: %s", weights.name, path,
+                    digest, exc)  # fmt: skip
+        return
     log.warning(
         "%s: %s was placed by hand and has no published hash, so litevit cannot verify it; its sha256 %s is "
         "recorded in %s and a different file will be refused from now on",
