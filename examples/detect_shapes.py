@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.models.detection import FCOS
@@ -23,8 +24,11 @@ import shapes  # noqa: E402
 import litevit  # noqa: E402
 
 
-def build_detector(name: str, size: int, checkpoint: str | None = None, fpn_channels: int = 64) -> FCOS:
-    """FCOS over an FPN on the last three feature points of ``name`` (plus a pooled level)."""
+def build_detector(
+    name: str, size: int, checkpoint: str | None = None, fpn_channels: int = 64, score_thresh: float = 0.2
+) -> FCOS:
+    """FCOS over an FPN on the last three feature points of ``name`` (plus a pooled level); detections scoring
+    under ``score_thresh`` are dropped."""
     body = litevit.backbone(name, checkpoint=checkpoint, fpn_channels=fpn_channels)
     strides = body.body.feature_info.reduction()
     strides = [*strides, 2 * strides[-1]]
@@ -38,21 +42,21 @@ def build_detector(name: str, size: int, checkpoint: str | None = None, fpn_chan
         image_mean=[0.0, 0.0, 0.0],
         image_std=[1.0, 1.0, 1.0],
         anchor_generator=anchors,
-        score_thresh=0.2,
+        score_thresh=score_thresh,
         detections_per_img=20,
         topk_candidates=100,
     )
 
 
-def evaluate(model: FCOS, samples: list[shapes.Sample], batch_size: int = 16) -> float:
+def predict(model: FCOS, samples: list[shapes.Sample], batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
+    """The detector's boxes, scores and labels for each sample."""
     model.eval()
     predictions = []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             predictions += model([s.image for s in chunk])
-    targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
-    return shapes.mean_average_precision(predictions, targets, iou_threshold=0.5)
+    return predictions
 
 
 def run(
@@ -65,13 +69,15 @@ def run(
     lr: float = 2e-3,
     seed: int = 0,
     checkpoint: str | None = None,
-) -> dict[str, float]:
-    """Train and evaluate; returns ``{"map50": ..., "seconds": ...}``."""
+    score_thresh: float = 0.2,
+) -> dict[str, Any]:
+    """Train and evaluate; returns ``map50``, ``seconds``, and the held-out ``predictions`` and ``targets`` it was
+    computed from."""
     torch.manual_seed(seed)
     start = time.perf_counter()
     train = shapes.dataset(train_images, seed=seed, size=size)
     test = shapes.dataset(test_images, seed=seed + 10_000, size=size)  # held out: another random stream
-    model = build_detector(model_name, size, checkpoint)
+    model = build_detector(model_name, size, checkpoint, score_thresh=score_thresh)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 1), pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
@@ -85,11 +91,13 @@ def run(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         schedule.step()
-    map50 = evaluate(model, test)
-    return {"map50": map50, "seconds": time.perf_counter() - start}
+    predictions = predict(model, test)
+    targets = [{"boxes": s.boxes, "labels": s.labels} for s in test]
+    map50 = shapes.mean_average_precision(predictions, targets, iou_threshold=0.5)
+    return {"map50": map50, "seconds": time.perf_counter() - start, "predictions": predictions, "targets": targets}
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = shapes.run_arguments(__doc__.splitlines()[0], 400, argv)
     result = run(**args)
     print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,15 +48,15 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def evaluate(model: Segmenter, samples: list[shapes.Sample], batch_size: int = 32) -> float:
+def predict(model: Segmenter, samples: list[shapes.Sample], batch_size: int = 32) -> torch.Tensor:
+    """The predicted class of every pixel, ``N, H, W``."""
     model.eval()
-    predicted, truth = [], []
+    predicted = []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             predicted.append(model(torch.stack([s.image for s in chunk])).argmax(1))
-            truth.append(torch.stack([s.mask for s in chunk]))
-    return shapes.mean_iou(torch.cat(predicted), torch.cat(truth), len(shapes.CLASSES))
+    return torch.cat(predicted)
 
 
 def run(
@@ -68,8 +69,9 @@ def run(
     lr: float = 2e-3,
     seed: int = 0,
     checkpoint: str | None = None,
-) -> dict[str, float]:
-    """Train and evaluate; returns ``{"miou": ..., "seconds": ...}``."""
+) -> dict[str, Any]:
+    """Train and evaluate; returns ``miou``, ``seconds``, and the held-out ``predicted`` and ``truth`` masks
+    (``N, H, W``) it was computed from."""
     torch.manual_seed(seed)
     start = time.perf_counter()
     train = shapes.dataset(train_images, seed=seed, size=size)
@@ -87,11 +89,13 @@ def run(
         loss.backward()
         optimizer.step()
         schedule.step()
-    miou = evaluate(model, test)
-    return {"miou": miou, "seconds": time.perf_counter() - start}
+    predicted = predict(model, test)
+    truth = torch.stack([s.mask for s in test])
+    miou = shapes.mean_iou(predicted, truth, len(shapes.CLASSES))
+    return {"miou": miou, "seconds": time.perf_counter() - start, "predicted": predicted, "truth": truth}
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = shapes.run_arguments(__doc__.splitlines()[0], 300, argv)
     result = run(**args)
     print(

@@ -260,3 +260,56 @@ def test_imagenet_synsets_in_class_index_order() -> None:
         if not any(norm(name) in norm(lemma) or norm(lemma) in norm(name) for lemma in lemmas[w].split(","))
     ]
     assert not misses, misses[:5]
+
+
+# ------------------------------------------------------------------------------------------- links in an ImageFolder
+
+
+def _linked_folder(root: Path, outside: Path) -> None:
+    """cat/ and dog/ with links back up, to themselves, twice to one folder, to a file, and to a folder elsewhere."""
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            _photo(8, 8).save(root / cls / f"{i}.png")
+    (root / "cat" / "nested" / "deep").mkdir(parents=True)
+    _photo(8, 8).save(root / "cat" / "nested" / "deep" / "2.png")
+    outside.mkdir()
+    _photo(8, 8).save(outside / "3.png")
+    (root / "cat" / "up").symlink_to("..")  # the root: every class again, at every depth
+    (root / "cat" / "self").symlink_to(".")  # two loops in one folder: 2^depth paths for os.walk(followlinks)
+    (root / "cat" / "nested" / "deep" / "back").symlink_to("../..")  # a loop inside the class
+    (root / "cat" / "again").symlink_to("nested")  # one folder reached twice
+    (root / "cat" / "alias.png").symlink_to("0.png")  # one file reached twice
+    (root / "cat" / "dogs").symlink_to("../dog")  # another class
+    (root / "dog" / "elsewhere").symlink_to(outside)  # a folder on another disk: followed
+
+
+def test_image_folder_follows_links_without_loops_counting_each_file_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    _linked_folder(root, tmp_path / "outside")
+    dataset = image_folder(root)
+    got = [(str(Path(p).relative_to(root)), t) for p, t in dataset.samples]
+    # cat's nested image once (through "again" or "nested", whichever is walked first), its alias not at all
+    assert got == [
+        ("cat/0.png", 0), ("cat/1.png", 0), ("cat/again/deep/2.png", 0),
+        ("dog/0.png", 1), ("dog/1.png", 1), ("dog/elsewhere/3.png", 1),
+    ]  # fmt: skip
+    assert len({Path(p).resolve() for p, _ in dataset.samples}) == len(dataset.samples)
+    for link in ("cat/up", "cat/self", "cat/dogs", "cat/nested", "cat/again/deep/back"):
+        assert f"not entering {root / link}" in caplog.text, link
+
+
+def test_image_folder_refuses_one_file_in_two_classes(tmp_path: Path) -> None:
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        _photo(8, 8).save(tmp_path / cls / "0.png")
+    (tmp_path / "dog" / "stolen.png").symlink_to("../cat/0.png")
+    with pytest.raises(ValueError, match=r"dog/stolen\.png \(class 'dog'\) is the same file as .*cat/0\.png"):
+        image_folder(tmp_path)
+    (tmp_path / "dog" / "stolen.png").unlink()
+    (tmp_path / "cat" / "dogs").symlink_to("../dog")
+    (tmp_path / "dog" / "0.png").unlink()
+    with pytest.raises(ValueError, match="no image files in the class folders dog"):  # not filled from cat's link
+        image_folder(tmp_path)

@@ -345,3 +345,17 @@ def test_file_names_in_errors_and_warnings_are_escaped(
     assert main(["predict", str(missing), str(files["png0"])]) == 2
     err = capsys.readouterr().err
     assert "\\x1b]0;title\\x07.onnx" in err and not _raw_control(err), err
+
+
+def test_eval_counts_each_image_once_through_link_loops(folder: Path, files: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    looped = tmp_path / "looped"
+    shutil.copytree(folder, looped)
+    (looped / "cat" / "up").symlink_to("..")  # through one such link torchvision counted each image about 60 times
+    (looped / "dog" / "self").symlink_to(".")
+    model = load_classifier(NAME, files["ckpt"])
+    clean = evaluate(model, folder, batch_size=4, workers=0, progress=False)
+    result = evaluate(model, looped, batch_size=4, workers=0, progress=False)
+    assert result.count == clean.count == 9 and result.num_classes == 3
+    assert (result.top1, result.top5) == (clean.top1, clean.top5) and result.loss == pytest.approx(clean.loss)

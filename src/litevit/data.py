@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import has_file_allowed_extension
 from torchvision.transforms import InterpolationMode, v2
 
+from ._extras import printable
 from .layers import to_2tuple
 from .registry import DataConfig
 
 if TYPE_CHECKING:
     from PIL import Image
-    from torchvision.datasets import ImageFolder
+
+log = logging.getLogger(__name__)
 
 INTERPOLATIONS = {
     "nearest": InterpolationMode.NEAREST,
@@ -138,15 +144,102 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def image_folder(root: str | os.PathLike, transform: v2.Compose | None = None) -> ImageFolder:
-    """An ImageNet-style ``root/<class>/<image>`` dataset; a clear error when ``root`` is missing or empty."""
-    from torchvision.datasets import ImageFolder
+def _identity(path: str) -> tuple[int, int] | None:
+    """What a path is on disk, links followed: ``(device, inode)``; None when it cannot be read (a broken link)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
+
+def walk_classes(
+    root: str | os.PathLike, class_to_idx: dict[str, int], is_valid_file: Callable[[str], bool]
+) -> list[tuple[str, int]]:
+    """``(path, class index)`` of every file under ``root/<class>/`` that ``is_valid_file`` accepts, each file once.
+
+    Links are followed (datasets are often links to another disk), but a folder is entered once: a link back up
+    (``cat/up -> ..``), to the root or to another class is not followed, with a WARNING naming it. torchvision's
+    walk (``os.walk(followlinks=True)``) enters such a loop until the path is too long, counting each image hundreds
+    of times, and two links in one folder make that 2^depth paths (a hang). A file reached by two paths (links,
+    hard links) in one class is counted once; in two classes it has no single label: ValueError naming both paths.
+    """
+    root = str(root)
+    entered = {_identity(root)}
+    for name in class_to_idx:
+        identity = _identity(os.path.join(root, name))
+        if identity in entered:
+            raise ValueError(
+                f"class folder {printable(os.path.join(root, name))} is a link to the root or another class"
+            )
+        entered.add(identity)
+    owner: dict[tuple[int, int], tuple[str, str]] = {}  # file identity -> (class, first path)
+    samples = []
+    for name in sorted(class_to_idx, key=class_to_idx.__getitem__):
+        for folder, subfolders, files in os.walk(os.path.join(root, name), followlinks=True):
+            kept = []
+            for sub in sorted(subfolders):
+                identity = _identity(os.path.join(folder, sub))
+                if identity is None or identity in entered:
+                    log.warning(
+                        "not entering %s: a link to the root, a class or a folder walked already",
+                        printable(os.path.join(folder, sub)),
+                    )
+                    continue
+                entered.add(identity)
+                kept.append(sub)
+            subfolders[:] = kept  # os.walk descends into these only
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                if not is_valid_file(path):
+                    continue
+                identity = _identity(path)  # None: a broken link, kept so that loading reports it
+                if identity is not None and identity in owner:
+                    first_class, first = owner[identity]
+                    if first_class != name:
+                        raise ValueError(
+                            f"{printable(path)} (class '{printable(name)}') is the same file as {printable(first)} "
+                            f"(class '{printable(first_class)}'): one image cannot have two labels"
+                        )
+                    continue
+                if identity is not None:
+                    owner[identity] = (name, path)
+                samples.append((path, class_to_idx[name]))
+    return samples
+
+
+class LinkSafeImageFolder(ImageFolder):
+    """torchvision's ``ImageFolder`` with the file walk of :func:`walk_classes`: no loops, each file once."""
+
+    @staticmethod
+    def make_dataset(
+        directory: str | os.PathLike,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        if is_valid_file is None:
+
+            def is_valid_file(path: str) -> bool:
+                return has_file_allowed_extension(path, extensions or ())
+
+        samples = walk_classes(directory, class_to_idx, is_valid_file)
+        found = {target for _, target in samples}
+        empty = sorted(name for name, index in class_to_idx.items() if index not in found)
+        if empty and not allow_empty:  # torchvision's error, which image_folder turns into one line
+            raise FileNotFoundError(f"no image files in the class folders {', '.join(map(printable, empty[:5]))}")
+        return samples
+
+
+def image_folder(root: str | os.PathLike, transform: v2.Compose | None = None) -> ImageFolder:
+    """An ImageNet-style ``root/<class>/<image>`` dataset (:class:`LinkSafeImageFolder`); a clear error when ``root``
+    is missing or empty."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder not found: {root} (expected an ImageFolder: {root}/<class>/<image files>)")
     try:
-        return ImageFolder(str(root), transform=transform, loader=load_image)
+        return LinkSafeImageFolder(str(root), transform=transform, loader=load_image)
     except FileNotFoundError as exc:
         raise ValueError(f"{root} is not an ImageFolder (expected {root}/<class>/<image files>): {exc}") from None
 

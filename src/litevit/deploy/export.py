@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..layers import to_2tuple
-from ..models.features import FeatureExtractor, features_only
+from ..models.features import FeatureExtractor
 from ..registry import DataConfig
 from ..weights.loading import create_model, model_info
 from .coreml import COREML_PREDICTION_SKIP, coreml_available, save_coreml
@@ -71,9 +71,11 @@ def _resized(model: nn.Module, img_size: tuple[int, int]) -> nn.Module:
             "build it at the wanted size instead"
         )
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "img_size"}
-    if isinstance(model, FeatureExtractor):  # its state is a headless classifier's
-        rebuilt = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **{**fields, "num_classes": 0})
-        resized = features_only(rebuilt, model.out_indices)
+    if isinstance(model, FeatureExtractor):  # a pruned classifier's state: rebuilt as the same features model
+        state, indices = model.state_dict(), model.out_indices
+        resized = create_model(
+            name, img_size=img_size, checkpoint=state, features_only=True, out_indices=indices, **fields
+        )
     else:
         resized = create_model(name, img_size=img_size, checkpoint=model.state_dict(), **fields)
     resized.model_info = dataclasses.replace(model_info(model), img_size=img_size)

@@ -356,7 +356,7 @@ class EfficientViT(nn.Module):
         ``forward_features`` after the full network), or ``maps`` only when ``intermediates_only``. There is no
         final norm: ``norm`` changes nothing.
         """
-        take, last = take_indices(len(self.stages), indices)
+        take, last = take_indices(len(self.feature_info), indices, kept=len(self.stages))
         stages = self.stages[: last + 1] if stop_early else self.stages
         self._check_input(x)
         x = self.stem(x)
@@ -366,6 +366,18 @@ class EfficientViT(nn.Module):
             if i in take:
                 features.append(to_format(x, output_fmt))
         return features if intermediates_only else (x, features)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last feature point in ``indices`` and, with ``prune_head``, the classifier
+        (timm's API). Returns the feature points in ``indices``, counted from 0. There is no final norm:
+        ``prune_norm`` changes nothing."""
+        take, last = take_indices(len(self.feature_info), indices, kept=len(self.stages))
+        self.stages = self.stages[: last + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map of the last stage, ``B, C, H, W``."""

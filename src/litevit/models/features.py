@@ -3,9 +3,12 @@
 Every litevit model describes its feature points in ``model.feature_info`` (a list of dicts with ``num_chs``,
 ``reduction`` and ``module``, one per stage) and returns them from
 ``forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)`` with timm's semantics.
-:func:`features_only` turns a classifier (weights already loaded) into a module whose forward returns the chosen
-maps, ``B, C_i, H_i, W_i``, described by a :class:`FeatureInfo`; its ``state_dict`` is the classifier's without
-the head keys, and nothing else is dropped.
+``prune_intermediate_layers(indices, prune_norm, prune_head)`` (timm's) drops from a model what computing the feature
+points at ``indices`` does not need: the stages past the last one, the head, and what only the head uses (MobileViT's
+``final_conv``). :func:`features_only` turns a classifier (weights already loaded) into a module whose forward returns
+the chosen maps, ``B, C_i, H_i, W_i``, described by a :class:`FeatureInfo`. It prunes the classifier that way, so
+that every parameter it keeps gets a gradient (DistributedDataParallel rejects a parameter that never does) and its
+``state_dict`` is the classifier's restricted to the modules the maps need.
 
 T2T-ViT is single-scale: its backbone works on one 1/16 token grid, and its only finer maps are the two shallow,
 64-wide maps of the T2T module (1/4 and 1/8). :class:`SimpleFeaturePyramid` (ViTDet, Li, Mao, Girshick, He,
@@ -23,11 +26,14 @@ from torch import nn
 OUTPUT_FORMATS = ("NCHW", "NHWC")
 
 
-def take_indices(num_features: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+def take_indices(
+    num_features: int, indices: int | Sequence[int] | None, kept: int | None = None
+) -> tuple[list[int], int]:
     """Feature points to return and the last one to compute, as timm's ``feature_take_indices``.
 
     ``None``: all; an int ``n``: the last ``n``; a sequence: those indices, negative ones counted from the end.
-    The result is sorted (maps come out in network order) and free of duplicates.
+    The result is sorted (maps come out in network order) and free of duplicates. ``kept``: how many points a
+    pruned model still computes (``prune_intermediate_layers``); asking for a later one is an error.
     """
     if indices is None:
         indices = num_features
@@ -45,6 +51,11 @@ def take_indices(num_features: int, indices: int | Sequence[int] | None) -> tupl
         if not take:
             raise ValueError("indices selects no feature point")
         take = sorted(set(take))
+    if kept is not None and take[-1] >= kept:
+        raise ValueError(
+            f"feature point {take[-1]} was pruned: this model keeps points 0..{kept - 1} of {num_features} "
+            "(prune_intermediate_layers)"
+        )
     return take, take[-1]
 
 
@@ -99,20 +110,21 @@ class FeatureInfo:
 class FeatureExtractor(nn.Module):
     """A classifier cut to its trunk: ``forward(x)`` is the list of maps at ``out_indices``.
 
-    The classifier's head is reset to nothing (``reset_classifier(0)``) and the extractor takes over the
-    classifier's own registries of submodules, parameters and buffers, so that parameter names, ``state_dict``,
-    ``.to()``, ``litevit.fuse`` and optimisers see exactly the classifier's tensors under the classifier's names,
-    and its ``forward_intermediates`` runs on them unchanged. Other attributes (``config``, ``variant_name``) are
-    read from the classifier.
+    The classifier is pruned to what those maps need (``prune_intermediate_layers``: no head, no later stage, no
+    layer only the head uses) and the extractor takes over the classifier's own registries of submodules,
+    parameters and buffers, so that parameter names, ``state_dict``, ``.to()``, ``litevit.fuse`` and optimisers see
+    exactly the kept tensors under the classifier's names, and its ``forward_intermediates`` runs on them unchanged.
+    Other attributes (``config``, ``variant_name``) are read from the classifier.
     """
 
     def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None) -> None:
         super().__init__()
         info = getattr(model, "feature_info", None)
-        if not isinstance(info, list) or not callable(getattr(model, "forward_intermediates", None)):
-            raise TypeError(f"{type(model).__name__} has no feature_info list and forward_intermediates method")
-        take, _ = take_indices(len(info), out_indices)
-        model.reset_classifier(0)
+        methods = ("forward_intermediates", "prune_intermediate_layers")
+        if not isinstance(info, list) or not all(callable(getattr(model, m, None)) for m in methods):
+            raise TypeError(f"{type(model).__name__} has no feature_info list and {' and '.join(methods)} methods")
+        # the maps are taken with norm=True, so a final norm that feeds one is kept
+        take = model.prune_intermediate_layers(out_indices, prune_norm=False, prune_head=True)
         # shared, not copied: a child replaced through either object (fuse does this) is replaced in both
         for registry in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules"):
             object.__setattr__(self, registry, getattr(model, registry))

@@ -281,7 +281,7 @@ class LeViT(nn.Module):
         ``forward_head`` takes after the full network), or ``maps`` only when ``intermediates_only``. LeViT has no
         final norm: ``norm`` changes nothing.
         """
-        take, last = take_indices(len(self.stages), indices)
+        take, last = take_indices(len(self.feature_info), indices, kept=len(self.stages))
         stages = self.stages[: last + 1] if stop_early else self.stages
         x = self._tokens(x)
         features = []
@@ -292,6 +292,18 @@ class LeViT(nn.Module):
                 grid = x.transpose(1, 2).reshape(x.shape[0], -1, height, width)  # B, N, C -> B, C, H, W
                 features.append(to_format(grid, output_fmt))
         return features if intermediates_only else (x, features)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last feature point in ``indices`` and, with ``prune_head``, the classifier
+        (timm's API). Returns the feature points in ``indices``, counted from 0. There is no final norm:
+        ``prune_norm`` changes nothing."""
+        take, last = take_indices(len(self.feature_info), indices, kept=len(self.stages))
+        self.stages = self.stages[: last + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens of the last stage, ``B, N, C``."""

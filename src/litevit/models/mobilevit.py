@@ -137,7 +137,7 @@ class MobileViT(nn.Module):
         is ``forward_features``' map (after ``final_conv``) when every stage ran, else the last map computed. The
         maps are taken before ``final_conv`` and ``norm`` changes nothing.
         """
-        take, last = take_indices(len(self.stages), indices)
+        take, last = take_indices(len(self.feature_info), indices, kept=len(self.stages))
         stages = self.stages[: last + 1] if stop_early else self.stages
         self._check_input(x)
         x = self.stem(x)
@@ -148,7 +148,21 @@ class MobileViT(nn.Module):
                 features.append(to_format(x, output_fmt))
         if intermediates_only:
             return features
-        return (self.final_conv(x) if len(stages) == len(self.stages) else x), features
+        return (self.final_conv(x) if len(stages) == len(self.feature_info) else x), features
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last feature point in ``indices`` and, with ``prune_head``, the classifier and
+        ``final_conv``, which only the classifier uses (timm's API); ``final_conv`` goes too when stages do. Returns
+        the feature points in ``indices``, counted from 0. There is no final norm: ``prune_norm`` changes nothing."""
+        take, last = take_indices(len(self.feature_info), indices, kept=len(self.stages))
+        if prune_head or last + 1 < len(self.stages):
+            self.final_conv = nn.Identity()
+        self.stages = self.stages[: last + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final feature map ``B, num_features, H / 32, W / 32``."""

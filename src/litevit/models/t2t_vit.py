@@ -127,24 +127,55 @@ class T2TViT(nn.Module):
         :class:`.features.SimpleFeaturePyramid` for a pyramid built from it). ``indices``: points to return
         (None: all, int n: the last n, or a list). ``stop_early``: stop after the last point returned. Returns
         ``(final, maps)``, ``final`` being ``forward_features``' normed tokens ``B, 1 + N, C`` when the backbone ran,
-        else the last map computed; or ``maps`` only when ``intermediates_only``.
+        else the last map computed; or ``maps`` only when ``intermediates_only``. A pruned model
+        (:meth:`prune_intermediate_layers`) stops after the last point it keeps.
         """
-        take, last = take_indices(len(self.feature_info), indices)
+        t2t = self.tokens_to_token
+        kept = 3 if self.blocks is not None else 2 if t2t.attention2 is not None else 1
+        take, last = take_indices(len(self.feature_info), indices, kept=kept)
+        end = last if stop_early else kept - 1  # the last point to compute
         self._check_input(x)
         features = []
         for step in range(2):
-            x = self.tokens_to_token.restructure(x, step)
+            x = t2t.restructure(x, step)
             if step in take:
                 features.append(to_format(x, output_fmt))
-            if stop_early and step == last:
+            if step == end:
                 return features if intermediates_only else (x, features)
-        tokens = self.blocks(self._embed(self.tokens_to_token.project(self.tokens_to_token.soft_split2(x))))
+        tokens = self.blocks(self._embed(t2t.project(t2t.soft_split2(x))))
         normed = self.norm(tokens)
         if 2 in take:
             grid = (normed if norm else tokens)[:, 1:]  # drop the class token: B, N, C
             height, width = self.grid
             features.append(to_format(grid.transpose(1, 2).reshape(x.shape[0], -1, height, width), output_fmt))
         return features if intermediates_only else (normed, features)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Remove what computing the feature points in ``indices`` does not need (timm's API); returns those points,
+        counted from 0.
+
+        Up to point 1 (1/8) the backbone goes (projection, class token, position table, blocks, norm: set to
+        ``None``), up to point 0 (1/4) the second re-structurization too. ``prune_norm`` replaces the final norm with
+        an identity (keep it when the 1/16 map is taken with ``norm=True``); ``prune_head`` removes the classifier.
+        """
+        t2t = self.tokens_to_token
+        kept = 3 if self.blocks is not None else 2 if t2t.attention2 is not None else 1
+        take, last = take_indices(len(self.feature_info), indices, kept=kept)
+        if last < 2:
+            t2t.project = None
+            self.cls_token = None
+            self.pos_embed = None
+            self.blocks = None
+            self.norm = None
+        elif prune_norm:
+            self.norm = nn.Identity()
+        if last < 1:
+            t2t.attention2 = None
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised tokens ``B, 1 + N, C``, class token first."""
@@ -166,6 +197,8 @@ class T2TViT(nn.Module):
         ``utils.resize_pos_embed`` does; the class-token row is kept.
         """
         state = dict(state)
+        if self.pos_embed is None:  # pruned with the backbone (prune_intermediate_layers): no table to fit
+            return state
         table = state.get("pos_embed")
         if table is None:
             state["pos_embed"] = self.pos_embed.detach().clone()
