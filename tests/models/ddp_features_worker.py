@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_features_worker.py OUT_DIR NAME:INDICES ...
 
 ``INDICES`` is ``all`` or comma-separated feature indices (``0,1``). For each case, the features model is wrapped in
-``DistributedDataParallel`` (gloo, CPU, default ``find_unused_parameters=False``) and trained for three SGD steps on
+``DistributedDataParallel`` (gloo, CPU, default ``find_unused_parameters=False``) and trained for two SGD steps on
 a loss over every returned map, each rank on its own batch. A parameter that gets no gradient makes DDP raise at the
 second step. A case named ``unpruned:NAME:INDICES`` wraps the classifier the way features models were built before
 they were pruned (head removed, nothing else), which DDP must reject: it shows that the check can fail.
@@ -52,7 +52,7 @@ def build(case: str) -> nn.Module:
     return litevit.create_model(name, img_size=SIZE, features_only=True, out_indices=indices)
 
 
-def train(model: nn.Module, rank: int, steps: int = 3) -> float:
+def train(model: nn.Module, rank: int, steps: int = 2) -> float:
     net = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(rank)  # each rank its own batch: the gradients must be averaged

@@ -205,7 +205,7 @@ DDP_CONTRAST = "unpruned:mobilevit_xxs:1,2"  # the pre-pruning extractor, which 
 
 def test_features_models_train_under_ddp(tmp_path: Path) -> None:
     """Two gloo processes, each features model wrapped in DistributedDataParallel (find_unused_parameters off),
-    three SGD steps on a loss over every returned map: each trains, and both ranks end with the same weights."""
+    two SGD steps on a loss over every returned map: each trains, and both ranks end with the same weights."""
     assert {name.split(":")[0] for name in DDP_CASES} == set(SMALLEST)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
