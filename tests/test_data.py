@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import struct
 import warnings
 import zlib
@@ -212,7 +213,8 @@ def test_each_image_kind_reads_as_its_8bit_rgb_version(kind: str, tmp_path: Path
     reference = tmp_path / "reference.png"
     Image.fromarray(expected).save(reference)  # that image saved as 8-bit RGB
     image = load_image(path)
-    assert image.mode == "RGB" and image.size == Image.open(reference).size
+    with Image.open(reference) as saved:
+        assert image.mode == "RGB" and image.size == saved.size
     np.testing.assert_array_equal(np.asarray(image), _as_rgb8(reference))
 
 
@@ -235,9 +237,99 @@ def test_very_large_image_reads_without_bomb_error(tmp_path: Path, monkeypatch: 
         warnings.simplefilter("error")
         np.testing.assert_array_equal(_as_rgb8(tmp_path / "large.png"), rgb)
     assert Image.MAX_IMAGE_PIXELS == 100  # restored
-    monkeypatch.setattr(data, "MAX_PIXELS", 1000)
-    with pytest.raises(ImageLoadError, match=r"large\.png: more than 1000 pixels"):
-        load_image(tmp_path / "large.png")
+
+
+def test_pixel_limit_is_the_memory_budget_shared_by_the_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    assert data.IMAGE_MEMORY == 3 << 30
+    # one decoder: the 3 GiB over the bytes a pixel takes, e.g. 9 for RGB, 13 for grey with alpha
+    assert data.max_pixels("RGB", 1) == (3 << 30) // 9 and data.max_pixels("LA", 1) == (3 << 30) // 13
+    assert data.max_pixels("RGB", 1) < 1 << 30  # a gigapixel RGB image (about 9 GiB to decode) is over it
+    assert data.max_pixels("XYZ?", 1) == (3 << 30) // max(data.DECODE_BYTES.values())  # unknown: the worst
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.decoders_at_once() == 1  # predict, or eval with workers=0: this process alone
+    monkeypatch.setattr(data, "get_worker_info", lambda: SimpleNamespace(num_workers=3))  # in a DataLoader worker
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this machine
+    assert data.decoders_at_once() == 6
+    assert data.max_pixels("RGB") == (3 << 30) // (6 * 9) == data.max_pixels("RGB", 6)
+    # the promise: every decoder at its limit stays within the budget
+    for mode, per_pixel in data.DECODE_BYTES.items():
+        assert 6 * data.max_pixels(mode) * per_pixel <= data.IMAGE_MEMORY, mode
+
+
+def test_image_over_its_share_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    path = tmp_path / "large.png"
+    Image.fromarray(_rgb(3, (40, 60))).save(path)  # 2400 RGB pixels: 2400 * 9 bytes to decode
+    monkeypatch.setattr(data, "IMAGE_MEMORY", 2400 * 9)
+    assert load_image(path).size == (60, 40)  # exactly its share
+    monkeypatch.setattr(data, "IMAGE_MEMORY", 2400 * 9 - 1)
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: a 60x40 RGB image") and "\n" not in message
+    assert "litevit reads up to 2399 pixels in RGB" in message and "1 image(s) decoded at once" in message
+    monkeypatch.setattr(data, "IMAGE_MEMORY", 2400 * 9 * 2)  # enough for two decoders, not for three
+    monkeypatch.setattr(data, "get_worker_info", lambda: SimpleNamespace(num_workers=3))
+    with pytest.raises(ImageLoadError, match="3 image"):
+        load_image(path)
+
+
+_PEAK_SCRIPT = """
+import gc, sys
+from PIL import Image
+from litevit import data
+from litevit.registry import DataConfig
+transform = data.eval_transform(DataConfig())
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+for path in sys.argv[1:]:
+    with Image.open(path) as image:
+        pixels, mode = image.width * image.height, image.mode
+    gc.collect()
+    open("/proc/self/clear_refs", "w").write("5")  # the peak resident set starts again from the current one
+    base = status("VmRSS")
+    transform(data.load_image(path))
+    print(mode, (status("VmHWM") - base) / pixels)
+"""
+
+
+@pytest.mark.slow  # about 40 s on 2 shared cores: ten 4 Mpx files written, then read in a fresh process
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak resident set on Linux")
+def test_decode_peaks_stay_within_decode_bytes(tmp_path: Path) -> None:
+    """Peak memory of load_image + eval_transform per pixel, in a fresh process, for each kind of file."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (2000, 2000, 3), dtype=np.uint8)  # 4 Mpx: the arrays dominate the fixed costs
+    grey = rgb[..., 0]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {
+        "rgb.png": Image.fromarray(rgb), "rotated.jpg": Image.fromarray(rgb), "grey.png": Image.fromarray(grey),
+        "bilevel.png": Image.fromarray(grey).convert("1"), "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, grey])), "la.png": Image.fromarray(np.dstack([grey, grey]), "LA"),
+        "grey16.png": Image.fromarray(grey.astype(np.uint16) * 257), "float.tif": Image.fromarray(grey / 255.0),
+        "grey32.tif": Image.fromarray(grey.astype(np.int32) * 257, "I"),
+    }  # fmt: skip
+    for name, image in files.items():
+        image.save(tmp_path / name, **({"exif": exif.tobytes()} if name == "rotated.jpg" else {}))
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    paths = [str(tmp_path / name) for name in [*files, "palette.png"]]
+    # large allocations through mmap, given back when freed: each file's peak is its own, not the allocator's cache
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, *paths], capture_output=True, text=True, env=env, check=True, timeout=300
+    ).stdout.split()
+    peaks = list(zip(out[::2], map(float, out[1::2]), strict=True))
+    assert len(peaks) == len(paths)
+    for (mode, peak), path in zip(peaks, paths, strict=True):
+        assert peak <= data.DECODE_BYTES[mode], f"{Path(path).name} ({mode}): {peak:.2f} bytes a pixel"
+    assert max(peak for mode, peak in peaks if mode == "RGB") > 7  # the rotated one holds two RGB copies: measured
 
 
 def test_imagenet_synsets_in_class_index_order() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.utils.data import get_worker_info
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import has_file_allowed_extension
 from torchvision.transforms import InterpolationMode, v2
@@ -20,6 +21,7 @@ from .layers import to_2tuple
 from .registry import DataConfig
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -83,42 +85,88 @@ def eval_transform(data: DataConfig, img_size: int | tuple[int, int] | None = No
     return v2.Compose(steps)
 
 
-# PIL refuses images over 2 * Image.MAX_IMAGE_PIXELS (~179 Mpx) as decompression bombs; a user's own photos and scans
-# may be larger. Up to this many pixels (3 GiB as 8-bit RGB) they are read; beyond, a clear error.
-MAX_PIXELS = 1 << 30
+# Image memory. While load_image converts a file to 8-bit RGB, the image takes width x height x a few bytes (PIL
+# keeps RGB as 4 bytes a pixel, an EXIF rotation or a conversion briefly holds two copies); the eval transform then
+# makes it small. DECODE_BYTES is that peak per pixel by the mode a file opens as: the peak resident set of
+# load_image + eval_transform measured on 9 Mpx files (EXIF-rotated for RGB, with transparency for P), plus one
+# byte for the transform and the interpreter; tests/test_data.py::test_decode_peaks_stay_within_decode_bytes
+# measures them again. An image is read when its peak fits in its share of IMAGE_MEMORY (divided among the images
+# decoded at once, decoders_at_once); beyond, one line naming the file.
+IMAGE_MEMORY = 3 << 30  # bytes that all the images being decoded at once on this machine may take together
+DECODE_BYTES = {
+    "1": 6, "L": 6, "P": 10, "RGB": 9, "RGBX": 9, "YCbCr": 9, "CMYK": 9, "LAB": 9, "HSV": 9, "RGBA": 9,
+    "I;16": 8, "I;16B": 8, "I;16L": 8, "I;16N": 8, "I": 10, "F": 10, "LA": 13, "La": 13, "PA": 13, "RGBa": 13,
+}  # fmt: skip
+_OTHER_MODE_BYTES = max(DECODE_BYTES.values())  # a mode not listed: the most any listed mode takes
+
+
+def decoders_at_once() -> int:
+    """Images this machine's litevit processes may decode at the same time: in a DataLoader worker, the loader's
+    worker count times the local processes (torchrun's ``LOCAL_WORLD_SIZE``); one per process otherwise."""
+    info = get_worker_info()
+    workers = info.num_workers if info is not None else 1
+    return workers * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def max_pixels(mode: str = "RGB", decoders: int | None = None) -> int:
+    """The most pixels an image of PIL ``mode`` may have to be read: its share of :data:`IMAGE_MEMORY` (divided
+    among ``decoders``, default :func:`decoders_at_once`) over the bytes a pixel of that mode takes to decode."""
+    decoders = decoders_at_once() if decoders is None else decoders
+    return IMAGE_MEMORY // (max(1, decoders) * DECODE_BYTES.get(mode, _OTHER_MODE_BYTES))
+
+
+def _grey_to_rgb(image: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float grey image as RGB: integers / 257 (65535 -> 255), floats times 255 when in
+    [0, 1], rounded and clipped to 8 bits. Computed in float64 a block of rows at a time: a whole float64 copy would
+    take 8 bytes a pixel."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = image.size
+    rows = max(1, (1 << 20) // max(1, width))  # about a million pixels a block
+    blocks = [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+    def block(top: int, bottom: int) -> np.ndarray:
+        return np.asarray(image.crop((0, top, width, bottom)), dtype=np.float64)  # rows, W
+
+    if image.mode == "F":  # float images in [0, 1] or [0, 255]
+        scale = 255.0 if max(block(*b).max(initial=0.0) for b in blocks) <= 1.0 else 1.0
+    else:  # 16-bit PNGs open as I;16 or I (32-bit) with values up to 65535: PIL's convert clips them to 255
+        scale = 1 / 257.0
+    grey = np.empty((height, width), np.uint8)
+    for top, bottom in blocks:
+        grey[top:bottom] = np.clip(np.round(block(top, bottom) * scale), 0, 255)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: 16/32-bit grey scaled (not clipped) to 8 bits, transparency over white, CMYK and
-    palettes through PIL's conversions."""
-    import numpy as np
+    palettes through PIL's conversions. An RGB image is returned as it is, not copied."""
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit PNGs open as I;16 or I (32-bit) with values up to 65535: PIL's convert clips them to 255 (all white)
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0  # float images in [0, 1] or [0, 255]
-        return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _grey_to_rgb(image)
     if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "LA", "La", "RGBa"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
+        # over white: a paste through the alpha channel gives alpha_composite's values (checked on every value and
+        # alpha) without its two RGBA copies
+        rgb = Image.new("RGB", image.size, (255, 255, 255))
+        rgb.paste(image, mask=image)
+        return rgb
     return image.convert("RGB")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open ``path`` as an 8-bit RGB PIL image, upright; raises :class:`ImageLoadError` naming the file if missing or
-    unreadable.
+    """Open ``path`` as an 8-bit RGB PIL image, upright; raises :class:`ImageLoadError` naming the file if missing,
+    unreadable or too large for its share of :data:`IMAGE_MEMORY` (:func:`max_pixels`).
 
     The EXIF orientation is applied; 16-bit, palette, grayscale, RGBA and CMYK images read as that image saved as
-    8-bit RGB (transparent pixels over white); images up to :data:`MAX_PIXELS` pixels are read whatever their size.
+    8-bit RGB (transparent pixels over white). PIL's own decompression-bomb limit (about 179 Mpx) is replaced by
+    :func:`max_pixels`, which is checked on the file's header, before anything is decoded.
     """
-    import warnings
-
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -128,16 +176,27 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(f"{path}: not a file")
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        # PIL's bomb check reads this module attribute; raised for this call only, restored below
-        Image.MAX_IMAGE_PIXELS = max(limit or 0, MAX_PIXELS // 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return _to_rgb(ImageOps.exif_transpose(image))
-    except Image.DecompressionBombError:
-        raise ImageLoadError(f"{path}: more than {MAX_PIXELS} pixels (litevit.data.MAX_PIXELS)") from None
+        Image.MAX_IMAGE_PIXELS = None  # PIL's bomb check reads this module attribute; ours follows; restored below
+        # litevit's file object, not PIL's: closing it leaves the decoded pixels alone (PIL's close frees them)
+        with open(path, "rb") as file:
+            image = Image.open(file)  # the header only
+            width, height = image.size
+            decoders = decoders_at_once()
+            allowed = max_pixels(image.mode, decoders)
+            if width * height > allowed:
+                need = width * height * DECODE_BYTES.get(image.mode, _OTHER_MODE_BYTES)
+                raise ImageLoadError(
+                    f"{path}: a {width}x{height} {image.mode} image needs about {need / 2**30:.1f} GiB to decode; "
+                    f"litevit reads up to {allowed} pixels in {image.mode} (litevit.data.IMAGE_MEMORY, "
+                    f"{IMAGE_MEMORY / 2**30:g} GiB, shared by {decoders} image(s) decoded at once)"
+                )
+            ImageOps.exif_transpose(image, in_place=True)
+            image.load()
+            return _to_rgb(image)
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (PIL cannot identify its format)") from None
+    except ImageLoadError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
     finally:
