@@ -359,3 +359,26 @@ def test_eval_counts_each_image_once_through_link_loops(folder: Path, files: dic
     result = evaluate(model, looped, batch_size=4, workers=0, progress=False)
     assert result.count == clean.count == 9 and result.num_classes == 3
     assert (result.top1, result.top5) == (clean.top1, clean.top5) and result.loss == pytest.approx(clean.loss)
+
+
+def test_cli_defaults_and_choices_are_the_librarys() -> None:
+    """The CLI reads its defaults and choices from the library, so that the two cannot drift apart."""
+    import inspect
+
+    from litevit.cli import build_parser
+    from litevit.deploy.export import export
+    from litevit.deploy.metadata import FORMATS
+    from litevit.predict import iter_predictions
+
+    def default(function: object, name: str) -> object:
+        return inspect.signature(function).parameters[name].default
+
+    parser = build_parser()
+    predict_args = parser.parse_args(["predict", NAME, "x.png"])
+    assert predict_args.topk == default(iter_predictions, "topk") and predict_args.topk == default(predict, "topk")
+    assert predict_args.batch_size == default(iter_predictions, "batch_size")
+    assert parser.parse_args(["eval", NAME, "--data", "d"]).batch_size == default(evaluate, "batch_size")
+    export_args = parser.parse_args(["export", NAME, "--out", "m.onnx"])
+    assert export_args.calibration_images == default(export, "calibration_images")
+    export_parser = parser._subparsers._group_actions[0].choices["export"]  # argparse keeps no public accessor
+    assert next(a for a in export_parser._actions if a.dest == "format").choices == FORMATS

@@ -10,7 +10,11 @@ import sys
 
 from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
+from .data import MAX_DEFAULT_WORKERS
+from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES
+from .deploy.metadata import FORMATS
 from .flops import count_params
+from .predict import EVAL_BATCH_SIZE, PREDICT_BATCH_SIZE, TOPK
 from .registry import get_variant, list_models
 from .weights.loading import create_model
 
@@ -248,7 +252,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the fused model to ONNX, TorchScript or torch.export (pt2)")
     _add_model_source(p, exported=False)
     p.add_argument(
-        "--format", choices=["onnx", "torchscript", "pt2", "openvino", "executorch", "coreml"],
+        "--format", choices=FORMATS,
         help="default: from the --out suffix",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output (.onnx, .ts, .pt2, .xml OpenVINO, .pte ExecuTorch, .mlpackage)")
@@ -258,7 +262,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="run the exported file on another batch size vs PyTorch")
     p.add_argument("--int8", action="store_true", help="static int8: .onnx (onnxruntime QDQ) or .xml (OpenVINO, NNCF)")
     p.add_argument("--calibration", help="folder of images for --int8 (preprocessed with the model's data config)")
-    p.add_argument("--calibration-images", type=int, default=300, help="images used for calibration (default 300)")
+    p.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"images used for calibration (default {DEFAULT_CALIBRATION_IMAGES})",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
 
@@ -284,8 +291,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files (registered model + checkpoint, or exported)")
     _add_model_source(p)
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--topk", type=int, default=TOPK, help=f"classes to show per image (default {TOPK})")
+    p.add_argument(
+        "--batch-size", type=int, default=PREDICT_BATCH_SIZE,
+        help=f"images per forward pass (default {PREDICT_BATCH_SIZE})",
+    )  # fmt: skip
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
     p.set_defaults(func=_cmd_predict)
 
@@ -312,8 +322,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1 / top-5 / loss on an ImageFolder (registered model or exported file)")
     _add_model_source(p)
     p.add_argument("--data", required=True, help="ImageFolder root: DIR/<class>/<image>, classes in sorted order")
-    p.add_argument("--batch-size", type=int, default=64, help="default 64")
-    p.add_argument("--workers", type=int, help="data loading processes (default: CPUs available - 1, at most 8)")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=f"default {EVAL_BATCH_SIZE}")
+    p.add_argument(
+        "--workers", type=int,
+        help=f"data loading processes (default: CPUs available - 1, at most {MAX_DEFAULT_WORKERS})",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object: top1, top5, images, skipped, ...")
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

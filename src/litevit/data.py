@@ -34,12 +34,16 @@ INTERPOLATIONS = {
 _CHANNEL_ORDERS = ("RGB", "BGR")
 
 
+MAX_DEFAULT_WORKERS = 8  # beyond, more loading processes rarely speed up evaluation or training of these models
+
+
 def default_workers() -> int:
     """Data-loading processes per training/eval process: the CPUs this process may use (``sched_getaffinity``),
-    shared among torchrun's local processes, less one for the process that runs the model; at most 8."""
+    shared among torchrun's local processes, less one for the process that runs the model; at most
+    :data:`MAX_DEFAULT_WORKERS`."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(8, per_process - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, per_process - 1))
 
 
 class ImageLoadError(ValueError):

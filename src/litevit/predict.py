@@ -27,6 +27,9 @@ from .weights.loading import create_model, load, model_info
 log = logging.getLogger(__name__)
 
 Classifier = nn.Module | ExportedModel
+TOPK = 5  # classes shown per image
+PREDICT_BATCH_SIZE = 16  # images per forward pass of predict
+EVAL_BATCH_SIZE = 64  # images per forward pass of evaluate
 _WNID = re.compile(r"n\d{8}")  # a WordNet noun id, the name of an ImageNet class folder
 
 
@@ -114,8 +117,8 @@ def logits(model: Classifier, x: torch.Tensor) -> torch.Tensor:
 def iter_predictions(
     model: Classifier,
     paths: Iterable[str | os.PathLike],
-    topk: int = 5,
-    batch_size: int = 16,
+    topk: int = TOPK,
+    batch_size: int = PREDICT_BATCH_SIZE,
     names: Sequence[str] | None = None,
 ) -> Iterator[Prediction]:
     """Top-``topk`` classes with probabilities for each image file, in the order given, as they are computed.
@@ -154,8 +157,8 @@ def iter_predictions(
 def predict(
     model: Classifier,
     paths: Iterable[str | os.PathLike],
-    topk: int = 5,
-    batch_size: int = 16,
+    topk: int = TOPK,
+    batch_size: int = PREDICT_BATCH_SIZE,
     names: Sequence[str] | None = None,
 ) -> list[Prediction]:
     """All of :func:`iter_predictions` as a list."""
@@ -206,7 +209,7 @@ def folder_targets(folders: Sequence[str], names: Sequence[str], num_classes: in
 def evaluate(
     model: Classifier,
     root: str | os.PathLike,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
