@@ -1,13 +1,17 @@
 """Per-operator onnxruntime time of litevit's export against timm's (same weights, same opset), 1 thread;
 with ``--int8``, of litevit's fp32 export against its QDQ int8 export instead.
 
-Usage: python tools/ort_profile.py levit_128s [batch] [runs] [--int8]
-Prints, for each graph, the kernel time per run and the share of each operator type.
+Usage: OMP_NUM_THREADS=1 python tools/ort_profile.py levit_128s [batch] [runs] [--int8]
+Prints a header line (the command, commit, CPU and instruction sets, package versions, the load average when it
+started: kernel times on a shared machine are noisy), then for each graph the kernel time per run and the share of
+each operator type. Save the output under ``benchmarks/`` when the README quotes it.
 """
 
 import argparse
 import collections
 import json
+import os
+import sys
 import tempfile
 
 import onnxruntime as ort
@@ -16,6 +20,7 @@ import torch
 
 import litevit
 from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
+from litevit.bench.timing import device_name, git_commit
 from litevit.deploy.export import export
 
 
@@ -46,6 +51,12 @@ def main() -> None:
     parser.add_argument("runs", type=int, nargs="?", default=5)
     parser.add_argument("--int8", action="store_true", help="litevit fp32 against litevit QDQ int8")
     args = parser.parse_args()
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(
+        f"# OMP_NUM_THREADS={threads} python tools/ort_profile.py {' '.join(sys.argv[1:])}; commit {git_commit()}; "
+        f"{device_name('cpu')}; torch {torch.__version__}, onnxruntime {ort.__version__}; "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp()
     if args.int8:

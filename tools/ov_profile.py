@@ -10,7 +10,9 @@ difference can come out negative), the share of each layer type (OpenVINO's node
 
 import argparse
 import collections
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -21,6 +23,7 @@ import torch
 import litevit
 from litevit.bench.run import model_input_size
 from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
+from litevit.bench.timing import device_name, git_commit
 from litevit.deploy.export import export
 from litevit.deploy.openvino import openvino_config
 from litevit.deploy.runtime import ExportedModel
@@ -57,6 +60,12 @@ def main() -> None:
     parser.add_argument("batch", type=int, nargs="?", default=1)
     parser.add_argument("runs", type=int, nargs="?", default=200)
     args = parser.parse_args()
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(
+        f"# OMP_NUM_THREADS={threads} python tools/ov_profile.py {' '.join(sys.argv[1:])}; commit {git_commit()}; "
+        f"{device_name('cpu')}; torch {torch.__version__}, openvino {ov.__version__}; "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp()
     model = litevit.create_model(args.name).eval()
