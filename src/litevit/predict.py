@@ -206,6 +206,16 @@ def folder_targets(folders: Sequence[str], names: Sequence[str], num_classes: in
     return None
 
 
+def batch_scores(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, int, int]:
+    """Summed cross-entropy, top-1 hits and top-5 hits of one batch (top-k, k = the classes when fewer than 5); the
+    scoring of :func:`evaluate` and of the validation during training."""
+    logits = logits.float()
+    ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # B, k
+    hits = ranked == target[:, None]
+    loss = F.cross_entropy(logits, target, reduction="sum").item()
+    return loss, int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
+
+
 def evaluate(
     model: Classifier,
     root: str | os.PathLike,
@@ -243,7 +253,6 @@ def evaluate(
     samples = [(path, t if targets is None else targets[t]) for path, t in folder.samples]
     dataset = _Readable(samples, eval_transform(data, img_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate)
-    k = min(5, num_classes)
     correct1 = correct5 = count = skipped = 0
     loss_sum = 0.0
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
@@ -251,12 +260,8 @@ def evaluate(
         skipped += missed
         if images is None:
             continue
-        out = logits(model, images).float()
-        loss_sum += F.cross_entropy(out, targets_batch, reduction="sum").item()
-        ranked = out.topk(k, dim=-1).indices  # B, k
-        hits = ranked == targets_batch[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
+        scores = batch_scores(logits(model, images), targets_batch)
+        loss_sum, correct1, correct5 = loss_sum + scores[0], correct1 + scores[1], correct5 + scores[2]
         count += targets_batch.shape[0]
         bar.set_postfix(top1=f"{100 * correct1 / count:.2f}", skipped=skipped)
     if count == 0:

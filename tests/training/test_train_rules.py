@@ -7,35 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from test_train import TINY, make_patterns, tiny_config
 
 from litevit import cli
 from litevit.training import train as T
 from litevit.training.checkpoint import read_metrics
 from litevit.training.recipes import SHORT_RUN_RULE, get_recipe, short_run_rule
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def patterns(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("patterns")
-    make_patterns(root / "train", 24, seed=0)
-    make_patterns(root / "val", 10, seed=1)
-    return root
-
 
 # ------------------------------------------------------------------------------------------------- defaults
 

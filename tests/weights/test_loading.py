@@ -6,12 +6,14 @@ Each bad file is tried through the API and through the CLI (exit code 2, one lin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import test_levit
 import torch
 from PIL import Image
 from reference import assert_logits_match, load_fixture, recipe_state_dict
@@ -25,7 +27,7 @@ from litevit.weights.checkpoint import CheckpointError
 @pytest.fixture(scope="module")
 def levit() -> tuple[dict, dict[str, torch.Tensor]]:
     spec = load_fixture("official/LeViT_128S.json")
-    return spec, recipe_state_dict(spec, test_levit._non_generated)
+    return spec, recipe_state_dict(spec)  # attention_bias_idxs left out: the model rebuilds them
 
 
 @pytest.fixture(scope="module")
@@ -156,18 +158,6 @@ def test_every_bad_file_is_a_checkpoint_error_from_api_and_cli(levit, tmp_path, 
             assert __import__("re").search(message, err), (name, err)
 
 
-def test_pickled_code_is_refused(tmp_path: Path) -> None:
-    import pickle
-
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"model": {"w": torch.zeros(1)}, "hook": print}, f)
-    with pytest.raises(
-        CheckpointError, match=r"evil\.pth cannot be read safely: torch\.load\(weights_only=True\) refused it"
-    ):
-        litevit.create_model("levit_128s", checkpoint=path)
-
-
 def test_load_needs_metadata_or_a_name(levit, tmp_path) -> None:
     _, state = levit
     path = tmp_path / "plain.pth"
@@ -176,3 +166,198 @@ def test_load_needs_metadata_or_a_name(levit, tmp_path) -> None:
         litevit.load(path)
     with pytest.raises(CheckpointError, match=r"neither a file nor a registered model name"):
         litevit.load(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------- weights that cannot be right
+
+OFFICIAL = {
+    "levit_128s": "official/LeViT_128S.json",
+    "efficientvit_m0": "official/EfficientViT_M0.json",
+    "mobilevit_xxs": "official/mobilevit_xx_small.json",
+    "mobilevitv2_050": "official/mobilevit_v2_0.5.json",
+    "mobilevitv3_xxs": "official/mobilevit_v3_xx_small_v3.json",
+    "t2t_vit_7": "official/t2t_vit_7.json",
+}
+
+
+def _poisoned(value: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "nan":
+        return value.flatten().index_fill(0, torch.tensor([0, 3]), float("nan")).view_as(value)
+    if kind == "inf":
+        return value.flatten().index_fill(0, torch.tensor([1]), float("-inf")).view_as(value)
+    return value.long() if kind == "int" else value > 0
+
+
+POISON_MESSAGES = {
+    "nan": r"holds 2 NaN or infinite value\(s\) of \d+; weights with NaN or inf cannot be right",
+    "inf": r"holds 1 NaN or infinite value\(s\) of \d+; weights with NaN or inf cannot be right",
+    "int": r"holds torch\.int64 values where the model has torch\.float32 weights",
+    "bool": r"holds torch\.bool values where the model has torch\.float32 weights",
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_nan_inf_and_integer_weights_are_refused_naming_the_tensor(name: str, tmp_path: Path) -> None:
+    state = recipe_state_dict(load_fixture(OFFICIAL[name]))
+    # a trunk weight (renamed by most converters: the message names it as the file does) and a bias
+    keys = [next(k for k, v in state.items() if v.ndim >= 2), next(k for k in state if k.endswith(".bias"))]
+    for key in keys:
+        for kind, message in POISON_MESSAGES.items():
+            path = tmp_path / f"{kind}.pth"
+            torch.save({"model": {**state, key: _poisoned(state[key], kind)}}, path)
+            with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: {re.escape(key)}( \(.*\))? {message}"):
+                litevit.create_model(name, checkpoint=path)
+    clean = litevit.create_model(name, checkpoint=state)  # the same file unpoisoned loads
+    assert all(torch.isfinite(v).all() for v in clean.state_dict().values() if v.is_floating_point())
+
+
+def test_nan_weights_are_refused_by_every_entry_point(levit, tmp_path, image, capsys) -> None:
+    from litevit.training.checkpoint import export_safetensors
+
+    _, state = levit
+    key = "patch_embed.0.c.weight"
+    path = tmp_path / "nan.pth"
+    torch.save({"model": {**state, key: _poisoned(state[key], "nan")}}, path)
+    message = rf"{key} \(stem\.0\.conv\.weight in litevit's names\) holds 2 NaN"
+    with pytest.raises(CheckpointError, match=message):
+        litevit.load_checkpoint(litevit.create_model("levit_128s"), path)
+    with pytest.raises(CheckpointError, match=message):
+        litevit.backbone("levit_128s", checkpoint=path)
+    model = litevit.create_model("levit_128s", checkpoint=state)
+    bad = {**model.state_dict(), "stem.0.conv.weight": _poisoned(model.stem[0].conv.weight.detach(), "nan")}
+    best = tmp_path / "best.safetensors"
+    meta = {"num_classes": 1000, "img_size": 224, "model_kwargs": {}}
+    export_safetensors(best, bad, "levit_128s", meta, model.model_info.data)
+    with pytest.raises(CheckpointError, match=r"best\.safetensors: stem\.0\.conv\.weight holds 2 NaN"):
+        litevit.load(best)
+    for command in (
+        ["predict", "levit_128s", "--checkpoint", str(path), str(image)],
+        ["predict", str(best), str(image)],
+        ["eval", str(best), "--data", str(tmp_path)],
+        ["export", str(best), "--out", str(tmp_path / "m.onnx")],
+    ):
+        assert cli.main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "NaN or infinite" in err and "stem.0.conv.weight" in err, err
+
+
+# ---------------------------------------------------------------------------------------- tampered litevit metadata
+
+
+@pytest.fixture(scope="module")
+def litevit_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A 3-class mobilevit_xxs best.safetensors at 64 px, and its metadata as stored."""
+    from safetensors import safe_open
+
+    from litevit.training.checkpoint import export_safetensors
+
+    model = litevit.create_model("mobilevit_xxs", num_classes=3, img_size=64)
+    path = tmp_path_factory.mktemp("litevit") / "best.safetensors"
+    meta = {"num_classes": 3, "img_size": 64, "model_kwargs": {"drop_path": 0.0}, "classes": ["a", "b", "c"]}
+    export_safetensors(path, model.state_dict(), "mobilevit_xxs", meta, model.model_info.data)
+    with safe_open(str(path), framework="pt") as handle:
+        return path, dict(handle.metadata())
+
+
+TAMPERED = [
+    ("num_classes", "0", r"num_classes=0 is invalid: expected a positive integer"),
+    ("num_classes", '"3"', r"num_classes='3' is invalid: expected a positive integer"),
+    ("num_classes", "true", r"num_classes=true is invalid: expected a positive integer"),
+    ("num_classes", "5", r"num_classes=5 is invalid: expected 3, the rows of its head"),
+    ("classes", '["a", "b"]', r"classes=\[\"a\", \"b\"\] is invalid: expected 3 names, one per class of its head"),
+    ("classes", '["a", "a", "b"]', r"classes=.* is invalid: expected a list of distinct class names"),
+    ("img_size", "1000000", r"img_size=1000000 is invalid: expected an integer or \[height, width\], each from 1 to"),
+    ("img_size", '"big"', r"img_size='big' is invalid: expected an integer or \[height, width\]"),
+    ("img_size", "[64, 0]", r"img_size=\[64, 0\] is invalid"),
+    ("model_kwargs", '{"nope": 1}', r"model_kwargs=\{\"nope\": 1\} is invalid: expected mobilevit_xxs config fields"),
+    ("model_kwargs", '"abc"', r"model_kwargs='abc' is invalid: expected a JSON object"),
+    ("model_kwargs", '{"dims": [16, 24, 48, 64, 100000]}', r"model_kwargs=.* is invalid: it does not build the model"),
+    ("model_kwargs", '{"depths": "x"}', r"model_kwargs=.* is invalid: it does not build the model"),
+    ("data_config", '"abc"', r"data_config='abc' is invalid: expected a JSON object of DataConfig fields"),
+    ("data_config", '{"mean": "abc"}', r"data_config=.* is invalid: expected mean three finite numbers"),
+    ("data_config", '{"std": [0, 1, 1]}', r"data_config=.* is invalid: expected std positive"),
+    ("data_config", '{"std": [1, 1]}', r"data_config=.* is invalid: expected std three finite numbers"),
+    ("data_config", '{"crop_pct": 5}', r"data_config=.* is invalid: .*crop_pct must be in \(0, 1\], got 5"),
+    ("data_config", '{"crop_pct": "x"}', r"data_config=.* is invalid: expected crop_pct a number"),
+    ("data_config", '{"interpolation": "cubic"}', r"data_config=.* is invalid: .*unknown interpolation 'cubic'"),
+    ("data_config", '{"channel_order": "XYZ"}', r"data_config=.* is invalid: .*unknown channel order 'XYZ'"),
+    ("data_config", '{"img_size": 100000}', r"data_config=.* is invalid: expected img_size an integer from 1 to"),
+    ("data_config", '{"colour": 1}', r"data_config=.* is invalid: expected DataConfig fields only .*not 'colour'"),
+    ("variant", "nope", r"variant='nope' is invalid: expected a registered model name"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), TAMPERED, ids=[f"{t[0]}={t[1]}" for t in TAMPERED])
+def test_tampered_metadata_is_refused_naming_the_field(
+    field: str, value: str, message: str, litevit_file, tmp_path: Path, image: Path, capsys
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source, metadata = litevit_file
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
+    if field == "data_config" and value.startswith("{"):  # one field of the stored config replaced
+        value = json.dumps({**json.loads(metadata["data_config"]), **json.loads(value)})
+    path = tmp_path / "best.safetensors"
+    save_file(tensors, str(path), metadata={**metadata, field: value})
+    with pytest.raises(CheckpointError, match=message):
+        litevit.load(path)
+    if field != "variant":
+        with pytest.raises(CheckpointError, match=message):
+            litevit.create_model("mobilevit_xxs", checkpoint=path)
+    assert cli.main(["predict", str(path), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"metadata {field}=" in err, err
+
+
+def test_untampered_metadata_loads(litevit_file) -> None:
+    model = litevit.load(litevit_file[0])
+    assert model.model_info.class_names == ("a", "b", "c") and model.config.img_size == 64
+
+
+# ------------------------------------------------------------------------------------------------------- pickles
+
+
+class _Shell:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo pwned",))
+
+
+def _pickles(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a file with pickled code or objects, the global its refusal must name)."""
+    import pathlib
+    import pickle
+
+    weights = {"w": torch.zeros(1)}
+    files = {
+        "torch.save, a function": ({"model": weights, "hook": os.system}, "torch", "posix.system"),
+        "torch.save, __reduce__": ({"model": weights, "x": _Shell()}, "torch", "posix.system"),
+        "torch.save, a class": ({"model": weights, "p": pathlib.PurePosixPath("a")}, "torch", "pathlib.PurePosixPath"),
+        "pickle protocol 2": ({"model": {"w": 1.0}, "hook": print}, 2, "builtins.print"),
+        "pickle protocol 4": ({"model": {"w": 1.0}, "hook": print}, 4, "builtins.print"),
+        "pickle protocol 5, __reduce__": ({"x": _Shell()}, 5, "posix.system"),
+    }
+    out = {}
+    for i, (name, (obj, writer, named)) in enumerate(files.items()):
+        path = tmp_path / f"evil{i}.pth"
+        if writer == "torch":
+            torch.save(obj, path)
+        else:
+            path.write_bytes(pickle.dumps(obj, protocol=writer))
+        out[name] = (path, named)
+    return out
+
+
+def test_pickled_code_is_refused_saying_what_and_never_to_turn_safety_off(tmp_path, image, capsys) -> None:
+    for name, (path, named) in _pickles(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            litevit.create_model("levit_128s", checkpoint=path)
+        text = str(info.value)
+        assert text.startswith(f"{path} cannot be read safely: torch.load(weights_only=True) refused it"), name
+        assert f"refers to the Python global {named}" in text, (name, text)
+        for advice in ("weights_only=False", "weights_only` set to `False", "safe_globals", "trust", "\n"):
+            assert advice not in text, (name, advice, text)
+        assert cli.main(["predict", "levit_128s", "--checkpoint", str(path), str(image)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert named in err and "weights_only=False" not in err and "\n" not in err, err

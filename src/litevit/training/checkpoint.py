@@ -19,6 +19,7 @@ from torch import nn
 
 from ..registry import DataConfig
 from ..weights.checkpoint import read_torch_file
+from ..weights.checks import load_exact, misfit
 from .config import TrainConfig
 from .losses import DistillationLoss
 from .optim import ModelEma, WarmupCosine
@@ -186,17 +187,21 @@ def load_training_checkpoint(
     if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
         raise ValueError(f"{path} is not a litevit training checkpoint (last.pt); --resume needs one")
     check_resume(path, ckpt.get("settings"), settings, overrides)
-    try:
-        state.model.load_state_dict(ckpt["model"])
-        if state.ema is not None:
-            if ckpt.get("model_ema") is None:
-                raise ValueError(f"{path} has no EMA weights; resume without --ema or start a new run")
-            state.ema.load_state_dict(ckpt["model_ema"])
-    except RuntimeError as exc:  # an overridden setting that changes the weights' shapes
-        raise ValueError(
-            f"the weights in {path} do not fit the model with --resume-override {' '.join(overrides)} "
-            f"({str(exc).splitlines()[0]}); start a new run from them with --checkpoint {path}"
-        ) from None
+    parts = [("model", state.model)]
+    if state.ema is not None:
+        if ckpt.get("model_ema") is None:
+            raise ValueError(f"{path} has no EMA weights; resume without --ema or start a new run")
+        parts.append(("model_ema", state.ema.module))
+    for key, module in parts:
+        # exactly as saved: no conversion, resampling or new head, which would make the run differ from one never
+        # stopped; a setting overridden on resume that changes the weights' shapes is refused here
+        problems = misfit(module.state_dict(), ckpt[key])
+        if problems:
+            raise ValueError(
+                f"the weights in {path} do not fit the model with --resume-override {' '.join(overrides)} "
+                f"({problems[0]}); start a new run from them with --checkpoint {path}"
+            )
+        load_exact(module, ckpt[key], f"{path} ({key})", "the model")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
     state.scaler.load_state_dict(ckpt["scaler"])

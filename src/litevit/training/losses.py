@@ -11,6 +11,7 @@ from torch import nn
 
 from ..registry import DataConfig, list_models
 from ..weights.checkpoint import read_checkpoint
+from ..weights.checks import load_exact
 from ..weights.loading import ModelInfo, create_model, load
 from ..weights.records import split_name
 from .config import DISTILL_KINDS
@@ -155,16 +156,8 @@ def build_teacher(
     elif name in torchvision.models.list_models(module=torchvision.models):
         teacher = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if checkpoint is not None:
-            state, own = read_checkpoint(checkpoint).state, teacher.state_dict()
-            missing = sorted(set(own) - set(state))
-            unexpected = sorted(set(state) - set(own))
-            mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-            if missing or unexpected or mismatched:
-                raise ValueError(
-                    f"{checkpoint} does not fit torchvision's {name} with {num_classes} classes: missing "
-                    f"{missing[:8]}, unexpected {unexpected[:8]}, shape mismatch {mismatched[:8]}"
-                )
-            teacher.load_state_dict(state)
+            ckpt = read_checkpoint(checkpoint)
+            load_exact(teacher, ckpt.state, ckpt.source, f"torchvision's {name} with {num_classes} classes")
     else:
         raise ValueError(
             f"unknown teacher {name!r}: expected a file, a litevit model ({', '.join(list_models())}) "

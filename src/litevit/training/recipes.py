@@ -1,7 +1,7 @@
 """Training recipes: the short-run rule (the default) and each paper's published hyper-parameters, by name.
 
 Without ``--recipe``, :func:`short_run_rule` picks the schedule from the run itself (:data:`SHORT_RUN_RULE`). The
-papers' recipes are :class:`litevit.train_config.TrainConfig` fields; ``deit`` is the DeiT ImageNet schedule that was
+papers' recipes are :class:`.config.TrainConfig` fields; ``deit`` is the DeiT ImageNet schedule that was
 the default before (5 warm-up epochs, lr 5e-4 per 512 images, crops down to 8 %). Values are per process where the
 official code is per GPU (``batch_size``); ``lr``, ``min_lr`` and ``warmup_lr`` are the values at the global batch
 ``lr_ref_batch`` and scale linearly with the actual global batch. Options given on the command line override the
@@ -10,18 +10,40 @@ recipe. The source of every number is in the comment above it.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from typing import Any
 
-SHORT_RUN_RULE = """\
-default recipe (no --recipe): the short-run rule, for a few epochs on a small data set. With S = total steps
-(epochs x training images // global batch B):
-  lr = 1e-3 * sqrt(B / 256) from scratch, a tenth of that from --checkpoint weights (AdamW, absolute,
-  not rescaled by --lr-ref-batch); warm-up over the first 5% of S (at most 5 epochs) from lr / 100; cosine to lr / 100;
-  random-resized crops keep at least min(0.5, max(0.08, 0.08 * 224 / img_size)) of the image (0.28 at 64 px);
-  EMA of the weights when S >= 100 steps, decay 1 - 10 / S (at most 0.9999): it averages the last tenth of the run;
-  no RandAugment, MixUp, CutMix or random erasing; label smoothing 0.1, weight decay 0.05.
-Options given explicitly replace the rule's values; each run logs what the rule chose."""
+from .config import TrainConfig
+
+log = logging.getLogger("litevit.training.train")
+
+# the short-run rule's numbers, written once: :func:`short_run_rule` computes with them and SHORT_RUN_RULE (the
+# ``litevit train --help`` text) states them
+BASE_LR, BASE_BATCH, FINE_TUNE_LR_SCALE = 1e-3, 256, 0.1
+LR_RANGE = 100
+WARMUP_SHARE, MAX_WARMUP_EPOCHS = 0.05, 5.0
+MIN_CROP, CROP_REF_SIZE, MAX_MIN_CROP = 0.08, 224, 0.5
+EMA_MIN_STEPS, EMA_WINDOW, MAX_EMA_DECAY = 100, 10, 0.9999
+
+SHORT_RUN_RULE = "\n".join(
+    (
+        "default recipe (no --recipe): the short-run rule, for a few epochs on a small data set. With S = total steps",
+        "(epochs x training images // global batch B):",
+        f"  lr = {BASE_LR:g} * sqrt(B / {BASE_BATCH}) from scratch, {FINE_TUNE_LR_SCALE:g} times that from "
+        "--checkpoint weights (AdamW, absolute,",
+        f"  not rescaled by --lr-ref-batch); warm-up over the first {WARMUP_SHARE:.0%} of S (at most "
+        f"{MAX_WARMUP_EPOCHS:g} epochs) from lr / {LR_RANGE};",
+        f"  cosine to lr / {LR_RANGE}; random-resized crops keep at least min({MAX_MIN_CROP:g}, max({MIN_CROP:g}, "
+        f"{MIN_CROP:g} * {CROP_REF_SIZE} / img_size)) of the image;",
+        f"  EMA of the weights when S >= {EMA_MIN_STEPS} steps, decay 1 - {EMA_WINDOW} / S (at most "
+        f"{MAX_EMA_DECAY:g}, at least 0: with --ema on a run",
+        f"  of S <= {EMA_WINDOW} steps the EMA is the weights): it averages the last tenth of the run;",
+        "  no RandAugment, MixUp, CutMix or random erasing; label smoothing 0.1, weight decay 0.05.",
+        "Options given explicitly replace the rule's values; each run logs what the rule chose.",
+    )
+)
 
 # the fields the short-run rule decides; None in TrainConfig means "the rule's value"
 RULE_FIELDS = ("lr", "min_lr", "warmup_lr", "warmup_epochs", "crop_scale", "ema", "ema_decay")
@@ -36,16 +58,31 @@ def short_run_rule(
     """
     steps = epochs * max(1, train_images // global_batch)
     if lr is None:
-        lr = 1e-3 * math.sqrt(global_batch / 256) * (0.1 if fine_tune else 1.0)
+        lr = BASE_LR * math.sqrt(global_batch / BASE_BATCH) * (FINE_TUNE_LR_SCALE if fine_tune else 1.0)
     return {
         "lr": lr,
-        "min_lr": lr / 100,
-        "warmup_lr": lr / 100,
-        "warmup_epochs": min(5.0, 0.05 * epochs),
-        "crop_scale": (min(0.5, max(0.08, 0.08 * 224 / img_size)), 1.0),
-        "ema": steps >= 100,
-        "ema_decay": min(0.9999, 1 - 10 / steps),
+        "min_lr": lr / LR_RANGE,
+        "warmup_lr": lr / LR_RANGE,
+        "warmup_epochs": min(MAX_WARMUP_EPOCHS, WARMUP_SHARE * epochs),
+        "crop_scale": (min(MAX_MIN_CROP, max(MIN_CROP, MIN_CROP * CROP_REF_SIZE / img_size)), 1.0),
+        "ema": steps >= EMA_MIN_STEPS,
+        "ema_decay": min(MAX_EMA_DECAY, max(0.0, 1 - EMA_WINDOW / steps)),
     }
+
+
+def apply_short_run_rule(config: TrainConfig, train_images: int, world: int, img_size: int) -> TrainConfig:
+    """``config`` with the settings left open (None) filled by :func:`short_run_rule`, the values chosen logged."""
+    open_fields = [name for name in RULE_FIELDS if getattr(config, name) is None]
+    if config.recipe:
+        log.info("recipe %s", config.recipe)
+    if not open_fields:
+        return config
+    batch = config.batch_size * world
+    rule = short_run_rule(config.epochs, train_images, batch, img_size, config.checkpoint is not None, config.lr)
+    chosen = {name: rule[name] for name in open_fields}
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+    log.info("short-run rule (%d images, global batch %d, %d px): %s", train_images, batch, img_size, shown)
+    return dataclasses.replace(config, **chosen)
 
 
 RECIPES: dict[str, dict[str, Any]] = {

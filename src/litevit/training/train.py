@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import default_workers
+from ..predict import batch_scores
 from ..registry import get_variant
 from ..weights.loading import create_model
 from .checkpoint import (
@@ -60,7 +60,7 @@ from .distributed import Dist, all_sum, init_distributed
 from .losses import DistillationLoss, build_teacher
 from .optim import ModelEma, WarmupCosine, param_groups
 from .options import add_arguments, config_from_args, summary
-from .recipes import RULE_FIELDS, short_run_rule
+from .recipes import apply_short_run_rule
 
 log = logging.getLogger("litevit.training.train")  # also when run as ``python -m litevit.training.train``
 
@@ -88,7 +88,7 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
     # the settings as given: the rule's values follow from them (epochs, images, batch, size, lr), so a resume
     # that overrides one of those gets the rule's values for the new one
     settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
-    config = _apply_rule(config, len(split.train_indices), ranks.world, img_size)
+    config = apply_short_run_rule(config, len(split.train_indices), ranks.world, img_size)
     workers = default_workers() if config.workers is None else config.workers
 
     # the model: same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -193,7 +193,9 @@ def evaluate(
     amp: bool = False,
     ranks: Dist | None = None,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 (%) over the loader, summed over all ranks' shards."""
+    """Loss, top-1 and top-5 (%) over this rank's validation shard, summed over all ranks; the validation during
+    training (autocast, DDP). ``litevit eval`` (:func:`litevit.predict.evaluate`) scores an ImageFolder on disk with a
+    trained model or an exported file; both score batches with :func:`litevit.predict.batch_scores`."""
     ranks = ranks or Dist()
     was_training = model.training
     model.eval()
@@ -202,12 +204,8 @@ def evaluate(
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(images)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # B, k
-        hits = ranked == target[:, None]
-        top1 += hits[:, 0].sum().item()
-        top5 += hits.any(dim=-1).sum().item()
+        scores = batch_scores(logits, target)
+        loss_sum, top1, top5 = loss_sum + scores[0], top1 + scores[1], top5 + scores[2]
         count += target.numel()
     model.train(was_training)
     loss_sum, top1, top5, count = all_sum([loss_sum, top1, top5, count], device, ranks)
@@ -285,27 +283,6 @@ def _validate(config: TrainConfig) -> str:
         raise ValueError(f"--distill {distill} needs a --teacher")
     get_variant(config.model)
     return distill
-
-
-def _apply_rule(config: TrainConfig, train_images: int, world: int, img_size: int) -> TrainConfig:
-    """Fill the settings left open (None) with the short-run rule's values (:data:`recipes.SHORT_RUN_RULE`), logged."""
-    open_fields = [name for name in RULE_FIELDS if getattr(config, name) is None]
-    if config.recipe:
-        log.info("recipe %s", config.recipe)
-    if not open_fields:
-        return config
-    rule = short_run_rule(
-        config.epochs, train_images, config.batch_size * world, img_size, config.checkpoint is not None, config.lr
-    )
-    chosen = {name: rule[name] for name in open_fields}
-    log.info(
-        "short-run rule (%d images, global batch %d, %d px): %s",
-        train_images,
-        config.batch_size * world,
-        img_size,
-        ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()),
-    )
-    return dataclasses.replace(config, **chosen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

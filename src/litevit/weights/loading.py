@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.features import FeatureExtractor
 from ..models.features import features_only as feature_extractor
 from ..registry import DataConfig, Variant, families, get_variant, list_models
 from . import hub
-from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, _one_line, _short, read_checkpoint
+from .checks import check_values, misfit
 from .records import Weights, get_weights, split_name
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,7 @@ def model_info(model: nn.Module) -> ModelInfo:
     return ModelInfo(name, int(config.num_classes), None, config.img_size, data)
 
 
-def _head_classes(variant: Variant, state: dict[str, torch.Tensor]) -> int | None:
-    """Classes of the checkpoint's classifier: rows of the last 2-D weight under the model's first head prefix."""
-    prefix = getattr(variant.builder, "head_prefixes", ("head.",))[0]
-    rows = [v.shape[0] for k, v in state.items() if k.startswith(prefix) and k.endswith("weight") and v.ndim == 2]
-    return int(rows[-1]) if rows else None
+# ------------------------------------------------------------------------------------------ layouts and identification
 
 
 def _convert(variant: Variant, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
@@ -79,6 +77,13 @@ def _convert(variant: Variant, state: dict[str, torch.Tensor]) -> tuple[dict[str
     if layout is None:
         return dict(state), "litevit"
     return converter.to_litevit(state, layout), layout
+
+
+def _head_classes(variant: Variant, state: dict[str, torch.Tensor]) -> int | None:
+    """Classes of a converted checkpoint's classifier: rows of the last 2-D weight under the first head prefix."""
+    prefix = getattr(variant.builder, "head_prefixes", ("head.",))[0]
+    rows = [v.shape[0] for k, v in state.items() if k.startswith(prefix) and k.endswith("weight") and v.ndim == 2]
+    return int(rows[-1]) if rows else None
 
 
 def _shapes(state: dict[str, torch.Tensor], skip: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -106,24 +111,44 @@ def identify(state: dict[str, torch.Tensor]) -> tuple[str, str] | None:
     return None
 
 
-def _listing(title: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
-    return f"{title} ({len(keys)}): {shown}"
+# ------------------------------------------------------------------------------------- fitting weights into a module
 
 
-def _fit(model: nn.Module, ckpt: Checkpoint, keep_head: bool) -> None:
-    """Load converted, adapted weights into ``model``; every misfit is a one-line :class:`CheckpointError`."""
+def _whole(model: nn.Module) -> nn.Module:
+    """The whole classifier ``model`` comes from: itself, or for a features model (head and unused layers pruned) one
+    of the same config on the meta device, whose keys and ``adapt_checkpoint`` a classifier checkpoint is read by."""
+    if not isinstance(model, FeatureExtractor):
+        return model
+    with torch.device("meta"):  # a 1-class head, so that the head's keys exist
+        return get_variant(model.variant_name).builder(dataclasses.replace(model.config, num_classes=1))
+
+
+def _fit(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    keep_head: bool,
+    converted: tuple[dict[str, torch.Tensor], str] | None = None,
+    load: bool = True,
+) -> None:
+    """Load converted, adapted weights into ``model``; every misfit is a one-line :class:`CheckpointError`.
+
+    ``keep_head=False`` leaves the model's own head as built. ``load=False`` checks only (``model`` may be on meta).
+    """
     variant = get_variant(model.variant_name)
-    state, layout = _convert(variant, ckpt.state)
-    adapt = getattr(model, "adapt_checkpoint", None)
+    state, layout = converted if converted is not None else _convert(variant, ckpt.state)
+    whole = _whole(model)
+    adapt = getattr(whole, "adapt_checkpoint", None)
+    built: set[str] = set()  # keys the model fills with its own values (T2T-ViT's fixed table when a file has none)
     if callable(adapt):
         before = {k: tuple(v.shape) for k, v in state.items()}
         try:
-            state = adapt(state)
+            adapted = adapt(state)
         except ValueError as exc:
             raise CheckpointError(f"{ckpt.source}: {exc}") from None
-        resampled = sorted(k for k, v in state.items() if k in before and tuple(v.shape) != before[k])
-        if resampled:
+        built = set(adapted) - set(state)
+        state = {k: adapted[k] for k in state}
+        resampled = sorted(k for k, v in state.items() if tuple(v.shape) != before[k])
+        if resampled and load:
             log.warning(
                 "%s was trained at another resolution: resampled %d table(s) to img_size=%s (%s)",
                 ckpt.source,
@@ -132,38 +157,24 @@ def _fit(model: nn.Module, ckpt: Checkpoint, keep_head: bool) -> None:
                 ", ".join(resampled[:3]) + (", ..." if len(resampled) > 3 else ""),
             )
     own = model.state_dict()
-    head_prefixes = tuple(getattr(model, "head_prefixes", ()))
+    prefixes = tuple(getattr(model, "head_prefixes", ()))
+    fresh = built if keep_head else built | {k for k in own if k.startswith(prefixes)}  # left as the model built them
+    dropped = set(whole.state_dict()) - set(own)  # a features model's head and pruned layers
     if not keep_head:
-        state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
-        state.update({k: v for k, v in own.items() if k.startswith(head_prefixes)})
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
+        dropped |= {k for k in state if k.startswith(prefixes)}
+    state = {k: v for k, v in state.items() if k not in dropped}
+    problems = misfit(own, state, fresh)
+    if problems:
         parts = [f"{ckpt.source} ({layout} layout) does not fit {variant.name}"]
         guess = identify(ckpt.state)
         if guess is not None and guess[0] != variant.name:
             other = get_variant(guess[0])
             family = "" if other.family == variant.family else f", a {other.family} model"
             parts.append(f"it looks like {guess[0]} ({guess[1]} layout{family}): create_model({guess[0]!r}, ...)")
-        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                parts.append(_listing(title, keys))
-        raise CheckpointError("; ".join(parts))
-    model.load_state_dict(state, strict=True)
-
-
-def load_checkpoint(model: nn.Module, source: Source, *, use_ema: bool | None = None) -> nn.Module:
-    """Load official, timm or litevit weights into a model built by :func:`create_model` (head sizes must agree)."""
-    if not hasattr(model, "variant_name"):
-        raise ValueError("load_checkpoint needs a model built by litevit.create_model")
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, use_ema=use_ema)
-    _fit(model, ckpt, keep_head=True)
-    return model
+        raise CheckpointError("; ".join(parts + problems))
+    if load:
+        check_values(state, own, ckpt.source, ckpt.state)
+        model.load_state_dict(state, strict=not fresh)
 
 
 def _imagenet_names() -> tuple[str, ...]:
@@ -179,6 +190,134 @@ def as_tuples(value: Any) -> Any:
     return value
 
 
+# ----------------------------------------------------------------------------------------------- the head and names
+
+
+def _trained_classes(variant: Variant, ckpt: Checkpoint, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count the checkpoint was trained for: its head's rows (its metadata must agree)."""
+    rows = _head_classes(variant, state)
+    listed = ckpt.meta.get("num_classes")
+    if listed is not None and rows is not None and listed != rows:
+        raise CheckpointError(
+            f"{ckpt.source}: litevit metadata num_classes={listed} is invalid: expected {rows}, the rows of its head"
+        )
+    count = rows if rows is not None else listed
+    names = ckpt.meta.get("classes")
+    if names is not None and count is not None and len(names) != count:
+        raise CheckpointError(
+            f"{ckpt.source}: litevit metadata classes={_short(names)} is invalid: expected {count} names, one per "
+            f"class of its head, not {len(names)}"
+        )
+    return count
+
+
+def _keep_head(ckpt: Checkpoint, trained: int | None, wanted: int | None) -> bool:
+    """Whether the checkpoint's head is loaded; a head of another size is replaced, with a WARNING."""
+    if wanted is None or trained is None or wanted == trained:
+        return True
+    log.warning(
+        "%s has a %d-class head; num_classes=%d replaces it with a fresh, untrained head",
+        ckpt.source,
+        trained,
+        wanted,
+    )
+    return False
+
+
+def _class_names(ckpt: Checkpoint, count: int, official: bool) -> tuple[str, ...] | None:
+    """The names of a loaded head: the file's own, or ImageNet-1k's for a 1000-class published or official head."""
+    listed = ckpt.meta.get("classes")
+    if listed is not None and len(listed) == count:
+        return tuple(listed)
+    if count == 1000 and (official or not ckpt.meta):
+        return _imagenet_names()
+    return None
+
+
+def _file_data(ckpt: Checkpoint | None, default: DataConfig) -> DataConfig:
+    if ckpt is not None and "data_config" in ckpt.meta:
+        return DataConfig(**{k: as_tuples(v) for k, v in ckpt.meta["data_config"].items()})
+    return default
+
+
+def _sized(data: DataConfig, size: Any) -> DataConfig:
+    return dataclasses.replace(data, img_size=size) if isinstance(size, int) else data
+
+
+def _file_kwargs(variant: Variant, ckpt: Checkpoint | None) -> dict[str, Any]:
+    """The model options a litevit file records, checked: config fields that build the model its weights fit."""
+    kwargs = {k: as_tuples(v) for k, v in (ckpt.meta.get("model_kwargs") or {}).items()} if ckpt else {}
+    if not kwargs:
+        return kwargs
+    fields = {f.name for f in dataclasses.fields(variant.config)} - {"num_classes", "img_size"}
+    unknown = sorted(set(kwargs) - fields)
+    shown = _short(ckpt.meta["model_kwargs"])
+    if unknown:
+        raise CheckpointError(
+            f"{ckpt.source}: litevit metadata model_kwargs={shown} is invalid: expected {variant.name} config "
+            f"fields, not {', '.join(map(repr, unknown))}"
+        )
+    size = as_tuples(ckpt.meta.get("img_size"))
+    try:  # the model the file describes, on the meta device: checked before anything is allocated
+        with torch.device("meta"):
+            described = variant.build(num_classes=ckpt.meta.get("num_classes"), img_size=size, **kwargs)
+        _fit(described, ckpt, keep_head=True, load=False)
+    except (CheckpointError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{ckpt.source}: litevit metadata model_kwargs={shown} is invalid: it does not build the model "
+            f"its weights fit ({_one_line(exc)[:200]})"
+        ) from None
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------------ entry points
+
+
+def load_checkpoint(model: nn.Module, source: Source, *, use_ema: bool | None = None) -> nn.Module:
+    """Load official, timm or litevit weights into a model built by :func:`create_model` (or its features model).
+
+    The same rules as ``create_model(..., checkpoint=source)``: keys converted, tables resampled, a head of another
+    size replaced by the model's own (with a WARNING), classifier weights into a features model without the head and
+    pruned layers; ``model.model_info`` then describes the weights loaded.
+    """
+    if not hasattr(model, "variant_name"):
+        raise ValueError("load_checkpoint needs a model built by litevit.create_model")
+    variant = get_variant(model.variant_name)
+    ckpt = _checked(_read(source, use_ema), variant)
+    converted = _convert(variant, ckpt.state)
+    features = isinstance(model, FeatureExtractor)
+    trained = _trained_classes(variant, ckpt, converted[0])
+    keep_head = features or _keep_head(ckpt, trained, int(model.config.num_classes))
+    _fit(model, ckpt, keep_head, converted)
+    before = model_info(model)
+    data = _sized(_file_data(ckpt, before.data), model.config.img_size)
+    names = _class_names(ckpt, int(model.config.num_classes), not ckpt.meta) if keep_head else before.class_names
+    model.model_info = dataclasses.replace(before, class_names=names, data=data, weights=ckpt.source, taken=ckpt.taken)
+    log.info("loaded %s into %s (%s)", ckpt.source, variant.name, ckpt.taken)
+    return model
+
+
+def _read(source: Source, use_ema: bool | None) -> Checkpoint:
+    if not isinstance(source, Checkpoint):
+        return read_checkpoint(source, use_ema=use_ema)
+    if use_ema is not None and source.ema is not None and source.ema != use_ema:
+        raise CheckpointError(
+            f"{source.source} was read with its {source.taken}; use_ema={use_ema} asks for the other weights: "
+            f"read it with read_checkpoint(path, use_ema={use_ema})"
+        )
+    return source
+
+
+def _checked(ckpt: Checkpoint, variant: Variant) -> Checkpoint:
+    named = ckpt.meta.get("variant")
+    if named not in (None, variant.name):
+        raise CheckpointError(
+            f"{ckpt.source} is a litevit {named} file, not {variant.name}: use create_model("
+            f"{named!r}, ...) or litevit.load({ckpt.source!r})"
+        )
+    return ckpt
+
+
 def _resolve(
     name: str, pretrained: bool, weights: str | None, checkpoint: Source | None, use_ema: bool | None
 ) -> tuple[Variant, Weights | None, Checkpoint | None]:
@@ -192,9 +331,9 @@ def _resolve(
             raise ValueError("give either published weights (pretrained / a tag / weights=) or checkpoint=, not both")
         record = get_weights(variant_name, tag or weights)
         checkpoint = hub.fetch(record)
-    if checkpoint is None or isinstance(checkpoint, Checkpoint):
-        return variant, record, checkpoint
-    return variant, record, read_checkpoint(checkpoint, use_ema=use_ema)
+    if checkpoint is None:
+        return variant, record, None
+    return variant, record, _checked(_read(checkpoint, use_ema), variant)
 
 
 def create_model(
@@ -216,51 +355,28 @@ def create_model(
     variant's default weights; ``weights="tag"`` picks others; ``checkpoint`` is a file or a state dict. Without
     ``num_classes`` the checkpoint's head (and class names) are kept; a different ``num_classes`` replaces the head
     with a WARNING. Without ``img_size`` the model is built at the resolution the weights were trained at.
+    ``use_ema`` picks the EMA (True) or non-EMA (False) weights of a file that carries both.
     ``features_only`` returns the loaded classifier's feature extractor (:func:`litevit.models.features.features_only`,
-    maps at ``out_indices``): the head's weights are dropped, nothing else.
+    maps at ``out_indices``); its checkpoint may be a classifier's (the head and the layers the maps do not need are
+    dropped) or a features model's own ``state_dict``.
     """
     variant, record, ckpt = _resolve(name, pretrained, weights, checkpoint, use_ema)
-    meta = ckpt.meta if ckpt is not None else {}
-    if meta.get("variant") not in (None, variant.name):
-        raise CheckpointError(
-            f"{ckpt.source} is a litevit {meta['variant']} file, not {variant.name}: use create_model("
-            f"{meta['variant']!r}, ...) or litevit.load({ckpt.source!r})"
-        )
-    for key, value in meta.get("model_kwargs", {}).items():
-        overrides.setdefault(key, as_tuples(value))
+    converted = _convert(variant, ckpt.state) if ckpt is not None else None
+    trained = _trained_classes(variant, ckpt, converted[0]) if ckpt is not None else None
+    for key, value in _file_kwargs(variant, ckpt).items():
+        overrides.setdefault(key, value)
+    keep_head = features_only or ckpt is None or _keep_head(ckpt, trained, num_classes)
+    classes = num_classes if num_classes is not None and not features_only else trained
 
-    trained_classes = meta.get("num_classes") or (_head_classes(variant, ckpt.state) if ckpt is not None else None)
-    keep_head = num_classes is None or trained_classes is None or num_classes == trained_classes
-    if not keep_head:
-        log.warning(
-            "%s has a %d-class head; num_classes=%d replaces it with a fresh, untrained head",
-            ckpt.source,
-            trained_classes,
-            num_classes,
-        )
-    classes = num_classes if num_classes is not None else trained_classes
-
-    data = variant.data
-    if record is not None:
-        data = record.data
-    elif "data_config" in meta:
-        data = DataConfig(**{k: as_tuples(v) for k, v in meta["data_config"].items()})
-    trained_size = as_tuples(meta.get("img_size", data.img_size if (record or meta) else None))
+    data = record.data if record is not None else _file_data(ckpt, variant.data)
+    trained_size = as_tuples(ckpt.meta.get("img_size", data.img_size)) if (record or (ckpt and ckpt.meta)) else None
     size = img_size if img_size is not None else trained_size
-    if size is not None and isinstance(size, int):
-        data = dataclasses.replace(data, img_size=size)
+    data = _sized(data, size)
 
     model = variant.build(num_classes=classes, img_size=size, **overrides)
-    if ckpt is not None:
-        _fit(model, ckpt, keep_head)
-
     names = None
-    if keep_head and ckpt is not None:
-        listed = meta.get("classes")
-        if listed is not None and len(listed) == model.config.num_classes:
-            names = tuple(listed)
-        elif model.config.num_classes == 1000 and (record is not None or not meta):
-            names = _imagenet_names()
+    if ckpt is not None and keep_head:
+        names = _class_names(ckpt, int(model.config.num_classes), record is not None)
     source = record.name if record is not None else (ckpt.source if ckpt is not None else None)
     model.model_info = ModelInfo(
         variant.name,
@@ -272,33 +388,40 @@ def create_model(
         ckpt.taken if ckpt is not None else None,
         hub.verified(record) if record is not None else None,
     )
-    if ckpt is not None:
-        log.info("loaded %s into %s (%s)", source, variant.name, ckpt.taken)
     if features_only:
-        return feature_extractor(model, out_indices)
+        model = feature_extractor(model, out_indices)
+    if ckpt is not None:
+        _fit(model, ckpt, keep_head, converted)
+        log.info("loaded %s into %s (%s)", source, variant.name, ckpt.taken)
     return model
 
 
-def load(source: str | os.PathLike, **kwargs: Any) -> nn.Module:
+def load(source: str | os.PathLike, *, use_ema: bool | None = None, **kwargs: Any) -> nn.Module:
     """A model from a litevit file alone (``best.safetensors``, ``last.pt``) or from a name with published weights.
 
     A file rebuilds its variant, classes, class names, input size and data config from its own metadata; a name
-    (``"levit_256"`` or ``"levit_256.fb_dist_in1k"``) loads the published weights. Keyword arguments go to
+    (``"levit_256"`` or ``"levit_256.fb_dist_in1k"``) loads the published weights. ``use_ema`` picks the EMA or
+    non-EMA weights of a file that carries both (``last.pt`` with ``--ema``). Keyword arguments go to
     :func:`create_model`.
     """
     path = Path(source)
     if path.is_file():
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, use_ema=use_ema)
         variant = ckpt.meta.get("variant")
         if not variant:
             raise CheckpointError(
                 f"{path} has no litevit metadata naming its model; give the model name: "
                 f"create_model(NAME, checkpoint={str(path)!r})"
             )
+        if variant not in list_models():
+            raise CheckpointError(
+                f"{path}: litevit metadata variant={variant!r} is invalid: expected a registered model name "
+                "(see `litevit list`)"
+            )
         return create_model(variant, checkpoint=ckpt, **kwargs)
     name = str(source)
     if split_name(name)[0] in list_models():
-        return create_model(name, pretrained=True, **kwargs)
+        return create_model(name, pretrained=True, use_ema=use_ema, **kwargs)
     raise CheckpointError(
         f"{source} is neither a file nor a registered model name (with an optional .tag); see `litevit list` "
         "and `litevit weights`"
