@@ -6,11 +6,19 @@ equivalent plain module; :func:`litevit.fuse` walks a model and calls them.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 
 def to_2tuple(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -208,3 +216,97 @@ def square_side(n: int, what: str) -> int:
     if side * side != n:
         raise ValueError(f"{what}: expected a square grid of {n} entries, cannot infer its side")
     return side
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first layer's RGB weights ``(O, 3, ...)`` for ``in_chans`` input channels, as timm's ``adapt_input_conv``.
+
+    One channel: the sum over R, G and B (a grey image then gives what the RGB layer gives for the same grey image
+    repeated three times). N channels: R, G, B repeated cyclically to N and scaled by 3 / N, so that the output keeps
+    its magnitude when all channels carry similar values. Works for any trailing shape (kernel, or unfolded patch).
+    """
+    if weight.shape[1] == in_chans:
+        return weight
+    if weight.shape[1] != 3:
+        raise ValueError(f"only RGB (3-channel) first-layer weights can be adapted, got {weight.shape[1]} channels")
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_chans == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        repeats = math.ceil(in_chans / 3)
+        adapted = weight.repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :in_chans] * (3 / in_chans)
+    return adapted.to(dtype)
+
+
+def adapt_input_weights(
+    state: dict[str, torch.Tensor], keys: tuple[str, ...], in_chans: int
+) -> dict[str, torch.Tensor]:
+    """``state`` with the RGB first-layer weights under ``keys`` adapted to ``in_chans`` (:func:`adapt_input_conv`)."""
+    state = dict(state)
+    for key in keys:
+        weight = state.get(key)
+        if weight is not None and weight.ndim >= 2 and weight.shape[1] != in_chans:
+            state[key] = adapt_input_conv(weight, in_chans)
+    return state
+
+
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorms that normalise with batch statistics but leave their running statistics as they are.
+
+    Activation checkpointing runs a segment's forward a second time during backward; without this, every
+    BatchNorm inside would update its running mean and variance twice per step.
+    """
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _checkpoint_contexts(module: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """(first forward, recomputation) contexts for ``torch.utils.checkpoint``."""
+    return contextlib.nullcontext(), _frozen_running_stats(module)
+
+
+class CheckpointSequential(nn.Sequential):
+    """``nn.Sequential`` whose children run under activation checkpointing while training with gradients.
+
+    Each child's activations are dropped after its forward and recomputed during backward (non-reentrant
+    ``torch.utils.checkpoint``, RNG state preserved so drop path draws the same masks), which trades one extra
+    forward for the memory of the activations inside the children. The recomputation does not update BatchNorm
+    running statistics a second time. In eval mode or without gradients it is a plain ``nn.Sequential``; the
+    children keep their names, so the state dict is unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        for module in self:
+            contexts = functools.partial(_checkpoint_contexts, module)
+            x = checkpoint(module, x, use_reentrant=False, context_fn=contexts)
+        return x
+
+
+def checkpointed(seq: nn.Sequential, enable: bool) -> nn.Sequential:
+    """The children of ``seq`` in a :class:`CheckpointSequential` (``enable``) or a plain ``nn.Sequential``."""
+    kind = CheckpointSequential if enable else nn.Sequential
+    if type(seq) is kind:
+        return seq
+    return kind(OrderedDict(seq.named_children())).train(seq.training)
+
+
+def set_img_size(model: nn.Module, img_size: int | tuple[int, int]) -> None:
+    """Record a new input size in the model's frozen config and in ``model.model_info`` (if the loader set one)."""
+    model.config = dataclasses.replace(model.config, img_size=img_size)
+    info: Any = getattr(model, "model_info", None)
+    if info is not None and dataclasses.is_dataclass(info):
+        data = dataclasses.replace(info.data, img_size=img_size) if isinstance(img_size, int) else info.data
+        model.model_info = dataclasses.replace(info, img_size=img_size, data=data)

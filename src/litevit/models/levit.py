@@ -23,7 +23,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import BNLinear, ConvBN, LinearBN, Residual, check_images, halve, resample_table, square_side, to_2tuple
+from ..layers import (
+    BNLinear,
+    ConvBN,
+    LinearBN,
+    Residual,
+    adapt_input_weights,
+    check_images,
+    checkpointed,
+    halve,
+    resample_table,
+    set_img_size,
+    square_side,
+    to_2tuple,
+)
 from ..registry import DataConfig, Paper, register
 from . import levit_convert
 from .features import take_indices, to_format
@@ -140,6 +153,20 @@ class LeViTAttention(nn.Module):
         del fused.attention_biases
         return fused
 
+    @torch.no_grad()
+    def set_resolution(self, resolution: tuple[int, int]) -> None:
+        """Rebuild for another input grid: the bias table resampled bicubically over offsets, the index rebuilt."""
+        if self.fused_bias is not None:
+            raise ValueError("a fused attention holds its bias for one resolution; set the input size before fusing")
+        if tuple(resolution) == tuple(self.resolution):
+            return
+        table = self.attention_biases.view(self.num_heads, *self.resolution)  # heads, |dy|, |dx|
+        resampled = resample_table(table, resolution).reshape(self.num_heads, -1)
+        self.resolution = tuple(resolution)
+        self.out_resolution = (halve(resolution[0]), halve(resolution[1])) if self.stride == 2 else self.resolution
+        self.attention_biases = nn.Parameter(resampled, requires_grad=self.attention_biases.requires_grad)
+        self.attention_bias_idxs = self._bias_index().to(resampled.device)
+
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, key_dim={self.key_dim}, stride={self.stride}, resolution={self.resolution}"
 
@@ -238,6 +265,46 @@ class LeViT(nn.Module):
         self.head_dist = None
         if self.config.distilled:
             self.head_dist = BNLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
+        """The classifier; ``(head, head_dist)`` for a distilled LeViT, as timm's ``LevitDistilled``."""
+        return self.head if self.head_dist is None else (self.head, self.head_dist)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block while training: activations are recomputed during backward."""
+        for stage in self.stages:
+            stage.blocks = checkpointed(stage.blocks, enable)
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """timm's parameter groups (layer-wise lr decay): the stem, then each block; a downsample joins block 0."""
+        blocks = (
+            r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        )
+        return dict(stem=r"^stem", blocks=blocks)
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Rebuild in place for another input size, as loading these weights at ``img_size`` would: every
+        attention-bias table is resampled (bicubic over offsets) to its new token grid."""
+        if any(isinstance(m, LeViTAttention) and m.fused_bias is not None for m in self.modules()):
+            raise ValueError("a fused LeViT holds its biases for one resolution; set the input size before fusing")
+        self.img_size = to_2tuple(img_size)
+        resolution = tuple(halve(halve(halve(halve(n)))) for n in self.img_size)
+        self.stem_resolution = resolution
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                stage.downsample.attn.set_resolution(resolution)
+                resolution = stage.downsample.attn.out_resolution
+            for block in stage.blocks:
+                block.attn.m.set_resolution(resolution)
+            stage.resolution = resolution
+        set_img_size(self, img_size)
+
+    def adapt_input_channels(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's RGB stem convolution adapted to ``in_chans`` (timm's ``adapt_input_conv`` rule)."""
+        return adapt_input_weights(state, ("stem.0.conv.weight",), self.config.in_chans)
 
     def set_distilled_training(self, enable: bool = True) -> None:
         """Training mode returns ``(class, distillation)`` logits for a distillation loss when on; one tensor (the

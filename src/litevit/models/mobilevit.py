@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..layers import check_images, make_divisible
+from ..layers import adapt_input_weights, check_images, checkpointed, make_divisible, set_img_size
 from ..registry import DataConfig, Paper, register
 from . import mobilevit_convert
 from .features import take_indices, to_format
@@ -114,6 +114,29 @@ class MobileViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block while training: activations are recomputed during backward."""
+        for i, stage in enumerate(self.stages):
+            self.stages[i] = checkpointed(stage, enable)
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """timm's parameter groups (its ByobNet's, layer-wise lr decay): the stem, each block, ``final_conv`` with
+        the last block."""
+        blocks = r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"
+        return dict(stem=r"^stem", blocks=[(blocks, None), (r"^final_conv", (99999,))])
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Record another input size; no weight or table of MobileViT depends on it."""
+        set_img_size(self, img_size)
+
+    def adapt_input_channels(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's RGB stem convolution adapted to ``in_chans`` (timm's ``adapt_input_conv`` rule)."""
+        return adapt_input_weights(state, ("stem.0.conv.weight",), self.config.in_chans)
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "variant_name", "MobileViT")

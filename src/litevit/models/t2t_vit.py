@@ -23,13 +23,14 @@ Differences from the official code:
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..layers import check_images, resample_table, square_side, to_2tuple
+from ..layers import adapt_input_conv, check_images, checkpointed, resample_table, set_img_size, square_side, to_2tuple
 from ..registry import DataConfig, Paper, register
 from . import t2t_vit_convert
 from .features import take_indices, to_format
@@ -94,6 +95,61 @@ class T2TViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every backbone block while training: recomputed during backward."""
+        if self.blocks is not None:
+            self.blocks = checkpointed(self.blocks, enable)
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """timm's parameter groups (its ViT's, layer-wise lr decay): class token, position table and T2T module as
+        the stem, then each block, the final norm with the last block."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+        )
+
+    @torch.no_grad()
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Rebuild in place for another input size, as loading these weights at ``img_size`` would: the grid part of
+        the position table is resampled bicubically, the class-token row kept."""
+        size = to_2tuple(img_size)
+        if min(size) < 16:
+            raise ValueError(f"img_size must be at least 16, got {img_size}")
+        grids = self.tokens_to_token.grids(size)
+        if self.pos_embed is not None and grids[-1] != self.grid:
+            table = self.pos_embed
+            grid = table[0, 1:].t().reshape(-1, *self.grid)  # N, C -> C, H, W
+            resized = resample_table(grid, grids[-1]).flatten(1).t()  # C, H', W' -> N', C
+            self.pos_embed = nn.Parameter(torch.cat((table[:, :1], resized[None]), dim=1), requires_grad=False)
+        self.img_size, self.grids, self.grid = size, grids, grids[-1]
+        set_img_size(self, img_size)
+
+    def adapt_input_channels(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's RGB first T2T layer adapted to ``in_chans``.
+
+        That layer reads unfolded ``k x k`` patches, channel-major (``C * k * k`` values), through a LayerNorm and a
+        linear map: the linear weight of each channel's block follows timm's ``adapt_input_conv`` rule (sum over RGB,
+        or repeat and scale by 3 / N); the LayerNorm's per-value scale and shift are averaged over RGB (one channel)
+        or repeated (N channels), there being nothing to sum.
+        """
+        in_chans, patch = self.config.in_chans, self.config.kernel_sizes[0] ** 2
+        prefix = "tokens_to_token.attention1."
+        linear = prefix + ("kqv.weight" if self.config.tokens_type == "performer" else "attn.qkv.weight")
+        weight = state.get(linear)
+        if weight is None or weight.ndim != 2 or weight.shape[1] != 3 * patch or in_chans == 3:
+            return state
+        state = dict(state)
+        state[linear] = adapt_input_conv(weight.view(weight.shape[0], 3, patch), in_chans).flatten(1)
+        for key in (prefix + "norm1.weight", prefix + "norm1.bias"):
+            if key in state and state[key].numel() == 3 * patch:
+                affine = state[key].view(3, patch)
+                repeated = affine.repeat(math.ceil(in_chans / 3), 1)[:in_chans]
+                state[key] = (affine.mean(0, keepdim=True) if in_chans == 1 else repeated).flatten()
+        return state
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "variant_name", "T2T-ViT")

@@ -35,6 +35,7 @@ class TrainConfig:
     warmup_epochs: float | None = None
     weight_decay: float = 0.05  # AdamW; not applied to biases, norm weights and ``model.no_weight_decay()``
     clip_grad: float | None = None  # max global gradient norm
+    layer_decay: float | None = None  # layer-wise lr decay: layer i of L trains at lr * layer_decay ** (L - i)
     img_size: int | None = None  # training and evaluation resolution; default: the variant's data config
     amp: bool = False  # float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU
     ema: bool | None = None  # keep an exponential moving average of the weights (evaluated and exported when better)

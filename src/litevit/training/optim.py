@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ class WarmupCosine:
     def step_to(self, epoch: float) -> float:
         lr = self.lr_at(epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay scales each group's rate
         self.last_epoch = epoch
         return lr
 
@@ -84,12 +85,69 @@ class ModelEma:
         self.module.load_state_dict(state)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on 1-D parameters (biases, norms) and on ``model.no_weight_decay()``."""
+_JOIN_PREVIOUS = 99999.0  # timm's MATCH_PREV_GROUP: a matcher entry ending in it joins the group before it
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Each parameter's layer from ``model.group_matcher(coarse=False)``, as timm's ``group_parameters``.
+
+    A name matched by entry ``e`` of the matcher (in order: stem, blocks) gets the ordinal ``(e, *numbers captured,
+    *suffix)``; the distinct ordinals, sorted, are numbered from 0, an ordinal ending in 99999 taking the number of
+    the one before it; unmatched names (the head) sort last.
+    """
+    compiled = []
+    for index, spec in enumerate(model.group_matcher(coarse=False).values()):
+        if spec is None:
+            continue
+        for pattern, suffix in spec if isinstance(spec, list | tuple) else [(spec, None)]:
+            compiled.append((re.compile(pattern), float(index), tuple(map(float, suffix or ()))))
+
+    def ordinal(name: str) -> tuple[float, ...]:
+        for pattern, index, suffix in compiled:
+            if m := pattern.match(name):
+                return (index, *(float(g) for g in m.groups() if g is not None), *suffix)
+        return (math.inf,)
+
+    ordinals = {name: ordinal(name) for name, _ in model.named_parameters()}
+    numbers: dict[tuple[float, ...], int] = {}
+    layer = -1
+    for key in sorted(set(ordinals.values())):
+        if layer < 0 or key[-1] != _JOIN_PREVIOUS:
+            layer += 1
+        numbers[key] = layer
+    return {name: numbers[key] for name, key in ordinals.items()}
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on 1-D parameters (biases, norms) and on ``model.no_weight_decay()``.
+
+    With ``layer_decay`` (timm's layer-wise learning-rate decay, BEiT's recipe) the groups are split by
+    :func:`layer_ids` and each carries ``lr_scale = layer_decay ** (num_layers - layer)``: the head (layer
+    ``num_layers``) trains at the full rate, the stem (layer 0) at ``layer_decay ** num_layers`` of it.
+    """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    if layer_decay is None:
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(f"layer-wise lr decay needs the model's group_matcher(); {type(model).__name__} has none")
+    layers = layer_ids(model)
+    num_layers = max(layers.values())
+    groups: dict[tuple[int, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = 0.0 if param.ndim <= 1 or name in skip else weight_decay
+        layer = layers[name]
+        group = groups.setdefault(
+            (layer, decay),
+            {"params": [], "weight_decay": decay, "lr_scale": layer_decay ** (num_layers - layer), "layer": layer},
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]

@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--clip-grad", type=float, help="max gradient norm")
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        help="layer-wise lr decay (timm's, over the model's group_matcher): stem 0, blocks 1..L-1, head L; "
+        "layer i trains at lr * DECAY ** (L - i) (default: off)",
+    )
     p.add_argument("--img-size", type=int, help="training resolution (default: the model's)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA of the weights")

@@ -105,7 +105,7 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     lr, min_lr, warmup_lr = _effective_lrs(config, ranks.world)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_decay), lr=lr)
     scheduler = WarmupCosine(optimizer, lr, config.epochs, config.warmup_epochs, min_lr, warmup_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     ema = ModelEma(model, config.ema_decay) if config.ema else None

@@ -123,6 +123,24 @@ def _whole(model: nn.Module) -> nn.Module:
         return get_variant(model.variant_name).builder(dataclasses.replace(model.config, num_classes=1))
 
 
+def _adapt_input_channels(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, warn: bool
+) -> dict[str, torch.Tensor]:
+    """RGB first-layer weights fitted to the model's ``in_chans`` by the model's ``adapt_input_channels`` (timm's
+    ``adapt_input_conv`` rule), with a WARNING naming them."""
+    adapt = getattr(model, "adapt_input_channels", None)
+    if not callable(adapt):
+        return state
+    try:
+        adapted = adapt(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    changed = sorted(k for k, v in adapted.items() if k in state and v.shape != state[k].shape)
+    if changed and warn:
+        log.warning("%s: RGB weights adapted to in_chans=%d (%s)", source, model.config.in_chans, ", ".join(changed))
+    return adapted
+
+
 def _fit(
     model: nn.Module,
     ckpt: Checkpoint,
@@ -136,6 +154,7 @@ def _fit(
     """
     variant = get_variant(model.variant_name)
     state, layout = converted if converted is not None else _convert(variant, ckpt.state)
+    state = _adapt_input_channels(model, state, ckpt.source, load)
     whole = _whole(model)
     adapt = getattr(whole, "adapt_checkpoint", None)
     built: set[str] = set()  # keys the model fills with its own values (T2T-ViT's fixed table when a file has none)
