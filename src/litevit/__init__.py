@@ -16,7 +16,9 @@ from .weights import (
     list_weights,
     load,
     load_checkpoint,
+    push_to_hub,
     read_checkpoint,
+    save_pretrained,
 )
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "list_weights",
     "load",
     "load_checkpoint",
+    "push_to_hub",
     "read_checkpoint",
+    "save_pretrained",
     "__version__",
 ]

@@ -22,6 +22,7 @@ _EXTRAS = {
     "onnx": "export",
     "executorch": "executorch",
     "coremltools": "coreml",
+    "huggingface_hub": "hub",
 }
 
 

@@ -99,16 +99,28 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace, img_size: int | tuple[int, int] | None = None) -> object:
-    """The model the command names: an exported file, a litevit file, or a name with weights."""
-    from .predict import load_classifier
+    """The model the command names: an exported file, a litevit file, a Hub folder or repository, or a name."""
+    from pathlib import Path
 
+    from .predict import load_classifier
+    from .weights.loading import load
+
+    if Path(args.model).is_dir() or args.model.startswith("hf-hub:"):  # config.json + weights (timm's form)
+        if args.checkpoint is not None or args.pretrained:
+            raise ValueError(f"{args.model} carries its own weights; --checkpoint and --pretrained do not apply")
+        return load(args.model, img_size=img_size).eval()
     return load_classifier(args.model, args.checkpoint, img_size, pretrained=args.pretrained)
 
 
 def _add_model_source(p: argparse.ArgumentParser, exported: bool = True) -> None:
-    what = "registered name (MODEL or MODEL.TAG for published weights), a litevit file (best.safetensors, last.pt)"
+    what = (
+        "registered name (MODEL or MODEL.TAG for published weights), a litevit file (best.safetensors, last.pt), "
+        "a Hub folder (config.json + model.safetensors, timm's or litevit's) or hf-hub:ORG/NAME"
+    )
     p.add_argument("model", help=what + (", or an exported .onnx / .ts / .pt2 file" if exported else ""))
-    p.add_argument("--checkpoint", help="weights for a registered model (official, timm or litevit layout)")
+    p.add_argument(
+        "--checkpoint", help="weights for a registered model: a file (official, timm or litevit layout) or a Hub folder"
+    )
     p.add_argument("--pretrained", action="store_true", help="load the model's default published weights")
 
 

@@ -2,6 +2,7 @@
 
 from . import zoo  # noqa: F401  (registers the published weights)
 from .checkpoint import CheckpointError, read_checkpoint
+from .hf import push_to_hub, save_pretrained
 from .hub import DownloadError
 from .loading import ModelInfo, create_model, load, load_checkpoint
 from .records import Weights, get_weights, list_weights
@@ -16,5 +17,7 @@ __all__ = [
     "list_weights",
     "load",
     "load_checkpoint",
+    "push_to_hub",
     "read_checkpoint",
+    "save_pretrained",
 ]

@@ -27,7 +27,7 @@ from torch import nn
 from ..models.features import FeatureExtractor
 from ..models.features import features_only as feature_extractor
 from ..registry import DataConfig, Variant, families, get_variant, list_models
-from . import hub
+from . import folder, hub
 from .checkpoint import Checkpoint, CheckpointError, _one_line, _short, read_checkpoint
 from .checks import check_values, misfit
 from .records import Weights, get_weights, split_name
@@ -317,6 +317,8 @@ def load_checkpoint(model: nn.Module, source: Source, *, use_ema: bool | None = 
 
 
 def _read(source: Source, use_ema: bool | None) -> Checkpoint:
+    if isinstance(source, str | os.PathLike) and Path(source).is_dir():
+        return folder.read_folder(source)  # a Hub folder (timm's save_for_hf, litevit's save_pretrained)
     if not isinstance(source, Checkpoint):
         return read_checkpoint(source, use_ema=use_ema)
     if use_ema is not None and source.ema is not None and source.ema != use_ema:
@@ -371,7 +373,9 @@ def create_model(
     """Build a registered model, with published weights or a checkpoint (official, timm or litevit layout).
 
     ``name`` may carry a weights tag (``"mobilevitv2_150.cvnets_in22k_ft_in1k_384"``); ``pretrained=True`` loads the
-    variant's default weights; ``weights="tag"`` picks others; ``checkpoint`` is a file or a state dict. Without
+    variant's default weights; ``weights="tag"`` picks others; ``checkpoint`` is a file, a Hub folder (timm's
+    ``save_for_hf`` or :func:`~litevit.weights.hf.save_pretrained`) or a state dict; ``"hf-hub:ORG/NAME"`` fetches
+    such a folder from the Hugging Face Hub (``litevit[hub]``), as timm names them. Without
     ``num_classes`` the checkpoint's head (and class names) are kept; a different ``num_classes`` replaces the head
     with a WARNING. Without ``img_size`` the model is built at the resolution the weights were trained at.
     ``use_ema`` picks the EMA (True) or non-EMA (False) weights of a file that carries both.
@@ -379,6 +383,11 @@ def create_model(
     maps at ``out_indices``); its checkpoint may be a classifier's (the head and the layers the maps do not need are
     dropped) or a features model's own ``state_dict``.
     """
+    if name.startswith(folder.HUB_PREFIX):  # a Hub repository, as timm names them: hf-hub:ORG/NAME[@REVISION]
+        if checkpoint is not None or pretrained or weights is not None:
+            raise ValueError(f"{name} carries its own weights; pretrained, weights= and checkpoint= do not apply")
+        checkpoint = folder.read_folder(folder.hub_folder(name))
+        name = checkpoint.meta["variant"]
     variant, record, ckpt = _resolve(name, pretrained, weights, checkpoint, use_ema)
     converted = _convert(variant, ckpt.state) if ckpt is not None else None
     trained = _trained_classes(variant, ckpt, converted[0]) if ckpt is not None else None
@@ -416,14 +425,20 @@ def create_model(
 
 
 def load(source: str | os.PathLike, *, use_ema: bool | None = None, **kwargs: Any) -> nn.Module:
-    """A model from a litevit file alone (``best.safetensors``, ``last.pt``) or from a name with published weights.
+    """A model from a litevit file alone (``best.safetensors``, ``last.pt``), a Hub folder (``config.json`` +
+    weights, timm's or litevit's), ``"hf-hub:ORG/NAME"``, or a name with published weights.
 
     A file rebuilds its variant, classes, class names, input size and data config from its own metadata; a name
     (``"levit_256"`` or ``"levit_256.fb_dist_in1k"``) loads the published weights. ``use_ema`` picks the EMA or
     non-EMA weights of a file that carries both (``last.pt`` with ``--ema``). Keyword arguments go to
     :func:`create_model`.
     """
+    if str(source).startswith(folder.HUB_PREFIX):
+        return create_model(str(source), use_ema=use_ema, **kwargs)
     path = Path(source)
+    if path.is_dir():  # a Hub folder names its model in config.json
+        ckpt = folder.read_folder(path)
+        return create_model(ckpt.meta["variant"], checkpoint=ckpt, use_ema=use_ema, **kwargs)
     if path.is_file():
         ckpt = read_checkpoint(path, use_ema=use_ema)
         variant = ckpt.meta.get("variant")
