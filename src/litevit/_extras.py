@@ -77,9 +77,10 @@ def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))
 
 
-def has_vnni() -> bool:
-    """Whether int8 dot products run in one instruction (VNNI); without it u8 x s8 products can saturate."""
-    return bool({"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"} & set(cpu_isa()))
+def has_vnni(flags: frozenset[str] | None = None) -> bool:
+    """Whether int8 dot products run in one instruction (VNNI) on a CPU with ``flags`` (default: this one's);
+    without it u8 x s8 products can saturate."""
+    return bool({"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"} & set(cpu_isa(flags)))
 
 
 class MissingExtraError(ImportError):

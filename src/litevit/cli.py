@@ -11,8 +11,9 @@ import sys
 from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
 from .data import MAX_DEFAULT_WORKERS
-from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES
+from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES
 from .deploy.metadata import FORMATS
+from .deploy.parity import INT8_MIN_AGREEMENT, INT8_MIN_CORRELATION, INT8_MIN_SIGNAL, RTOL
 from .flops import count_params
 from .predict import EVAL_BATCH_SIZE, PREDICT_BATCH_SIZE, TOPK
 from .registry import get_variant, list_models
@@ -250,13 +251,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(result.delegation.summary())
     if result.check is None and args.check:
         print("check skipped: Core ML predictions run on macOS only")
-    if result.check is not None:
-        c = result.check
-        agreement = f", top-1 agreement with fp32 {c.agreement:.1%}" if c.agreement is not None else ""
+    c = result.check
+    if c is not None and c.judged is None:
+        print(f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e} (passed)")
+    elif c is not None:  # int8: on images held out of calibration
+        agreement = f"top-1 agreement with fp32 {c.agreement:.1%}, " if c.agreement is not None else ""
         print(
-            f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e}{agreement} "
-            "(passed)"
+            f"int8 check on {c.batch} held-out images: {agreement}correlation of the logits {c.correlation:.3f}, "
+            f"max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e}"
         )
+        if c.judged:
+            bound = f"agreement >= {INT8_MIN_AGREEMENT:.0%}, " if c.agreement is not None else ""
+            print(f"  (passed: {bound}correlation >= {INT8_MIN_CORRELATION:g})")
+        else:
+            print(
+                f"  (passed: finite and input-dependent; agreement and correlation not judged: fp32's logits vary by "
+                f"only {c.signal:.2%} of their size across these images, < {INT8_MIN_SIGNAL:.0%})"
+            )
     return 0
 
 
@@ -271,7 +282,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default; 1 for .pte/.mlpackage) or a fixed size")
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the lowest that works for the model)")
-    p.add_argument("--check", action="store_true", help="run the exported file on another batch size vs PyTorch")
+    p.add_argument(
+        "--check", action="store_true",
+        help=(f"run the exported file against PyTorch on another batch size (within {RTOL:g} relative); with --int8, "
+              f"on up to {INT8_CHECK_IMAGES} images of --calibration held out of calibration: fails on a non-finite "
+              f"or constant output and, where fp32's logits vary across the images by >= {INT8_MIN_SIGNAL:.0%} of "
+              f"their size, on top-1 agreement with fp32 < {INT8_MIN_AGREEMENT:.0%} or a correlation of the logits < "
+              f"{INT8_MIN_CORRELATION:g}").replace("%", "%%"),  # argparse formats help with %
+    )  # fmt: skip
     p.add_argument("--int8", action="store_true", help="static int8: .onnx (onnxruntime QDQ) or .xml (OpenVINO, NNCF)")
     p.add_argument("--calibration", help="folder of images for --int8 (preprocessed with the model's data config)")
     p.add_argument(

@@ -104,6 +104,13 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}") from None
 
 
+def family_line(name: str) -> str:
+    """A registered model's family, with MobileViT's versions apart (``mobilevit``, ``mobilevitv2``,
+    ``mobilevitv3``): one family class, three architectures, each with its own int8 settings and plot line."""
+    variant = get_variant(name)
+    return name.split("_")[0] if variant.family == "mobilevit" else variant.family
+
+
 def find_variant(external_name: str) -> Variant | None:
     """The variant that the official code or timm calls ``external_name``, if any."""
     for variant in _REGISTRY.values():

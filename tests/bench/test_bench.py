@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -21,11 +23,18 @@ TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4),
 
 def test_time_interleaved_rotates_and_balances() -> None:
     calls: list[str] = []
-    runners = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+
+    def runner(name: str) -> None:
+        calls.append(name)
+        if name == "b":
+            time.sleep(0.02)  # the one runner that takes time: its samples must show it, in seconds
+
+    runners = {name: (lambda name=name: runner(name)) for name in "abc"}
     times = bench.time_interleaved(runners, seconds=0.0, warmup=0.0)
     assert [len(t) for t in times.values()] == [3, 3, 3]  # at least three rounds, equal counts
     assert calls[:9] == list("abc") + list("bca") + list("cab")
-    assert all(t >= 0 for ts in times.values() for t in ts)
+    assert min(times["b"]) >= 0.02 and statistics.median(times["b"]) < 1.0  # each call timed, in seconds
+    assert max(statistics.median(times["a"]), statistics.median(times["c"])) < 0.02  # timed apart, not summed
 
 
 def test_bench_group_on_tiny_model_gives_well_formed_records() -> None:
@@ -164,9 +173,105 @@ def test_int8_costs_are_printed_next_to_int8_speeds(tmp_path) -> None:
     ov = dataclasses.replace(records[1], runtime="openvino-int8")
     ort = dataclasses.replace(records[1], runtime="onnxruntime-int8")
     timm = dataclasses.replace(records[1], runtime="openvino-int8", source="timm", fused=False)
-    assert [bench_report.int8_cost(r, costs) for r in (records[1], ov, ort, timm)] == [None, 0.5, 1.25, 2.0]
+    costs_of = [bench_report.int8_cost(r, costs) for r in (records[1], ov, ort, timm)]
+    assert [c and (c.drop, c.model) for c in costs_of] == [None, (0.5, "levit_128s"), (1.25, "levit_128s"),
+                                                          (2.0, "levit_128s")]  # fmt: skip
     table = bench_report.markdown(bench.BenchResult([records[0], ov, ort], []), costs)
     assert "| openvino-int8 (top-1 -0.50) |" in table and "| onnxruntime-int8 (top-1 -1.25) |" in table
     png = tmp_path / "p.png"
     bench_report.plot(bench.BenchResult([records[0], ov, timm], []), png, costs)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _record(model: str, source: str, runtime: str, images_per_s: float, top1: float, fused: bool = True):
+    return bench.BenchRecord(
+        model=model, source=source, runtime=runtime, fused=fused, batch_size=1, img_size=(224, 224), dtype="fp32",
+        channels_last=False, device="cpu", device_name="test CPU [AVX2]", threads=1, torch_version="2.x",
+        git_commit="abc", params_m=1.0, macs_m=100.0, paper_top1=top1, median_ms=1e3 / images_per_s,
+        p10_ms=1.0, p90_ms=1.0, images_per_s=images_per_s, samples=3, baseline=None, speedup_median=1.0,
+        speedup_p10=1.0, speedup_p90=1.0,
+    )  # fmt: skip
+
+
+def _costs(tmp_path) -> dict:
+    rows = [dict(kind="chosen", model=m, openvino_drop=d, onnxruntime_drop=d + 1, nncf_defaults_drop=d + 3)
+            for m, d in (("levit_128s", 1.25), ("mobilevitv2_050", 0.5))]  # fmt: skip
+    (tmp_path / "costs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return bench_report.read_int8_costs(tmp_path / "costs.jsonl")
+
+
+def test_int8_costs_are_keyed_by_family_line_and_name_the_measured_variant(tmp_path) -> None:
+    costs = _costs(tmp_path)
+    assert set(costs) == {(line, route) for line in ("levit", "mobilevitv2")
+                          for route in ("openvino", "onnxruntime", "nncf-defaults")}  # fmt: skip
+    assert costs[("mobilevitv2", "onnxruntime")] == bench_report.Int8Cost(1.5, "mobilevitv2_050")
+    # the table prints a family's drop next to every variant's int8 speed (as measured on one of them)
+    other = _record("mobilevitv2_100", "litevit", "openvino-int8", 50.0, 78.1)
+    assert bench_report.int8_cost(other, costs).drop == 0.5
+    assert bench_report.int8_cost(_record("mobilevit_xxs", "litevit", "openvino-int8", 50.0, 69.0), costs) is None
+
+
+def test_plot_keeps_published_top1_and_draws_a_drop_only_where_measured(tmp_path) -> None:
+    costs = _costs(tmp_path)
+    records = [
+        _record("levit_128s", "litevit", "eager", 40.0, 76.6, fused=False),
+        _record("levit_128s", "litevit", "eager", 50.0, 76.6),
+        _record("levit_128s", "litevit", "openvino-int8", 90.0, 76.6),  # the variant the drop was measured on
+        _record("levit_256", "litevit", "openvino-int8", 40.0, 81.6),  # its family's drop, not measured on it
+        _record("levit_128s", "timm", "openvino-int8", 70.0, 76.6),
+        _record("mobilevitv2_050", "litevit", "onnxruntime", 30.0, 70.2),  # fastest is fp32: no drop
+        _record("mobilevitv2_050", "litevit", "onnxruntime-int8", 20.0, 70.2),
+        _record("efficientnet_b0", "timm", "onnxruntime", 60.0, 77.1),
+        _record("efficientnet_b0", "timm", "openvino-int8", 120.0, 77.1),  # faster, but its top-1 is fp32's
+    ]
+    points = {(p.record.source, p.record.model): p for p in bench_report.plot_points(records, costs)}
+    assert set(points) == {("litevit", "levit_128s"), ("litevit", "levit_256"), ("timm", "levit_128s"),
+                           ("litevit", "mobilevitv2_050"), ("timm", "efficientnet_b0")}  # fmt: skip
+    assert all(p.top1 == p.record.paper_top1 for p in points.values())  # published ImageNet top-1, never shifted
+    drops = {key: (p.record.runtime, p.drop) for key, p in points.items()}
+    assert drops == {
+        ("litevit", "levit_128s"): ("openvino-int8", 1.25),
+        ("litevit", "levit_256"): ("openvino-int8", None),
+        ("timm", "levit_128s"): ("openvino-int8", 4.25),  # NNCF defaults, on the measured variant
+        ("litevit", "mobilevitv2_050"): ("onnxruntime", None),
+        ("timm", "efficientnet_b0"): ("onnxruntime", None),
+    }
+    cnn = points[("timm", "efficientnet_b0")]
+    assert cnn.line is None and cnn.label == "efficientnet_b0 (onnxruntime)"
+    assert {p.line for p in points.values()} == {"levit", "mobilevitv2", None}
+    assert all(p.label is None for p in points.values() if p.line is not None)
+
+
+def test_plot_layout_keeps_labels_off_the_other_panels(tmp_path) -> None:
+    """Two batch sizes side by side: one y label, on the left panel, and no axis label or tick label of a panel
+    inside another panel."""
+    one_batch = [
+        _record("levit_128s", "litevit", "openvino-int8", 90.0, 76.6),
+        _record("levit_256", "litevit", "eager", 40, 81.6),
+        _record("efficientnet_b0", "timm", "onnxruntime", 60.0, 77.1),
+    ]
+    records = [dataclasses.replace(r, batch_size=b) for b in (1, 16) for r in one_batch]
+    fig = bench_report.figure(bench.BenchResult(records, []), _costs(tmp_path))
+    renderer = fig.canvas.get_renderer()
+    left, right = fig.axes[:2]
+    assert left.get_ylabel() == "ImageNet top-1 (%, published, fp32)" and right.get_ylabel() == ""
+    for ax, other in ((left, right), (right, left)):
+        texts = [ax.yaxis.label, ax.xaxis.label, *ax.get_yticklabels(), *ax.get_xticklabels()]
+        boxes = [t.get_window_extent(renderer) for t in texts if t.get_text()]
+        assert boxes and not any(b.overlaps(other.get_window_extent(renderer)) for b in boxes)
+    legend_text = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "int8 top-1 drop on 64-px drawn textures, 8 classes*" in legend_text
+    assert any("int8's ImageNet accuracy was not measured" in t.get_text() for t in fig.texts)
+
+
+def test_bench_records_read_back_as_written(tmp_path) -> None:
+    records = [
+        _record("levit_128s", "litevit", "eager", 50.0, 76.6),
+        _record("efficientnet_b0", "timm", "eager", 9, 77.1),
+    ]
+    comparison = bench.Comparison("levit_128s", 1, "litevit:levit_128s:eager:fused", "timm:levit_128s:eager", 1.2, 1.1,
+                                  1.3)  # fmt: skip
+    rate = bench.FlopRate("levit_128s", 16, 1, 50.0, 100.0, 0.5, 0.45, 0.55)
+    result = bench.BenchResult(records, [comparison], rate)
+    bench_report.write_jsonl(result, tmp_path / "r.jsonl")
+    assert bench_report.read_jsonl(tmp_path / "r.jsonl") == result

@@ -10,17 +10,22 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from reference import recipe_value
 from torch import nn
 
 import litevit
+from litevit import _extras
+from litevit._extras import has_vnni
 from litevit.bench.timing import compare_onnx_speed
 from litevit.cli import main
 from litevit.deploy.errors import ExportError
 from litevit.deploy.export import export
+from litevit.deploy.metadata import ExportMetadata, MetadataError
 from litevit.deploy.onnx import ONNX_OPSETS
 from litevit.deploy.parity import RTOL
 from litevit.deploy.runtime import ExportedModel
+from litevit.registry import DataConfig
 
 MODELS = litevit.list_models()
 # the first variant of each family and model class, so new families are picked up automatically
@@ -174,3 +179,49 @@ def test_onnx_speed_comparison_runs(tmp_path: Path) -> None:
     result = compare_onnx_speed(model, tmp_path / "m.onnx", batch=1, seconds=0.05, warmup=0.01)
     assert result["eager_ms"] > 0 and result["onnxruntime_ms"] > 0
     assert np.isclose(result["speedup"], result["eager_ms"] / result["onnxruntime_ms"])
+
+
+TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
+
+
+def test_has_vnni_reads_the_flags_the_cpu_reports() -> None:
+    assert not has_vnni(frozenset({"avx2", "avx512f"}))
+    assert has_vnni(frozenset({"avx2", "avx_vnni"})) and has_vnni(frozenset({"avx512f", "avx512_vnni"}))
+    assert has_vnni(frozenset({"amx_int8"}))
+
+
+@pytest.mark.parametrize("flags, bits", [({"avx2", "avx512f"}, 7), ({"avx2", "avx512f", "avx512_vnni"}, 8)])
+def test_onnx_int8_weight_bits_follow_what_the_cpu_reports(flags, bits, tmp_path, monkeypatch) -> None:
+    """Without VNNI onnxruntime int8 weights take 7 bits (reduce_range), with it 8; the file records which.
+
+    The CPU is faked where litevit reads it (the flags of /proc/cpuinfo), so both branches run on any machine; the
+    weights are read back from the file: 7 bits reach 64 at most, 8 bits 127 (per-channel symmetric, each channel's
+    largest weight at the end of the range). The check runs a fixed batch of 5 in chunks.
+    """
+    monkeypatch.setattr(_extras, "cpu_flags", lambda: frozenset(flags))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    model = litevit.create_model("levit_128s", **TINY).eval()
+    path = tmp_path / "m.onnx"
+    result = export(model, path, int8=True, calibration=folder, calibration_images=8, check=True, batch=5)
+    assert result.metadata.weight_bits == bits and ExportedModel(path).metadata.weight_bits == bits
+    assert result.check.passed and result.check.batch == 12  # 20 images: 8 calibrate, 12 held out
+    proto = onnx.load(str(path))
+    initializers = {t.name: t for t in proto.graph.initializer}
+    weights = [onnx.numpy_helper.to_array(initializers[n.input[0]]).astype(np.int64) for n in proto.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+               and initializers[n.input[0]].data_type == onnx.TensorProto.INT8]  # fmt: skip
+    assert len(weights) >= 10 and max(int(np.abs(w).max()) for w in weights) == (64 if bits == 7 else 127)
+
+
+def test_metadata_weight_bits_is_read_back_and_checked() -> None:
+    meta = ExportMetadata("levit_128s", (64, 64), 10, DataConfig(), "dynamic", "onnx", precision="int8", weight_bits=7)
+    assert ExportMetadata.from_json(meta.to_json()) == meta
+    with pytest.raises(MetadataError, match="field 'weight_bits': expected 7, 8 or null, got 6"):
+        ExportMetadata.from_json(meta.to_json().replace('"weight_bits": 7', '"weight_bits": 6'))
+    old = json.loads(meta.to_json())
+    del old["weight_bits"]  # files written before the field: None
+    assert ExportMetadata.from_json(json.dumps(old)).weight_bits is None

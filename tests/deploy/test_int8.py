@@ -1,4 +1,5 @@
-"""int8 and OpenVINO export: a trained model quantized through the CLI, parity at fp32, bad calibration input.
+"""int8 and OpenVINO export: a trained model quantized through the CLI, parity at fp32, bad calibration input,
+calibration drawn from every class folder, and the int8 check: working graphs pass, dead ones fail, on every family.
 
 The trained model is a tiny LeViT fitted on drawn patterns (see test_train); its int8 forms are evaluated on
 held-out images and compared with the fp32 model's top-1 and predictions.
@@ -6,8 +7,11 @@ held-out images and compared with the fp32 model's top-1 and predictions.
 
 from __future__ import annotations
 
+import colorsys
 import importlib
 import io
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +23,31 @@ import litevit
 from litevit import cli
 from litevit._extras import MissingExtraError
 from litevit.data import eval_transform, image_folder
-from litevit.deploy.int8 import MIN_CALIBRATION_IMAGES, CalibrationError
+from litevit.deploy import parity
+from litevit.deploy.errors import ExportError
+from litevit.deploy.int8 import (
+    INT8_CHECK_IMAGES,
+    MIN_CALIBRATION_IMAGES,
+    MIN_CHECK_IMAGES,
+    CalibrationError,
+    calibration_files,
+    calibration_set,
+)
 from litevit.deploy.runtime import ExportedModel
 from litevit.predict import evaluate, preprocessing
+from litevit.registry import DataConfig, family_line
 from litevit.training import train as T
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+export_module = importlib.import_module("litevit.deploy.export")  # the package's `export` is the function
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny LeViT trained on drawn patterns: (best.safetensors, the data root with train/ and val/)."""
+    training_tests = str(Path(__file__).resolve().parents[1] / "training")
+    if training_tests not in sys.path:  # pytest puts it there only when it collects tests/training too
+        sys.path.append(training_tests)
     from test_train import TINY, make_patterns, tiny_config
 
     root = tmp_path_factory.mktemp("int8-patterns")
@@ -52,7 +70,8 @@ def test_int8_of_a_trained_model_keeps_its_accuracy(trained, tmp_path, suffix, c
     command = ["export", str(best), "--int8", "--calibration", str(root / "train"), "--out", str(out), "--check"]
     assert cli.main(command) == 0
     printed = capsys.readouterr().out
-    assert "int8" in printed and "top-1 agreement with fp32" in printed
+    assert "int8 check on 8 held-out images: top-1 agreement with fp32" in printed
+    assert "(passed: agreement >= 50%, correlation >= 0.5)" in printed
     fp32 = litevit.load(best).eval()
     int8 = ExportedModel(out)
     assert int8.metadata.precision == "int8" and int8.metadata.class_names == fp32.model_info.class_names
@@ -70,7 +89,8 @@ def test_quantize_api_writes_openvino_when_the_suffix_leaves_the_choice_open(tra
     best, root = trained
     result = litevit.quantize(litevit.load(best), tmp_path / "m", root / "train", calibration_images=16)
     assert result.path == tmp_path / "m.xml" and result.metadata.precision == "int8"
-    assert result.check is not None and result.check.agreement >= 0.9  # on the 16 calibration images
+    # on images of the folder that calibration did not use
+    assert result.check is not None and result.check.judged and result.check.agreement >= 0.9
 
 
 def _transform(model: torch.nn.Module):
@@ -165,12 +185,16 @@ def test_float_ends_are_the_first_and_last_weighted_layers() -> None:
 def test_every_family_has_a_measured_recipe() -> None:
     from litevit.deploy.int8 import INT8_SETTINGS, Int8Settings, int8_settings_for, int8_settings_key
 
-    lines = {n.split("_")[0] if litevit.get_variant(n).family == "mobilevit" else litevit.get_variant(n).family
-             for n in litevit.list_models()}  # fmt: skip
-    assert set(INT8_SETTINGS) == lines
-    for name in ("levit_128s", "mobilevitv2_050", "mobilevit_xxs"):
+    lines = {"levit", "efficientvit_msra", "mobilevit", "mobilevitv2", "mobilevitv3", "t2t_vit"}
+    assert {family_line(n) for n in litevit.list_models()} == lines == set(INT8_SETTINGS)
+    expected = {
+        "levit_128s": "levit", "efficientvit_m0": "efficientvit_msra", "mobilevit_xxs": "mobilevit",
+        "mobilevitv2_050": "mobilevitv2", "mobilevitv3_xxs_l2": "mobilevitv3", "t2t_vit_7": "t2t_vit",
+    }  # fmt: skip
+    for name, line in expected.items():
         model = litevit.create_model(name)
-        assert int8_settings_key(model) in lines and int8_settings_for(model) is INT8_SETTINGS[int8_settings_key(model)]
+        assert family_line(name) == int8_settings_key(model) == line
+        assert int8_settings_for(model) is INT8_SETTINGS[line]
     assert int8_settings_for(torch.nn.Conv2d(3, 3, 1)) == Int8Settings()
 
 
@@ -210,3 +234,229 @@ def test_float_depthwise_keeps_grouped_convolutions_float(tmp_path, float_depthw
     grouped, plain = _int8_weights(ir, "GroupConvolution"), _int8_weights(ir, "Convolution")
     assert grouped and sum(plain) >= len(plain) - 4  # NNCF keeps the squeeze-excitation convolutions float
     assert not any(grouped) if float_depthwise else all(grouped)
+
+
+CLASSES = 4
+
+
+def _draw(rng: np.random.Generator, label: int, side: int = 48) -> Image.Image:
+    """Class ``label`` of :func:`_class_tree`: stripes at ``45 * label`` degrees in the class's own hue."""
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    angle = np.pi * label / CLASSES + rng.normal(0, 0.1)
+    phase = rng.uniform(0, 2 * np.pi)
+    wave = np.sin(2 * np.pi * rng.uniform(2, 4) * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
+    hue = (label / CLASSES + rng.normal(0, 0.03)) % 1
+    colour = 255 * np.array(colorsys.hsv_to_rgb(hue, 0.7, rng.uniform(0.5, 0.9)))
+    image = colour + 50 * wave[..., None] + rng.normal(0, 8, (side, side, 3))
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def _class_tree(root: Path, per_class: int, classes: int = CLASSES) -> Path:
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(per_class):
+            _draw(rng, label % CLASSES).save(root / f"class{label}" / f"{i:03d}.png")
+    return root
+
+
+def test_calibration_is_drawn_from_every_class_folder(tmp_path) -> None:
+    """A class-folder tree is calibrated on all its classes (sorted order took the first class only), the held-out
+    images are drawn alike and never calibrate, and the draw is the same every time."""
+    root = _class_tree(tmp_path / "tree", per_class=12, classes=5)
+    calibration, held_out = calibration_files(root, 10, held_out=5)
+    assert len(calibration) == 10 and len(held_out) == 5 and not set(calibration) & set(held_out)
+    for files in (calibration, held_out):
+        counts = {f"class{c}": sum(p.parent.name == f"class{c}" for p in files) for c in range(5)}
+        assert set(counts.values()) == {len(files) // 5}, counts
+    assert sorted(calibration) != sorted(root.rglob("*.png"))[:10]  # not the first files in sorted order
+    assert calibration_files(root, 10, held_out=5) == (calibration, held_out)
+    assert calibration_files(root, 10, held_out=5, seed=1) != (calibration, held_out)
+    # what calibration sees: images of every class (class c has its own hue, told apart by the mean colour)
+    arrays = calibration_set(root, DataConfig(), (32, 32), 10)
+    hues = {round(colorsys.rgb_to_hsv(*a[0].mean((1, 2)) * 0.25 + 0.5)[0], 1) for a in arrays}
+    assert len(arrays) == 10 and len(hues) >= 4, hues
+    # a nested tree is stratified by its innermost folders
+    nested = _class_tree(tmp_path / "nested" / "a", per_class=9, classes=2).parent
+    _class_tree(nested / "b", per_class=9, classes=2)
+    parents = [p.parent.relative_to(nested) for p in calibration_files(nested, 8)[0]]
+    assert sorted(map(str, set(parents))) == ["a/class0", "a/class1", "b/class0", "b/class1"]
+
+
+def test_the_int8_check_holds_images_out_of_calibration(tmp_path) -> None:
+    """Up to INT8_CHECK_IMAGES images beyond the calibration count, and at least MIN_CHECK_IMAGES taken from it."""
+    root = _class_tree(tmp_path / "tree", per_class=20)  # 80 images
+    calibration, held_out = calibration_files(root, 16, held_out=INT8_CHECK_IMAGES)
+    assert (len(calibration), len(held_out)) == (16, INT8_CHECK_IMAGES)
+    calibration, held_out = calibration_files(root, 300, held_out=INT8_CHECK_IMAGES)
+    assert (len(calibration), len(held_out)) == (80 - MIN_CHECK_IMAGES, MIN_CHECK_IMAGES)
+    small = _class_tree(tmp_path / "small", per_class=(MIN_CALIBRATION_IMAGES + MIN_CHECK_IMAGES) // CLASSES - 1)
+    assert len(calibration_files(small, 300)[0]) == 12  # without a check every image calibrates
+    message = r"has 12 image file\(s\); the int8 check holds 8 of them out of calibration, which needs 8: at least 16"
+    with pytest.raises(CalibrationError, match=message):
+        calibration_files(small, 300, held_out=INT8_CHECK_IMAGES)
+    assert cli.main(["export", "levit_128s", "--int8", "--calibration", str(small), "--out", "m.onnx", "--check"]) == 2
+
+
+def _logits(spread: float, batch: int = 16, classes: int = 4) -> torch.Tensor:
+    """Logits of ``batch`` images: a per-class offset (RMS about 10) plus a part that varies from image to image,
+    of standard deviation ``spread``."""
+    generator = torch.Generator().manual_seed(0)
+    offset = 10 * torch.randn(classes, generator=generator)
+    varying = torch.randn(batch, classes, generator=generator)
+    return offset + spread * varying / varying.std()
+
+
+def _one_class_wins(out: torch.Tensor) -> torch.Tensor:
+    """``out`` with the class it picks least often raised far above the others: that class for every image."""
+    rarest = out.argmax(-1).bincount(minlength=out.shape[1]).argmin()
+    return out + 100 * (torch.arange(out.shape[1]) == rarest)
+
+
+def test_int8_check_bounds_on_constructed_logits() -> None:
+    """The decisions of parity.int8_check, on logits built to sit on either side of each bound."""
+    fp32 = _logits(5.0)
+    noise = 0.05 * torch.randn(fp32.shape, generator=torch.Generator().manual_seed(1))
+    good = parity.int8_check(fp32 + noise, fp32)
+    assert good.passed and good.judged and good.agreement >= 0.9 and good.correlation > 0.9
+    assert parity.int8_check(torch.zeros_like(fp32), fp32).failures[0].startswith("the same output for all 16")
+    assert not parity.int8_check(fp32.roll(1, -1), fp32).passed
+    nan = fp32.clone()
+    nan[3, 1] = float("nan")
+    assert parity.int8_check(nan, fp32).failures == ("1 non-finite output value(s)",)
+    # one class always winning: the centred correlation cannot see a per-class offset, agreement does
+    check = parity.int8_check(_one_class_wins(fp32), fp32)
+    assert check.correlation > 0.99 and [f.split(" ")[0] for f in check.failures] == ["top-1"]
+    # logits that hardly change with the image: agreement and correlation are reported, not judged
+    flat = _logits(0.1)
+    assert flat.sub(flat.mean(0)).norm() / flat.norm() < parity.INT8_MIN_SIGNAL
+    unjudged = parity.int8_check(flat.roll(1, -1), flat)
+    assert unjudged.passed and not unjudged.judged and unjudged.agreement == 0.0
+    assert not parity.int8_check(torch.zeros_like(flat), flat).passed  # a constant output still fails
+    # a features model (several maps): judged by correlation, no agreement
+    maps = [fp32[:, :, None, None].expand(-1, -1, 2, 2), fp32[:, :2, None, None]]
+    check = parity.int8_check([m + 0.01 for m in maps], maps)
+    assert check.passed and check.agreement is None
+    assert not parity.int8_check([torch.zeros_like(m) for m in maps], maps).passed
+
+
+def _working_model(name: str, folder: Path, size: int = 64) -> torch.nn.Module:
+    """A random-weight model whose logits follow its input as a trained model's do, without training.
+
+    Random init leaves MobileViT's logits almost input-independent (0.01-0.6 % of their size across images at
+    64 px), which int8 cannot resolve: BatchNorm statistics are measured on the folder's images instead, and the head
+    is a ridge regression fitted to the 4 classes on the pooled features. T2T-ViT has no BatchNorm, and
+    onnxruntime's int8 of its random init returns one output for every image: it takes the reference fixtures'
+    weight recipe.
+    """
+    from reference import recipe_value
+
+    torch.manual_seed(0)
+    model = litevit.create_model(name, img_size=size, num_classes=CLASSES)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        state = model.state_dict()
+        model.load_state_dict({k: torch.from_numpy(recipe_value(k, list(v.shape))) for k, v in state.items()})
+    per_class = 8
+    x = torch.from_numpy(np.concatenate(calibration_set(folder, model.model_info.data, (size, size), 32)))
+    labels = torch.arange(CLASSES).repeat(per_class)  # calibration_set deals the class folders in turn
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the one batch
+    with torch.no_grad():
+        model.train()(x)
+        model.eval()
+        features = model.forward_head(model.forward_features(x), pre_logits=True).double()  # (N, num_features)
+        mean, std = features.mean(0), features.std(0) + 1e-6
+        z = torch.cat([(features - mean) / std, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        targets = 2 * torch.nn.functional.one_hot(labels, CLASSES).double() - 1
+        w = torch.linalg.solve(z.T @ z + torch.eye(z.shape[1], dtype=torch.float64), z.T @ targets)
+        head = torch.nn.Linear(features.shape[1], CLASSES)
+        head.weight.copy_((w[:-1] / std[:, None]).T)
+        head.bias.copy_(w[-1] - (mean / std) @ w[:-1])
+    model.head = head
+    if getattr(model, "head_dist", None) is not None:
+        model.head_dist = head  # LeViT averages both heads in eval
+    assert (model(x).argmax(-1) == labels).float().mean() == 1.0
+    return model
+
+
+def _first_result(function):
+    """``function`` computed once: every later call returns the first call's result."""
+    results = []
+
+    def once(*args):
+        if not results:
+            results.append(function(*args))
+        return results[0]
+
+    return once
+
+
+FAMILY_SMALLEST = ["levit_128s", "efficientvit_m0", "mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "t2t_vit_7"]
+# what a dead graph returns in place of the int8 output, and how the check says so
+DEAD = {
+    "zeros": (lambda out: torch.zeros_like(out), "the same output for all"),
+    "constant": (lambda out: out.mean(0, keepdim=True).expand_as(out), "the same output for all"),
+    "nan": (lambda out: out.masked_fill(torch.rand(out.shape) < 0.1, float("nan")), r"\d+ non-finite"),
+    "shuffled classes": (lambda out: out.roll(1, -1), "top-1 agreement with fp32"),
+    "one class wins": (_one_class_wins, "top-1 agreement with fp32"),
+}
+
+
+@pytest.mark.parametrize(
+    "name, suffix",
+    [("levit_128s", ".onnx")]
+    + [pytest.param(n, s, marks=pytest.mark.slow) for s in (".onnx", ".xml") for n in FAMILY_SMALLEST
+       if (n, s) != ("levit_128s", ".onnx")],
+)  # fmt: skip
+def test_int8_check_passes_a_working_graph_and_fails_dead_ones(name, suffix, tmp_path, monkeypatch) -> None:
+    """Every family, both routes (LeViT on onnxruntime by default, 15-60 s each on a shared 2-core machine)."""
+    assert len({family_line(n) for n in FAMILY_SMALLEST}) == 6  # one variant of every family
+    folder = _class_tree(tmp_path / "images", per_class=12)
+    model = _working_model(name, folder)
+    # the graphs of the first export serve the dead-graph exports below (quantizing once)
+    for function in ("onnx_model", "onnx_int8", "openvino_ir"):
+        monkeypatch.setattr(export_module, function, _first_result(getattr(export_module, function)))
+    path = tmp_path / f"m{suffix}"
+    result = litevit.export(model, path, int8=True, calibration=folder, calibration_images=16, check=True)
+    check = result.check
+    assert check.passed and check.judged and check.batch == INT8_CHECK_IMAGES
+    assert check.agreement >= parity.INT8_MIN_AGREEMENT and check.correlation >= parity.INT8_MIN_CORRELATION
+    real_call = ExportedModel.__call__
+    for kind, (corrupt, message) in DEAD.items():
+        monkeypatch.setattr(ExportedModel, "__call__", lambda self, x, corrupt=corrupt: corrupt(real_call(self, x)))
+        with pytest.raises(ExportError, match=f"held out of calibration: {message}") as raised:
+            litevit.export(model, path, int8=True, calibration=folder, calibration_images=16, check=True)
+        assert "\n" not in str(raised.value), kind
+
+
+TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
+
+
+def test_int8_check_reports_what_it_could_not_judge(tmp_path, caplog) -> None:
+    """Logits that hardly change with the image (as random MobileViTs give: 0.01-0.6 % of their size) pass with a
+    warning that agreement and correlation were not judged."""
+    folder = _class_tree(tmp_path / "images", per_class=4)
+    torch.manual_seed(0)
+    model = litevit.create_model("levit_128s", **TINY, distilled=False).eval()
+    with torch.no_grad():
+        model.head.linear.bias.copy_(100 * torch.randn(10))  # a per-class offset far above what varies
+    with caplog.at_level(logging.WARNING, logger="litevit.deploy.export"):
+        result = litevit.export(model, tmp_path / "m.onnx", int8=True, calibration=folder, calibration_images=8,
+                                check=True)  # fmt: skip
+    assert result.check.passed and not result.check.judged and result.check.signal < parity.INT8_MIN_SIGNAL
+    assert "int8 accuracy not judged" in caplog.text
+
+
+def test_int8_check_bounds_are_stated_where_users_read_them() -> None:
+    """The CLI help, export()'s docstring and the README state the bounds the check applies."""
+    root = Path(__file__).resolve().parents[2]
+    stated = [f"{parity.INT8_MIN_AGREEMENT:.0%}", f"{parity.INT8_MIN_CORRELATION:g}", f"{parity.INT8_MIN_SIGNAL:.0%}",
+              f"{INT8_CHECK_IMAGES}"]  # fmt: skip
+    export_help = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["export"]._actions
+                       if "--check" in a.option_strings).help.replace("%%", "%")  # fmt: skip
+    readme = " ".join((root / "README.md").read_text().split())
+    for text in (export_help, " ".join(litevit.export.__doc__.split()).replace(" %", "%"), readme.replace(" %", "%")):
+        for value in stated:
+            assert value in text, (value, text[:200])

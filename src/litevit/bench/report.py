@@ -1,8 +1,10 @@
-"""What ``litevit bench`` writes: JSON lines, markdown tables and the papers' accuracy-against-speed plot.
+"""What ``litevit bench`` writes: JSON lines (and reads them back), markdown tables and the papers' accuracy-against-
+speed plot.
 
 int8 runners carry an accuracy cost when one was measured (``tools/int8_settings.py`` writes it: the top-1 drop of
-a trained model of the family under the settings that route uses): tables print it next to the speed, and the plot
-draws an int8 point at the paper top-1 minus that drop.
+one variant per family, trained at 64 px on drawn textures, under the settings that route uses). Tables print it
+next to every int8 speed of the family. The plot keeps every point at its published ImageNet top-1 (a drop on
+textures is no ImageNet figure) and marks the drop below the int8 point of the one variant it was measured on.
 """
 
 from __future__ import annotations
@@ -10,14 +12,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..registry import get_variant, list_models
-from .run import BenchRecord, BenchResult
+from ..registry import family_line, list_models
+from .run import BenchRecord, BenchResult, Comparison, FlopRate
 
 # runtime -> the settings-measurement key whose drop it carries, per source
 _COST_KEYS = {("litevit", "openvino-int8"): "openvino", ("litevit", "onnxruntime-int8"): "onnxruntime",
               ("timm", "openvino-int8"): "nncf-defaults"}  # fmt: skip
+# what tools/int8_settings.py measures its drops on (its module docstring)
+COST_DATA = "64-px drawn textures, 8 classes"
+
+
+@dataclass(frozen=True)
+class Int8Cost:
+    """The top-1 an int8 route lost on one variant of a family (``tools/int8_settings.py``)."""
+
+    drop: float  # top-1 points, fp32 minus int8 (negative: int8 scored higher)
+    model: str  # the variant it was measured on
 
 
 def write_jsonl(result: BenchResult, path: str | os.PathLike) -> None:
@@ -30,30 +44,51 @@ def write_jsonl(result: BenchResult, path: str | os.PathLike) -> None:
             f.write(json.dumps({"kind": "flop_rate", **dataclasses.asdict(result.flop_rate)}) + "\n")
 
 
-def read_int8_costs(path: str | os.PathLike) -> dict[tuple[str, str], float]:
-    """``(family line, route) -> top-1 drop`` from the ``chosen`` rows of ``tools/int8_settings.py``'s JSON lines."""
+def read_jsonl(path: str | os.PathLike) -> BenchResult:
+    """A run as :func:`write_jsonl` wrote it (the records behind a committed table or plot, drawn again)."""
+    result = BenchResult([], [])
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        kind = row.pop("kind")
+        if kind == "record":
+            result.records.append(BenchRecord(**{**row, "img_size": tuple(row["img_size"])}))
+        elif kind == "comparison":
+            result.comparisons.append(Comparison(**row))
+        elif kind == "flop_rate":
+            result.flop_rate = FlopRate(**row)
+    return result
+
+
+Costs = dict[tuple[str, str], Int8Cost]  # (family line, route) -> the measured drop
+
+
+def read_int8_costs(path: str | os.PathLike) -> Costs:
+    """``(family line, route) -> Int8Cost`` from the ``chosen`` rows of ``tools/int8_settings.py``'s JSON lines."""
     costs = {}
     for line in Path(path).read_text().splitlines():
         row = json.loads(line)
         if row.get("kind") == "chosen":
             for route in ("openvino", "onnxruntime", "nncf-defaults"):
-                costs[(_line(row["model"]), route)] = row[f"{route.replace('-', '_')}_drop"]
+                costs[(family_line(row["model"]), route)] = Int8Cost(
+                    row[f"{route.replace('-', '_')}_drop"], row["model"]
+                )
     return costs
 
 
-def int8_cost(record: BenchRecord, costs: dict[tuple[str, str], float]) -> float | None:
+def int8_cost(record: BenchRecord, costs: Costs) -> Int8Cost | None:
+    """The drop measured for the family and route of an int8 record (on one variant of the family), if any."""
     key = _COST_KEYS.get((record.source, record.runtime))
     if key is None or record.model not in list_models():
         return None
-    return costs.get((_line(record.model), key))
+    return costs.get((family_line(record.model), key))
 
 
-def _cost_text(record: BenchRecord, costs: dict[tuple[str, str], float]) -> str:
+def _cost_text(record: BenchRecord, costs: Costs) -> str:
     cost = int8_cost(record, costs)
-    return "" if cost is None else f" (top-1 {-cost:+.2f})"
+    return "" if cost is None else f" (top-1 {-cost.drop:+.2f})"
 
 
-def markdown(result: BenchResult, costs: dict[tuple[str, str], float] | None = None) -> str:
+def markdown(result: BenchResult, costs: Costs | None = None) -> str:
     """Tables of the run: every runner, then litevit-vs-other comparisons, then the FLOP-rate line."""
     costs = costs or {}
     first = result.records[0] if result.records else None
@@ -95,7 +130,7 @@ def markdown(result: BenchResult, costs: dict[tuple[str, str], float] | None = N
     return "\n".join(lines)
 
 
-def comparison_table(result: BenchResult, costs: dict[tuple[str, str], float] | None = None) -> list[str]:
+def comparison_table(result: BenchResult, costs: Costs | None = None) -> list[str]:
     """litevit's fastest runner against timm's fastest, with images/s and int8 accuracy costs."""
     costs = costs or {}
     by_key = {
@@ -124,32 +159,69 @@ _MARKERS = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8"
             "openvino-int8": "d", "executorch": "P"}  # fmt: skip
 
 
-def _fastest(records: list[BenchRecord]) -> dict[tuple[str, str], BenchRecord]:
-    """(source, model) -> its fastest runner (litevit's fused forms only: that is what it deploys)."""
+@dataclass(frozen=True)
+class PlotPoint:
+    """One point of a panel, with the decisions :func:`plot` draws: where it sits and what is written beside it."""
+
+    record: BenchRecord  # the runner drawn: x is its images/s
+    line: str | None  # the family line it is drawn on; None for a reference CNN
+    top1: float  # y: the published ImageNet top-1 (of the fp32 model, for int8 runners too)
+    drop: float | None  # int8 top-1 drop drawn below the point: only on the variant it was measured on
+    label: str | None  # text beside the point (reference CNNs: name and runtime)
+
+
+def _int8(runtime: str) -> bool:
+    return runtime.endswith("-int8")
+
+
+def plot_points(records: list[BenchRecord], costs: Costs | None = None) -> list[PlotPoint]:
+    """The points of one panel (one batch size and thread count).
+
+    A registered model is drawn at its fastest runner (litevit's: fused forms only, what it deploys), at its
+    published top-1. A measured int8 drop is attached to the int8 point of the variant it was measured on only
+    (the same family's other variants were not measured). A reference CNN is drawn at its fastest fp32 runner,
+    labelled with it: its int8 accuracy was never measured, so an int8 speed would pair with a top-1 it may not keep.
+    """
+    costs = costs or {}
+    registered = set(list_models())
     best: dict[tuple[str, str], BenchRecord] = {}
     for r in records:
-        if r.source == "litevit" and not r.fused:
+        if r.paper_top1 is None or (r.source == "litevit" and not r.fused):
+            continue
+        if r.model not in registered and _int8(r.runtime):
             continue
         key = (r.source, r.model)
         if key not in best or r.images_per_s > best[key].images_per_s:
             best[key] = r
-    return best
+    points = []
+    for (_, model), r in best.items():
+        if model not in registered:
+            points.append(PlotPoint(r, None, r.paper_top1, None, f"{model} ({r.runtime})"))
+            continue
+        cost = int8_cost(r, costs)
+        drop = cost.drop if cost is not None and cost.model == model else None
+        points.append(PlotPoint(r, family_line(model), r.paper_top1, drop, None))
+    return points
 
 
-def _line(model: str) -> str:
-    """The line a registered model is drawn on: its family, with MobileViT split into v1, v2 and v3."""
-    family = get_variant(model).family
-    return model.split("_")[0] if family == "mobilevit" else family
+def plot(result: BenchResult, path: str | os.PathLike, costs: Costs | None = None) -> None:
+    """PNG of :func:`figure`."""
+    fig = figure(result, costs)
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt  # after figure() chose the Agg backend
+
+    plt.close(fig)
 
 
-def plot(result: BenchResult, path: str | os.PathLike, costs: dict[tuple[str, str], float] | None = None) -> None:
-    """PNG, as the papers plot it: top-1 against images/s (log), one panel per batch size and thread count.
+def figure(result: BenchResult, costs: Costs | None = None) -> Any:
+    """As the papers plot it: top-1 against images/s (log), one panel per batch size and thread count.
 
-    One line per family through its variants for litevit's fastest path (solid) and timm's (dashed), the
-    marker saying which runtime was fastest (filled: litevit, hollow: timm, so single variants are told apart too);
-    an int8 point sits at the paper top-1 minus its measured drop.
-    Reference CNNs are labelled crosses. Points are not labelled one by one (families are told apart by colour
-    in the legend), so nothing overlaps.
+    One line per family through its variants for litevit's fastest path (solid) and timm's (dashed), the marker
+    saying which runtime was fastest (filled: litevit, hollow: timm, so single variants are told apart too). Every
+    point sits at its published ImageNet top-1; where an int8 drop was measured (:func:`plot_points`), a dotted
+    segment below the int8 point is as long as the drop, and the legend and caption say what it was measured on.
+    Reference CNNs are black, labelled with their runtime. Points are not labelled one by one otherwise (families
+    are told apart by colour in the legend), so nothing overlaps.
     """
     import matplotlib
 
@@ -157,56 +229,71 @@ def plot(result: BenchResult, path: str | os.PathLike, costs: dict[tuple[str, st
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    costs = costs or {}
     batches = sorted({r.batch_size for r in result.records})
     thread_counts = sorted({r.threads for r in result.records})
     fig, axes = plt.subplots(
-        len(thread_counts), len(batches), figsize=(6.5 * len(batches), 5 * len(thread_counts)), squeeze=False
-    )
-    registered = set(list_models())
-    families = sorted({_line(r.model) for r in result.records if r.model in registered})
+        len(thread_counts), len(batches), figsize=(6.5 * len(batches), 5 * len(thread_counts)), squeeze=False,
+        sharey=True,
+    )  # fmt: skip
+    panels = {
+        (threads, batch): plot_points([r for r in result.records if (r.threads, r.batch_size) == (threads, batch)],
+                                      costs)
+        for threads in thread_counts for batch in batches
+    }  # fmt: skip
+    families = sorted({p.line for points in panels.values() for p in points if p.line is not None})
     colours = {family: f"C{i}" for i, family in enumerate(families)}
     runtimes_seen: set[str] = set()
-
-    def top1(r: BenchRecord) -> float:
-        return r.paper_top1 - (int8_cost(r, costs) or 0.0)
-
+    sources_seen: set[str] = set()
+    drops_drawn = False
     for row, threads in zip(axes, thread_counts, strict=True):
-        for ax, batch in zip(row, batches, strict=True):
-            group = [r for r in result.records if r.batch_size == batch and r.threads == threads]
-            best = _fastest([r for r in group if r.paper_top1 is not None])
+        for column, (ax, batch) in enumerate(zip(row, batches, strict=True)):
+            points = panels[(threads, batch)]
             for family in families:
                 for source, style in (("litevit", "-"), ("timm", "--")):
-                    points = sorted(
-                        (r for (src, model), r in best.items() if src == source and model in registered
-                         and _line(model) == family),
-                        key=lambda r: r.images_per_s,
-                    )  # fmt: skip
-                    if not points:
+                    line = sorted((p for p in points if p.line == family and p.record.source == source),
+                                  key=lambda p: p.record.images_per_s)  # fmt: skip
+                    if not line:
                         continue
-                    ax.plot([r.images_per_s for r in points], [top1(r) for r in points], style,
+                    ax.plot([p.record.images_per_s for p in line], [p.top1 for p in line], style,
                             color=colours[family], alpha=0.8)  # fmt: skip
-                    for r in points:
-                        runtimes_seen.add(r.runtime)
+                    sources_seen.add(source)
+                    for p in line:
+                        runtimes_seen.add(p.record.runtime)
                         fill = colours[family] if source == "litevit" else "none"  # timm's points hollow
-                        ax.scatter(r.images_per_s, top1(r), marker=_MARKERS[r.runtime], facecolors=fill,
+                        ax.scatter(p.record.images_per_s, p.top1, marker=_MARKERS[p.record.runtime], facecolors=fill,
                                    edgecolors=colours[family], zorder=3)  # fmt: skip
-            for (_, model), r in best.items():
-                if model not in registered:  # a reference CNN
-                    ax.scatter(r.images_per_s, r.paper_top1, marker="x", color="black", zorder=3)
-                    ax.annotate(model, (r.images_per_s, r.paper_top1), fontsize=7, xytext=(4, -10),
-                                textcoords="offset points")  # fmt: skip
+            for p in points:
+                x = p.record.images_per_s
+                if p.line is None:  # a reference CNN
+                    runtimes_seen.add(p.record.runtime)
+                    ax.scatter(x, p.top1, marker=_MARKERS[p.record.runtime], color="black", zorder=3)
+                    ax.annotate(p.label, (x, p.top1), fontsize=7, xytext=(4, -10), textcoords="offset points")
+                elif p.drop is not None:  # its length is the drop (the tables print the numbers)
+                    drops_drawn = True
+                    ax.plot([x, x], [p.top1, p.top1 - p.drop], ":", color=colours[p.line], linewidth=1.5)
             ax.set_xscale("log")
             ax.set_xlabel(f"images/s, batch {batch}, {threads} thread(s) (log)")
-            ax.set_ylabel("ImageNet top-1 (%, published; int8: minus measured drop)")
+            if column == 0:
+                ax.set_ylabel("ImageNet top-1 (%, published, fp32)")
+            ax.tick_params(labelleft=True)
             ax.grid(alpha=0.3, which="both")
     handles = [Line2D([], [], color=colours[f], label=f) for f in families]
+    styles = [
+        (src, s, fill) for src, s, fill in (("litevit", "-", "gray"), ("timm", "--", "none")) if src in sources_seen
+    ]
     handles += [Line2D([], [], color="gray", linestyle=s, marker="o", markerfacecolor=fill, label=f"{src}'s fastest")
-                for src, s, fill in (("litevit", "-", "gray"), ("timm", "--", "none"))]  # fmt: skip
+                for src, s, fill in styles]  # fmt: skip
     handles += [Line2D([], [], color="gray", marker=_MARKERS[r], linestyle="", label=r) for r in sorted(runtimes_seen)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if drops_drawn:
+        handles.append(Line2D([], [], color="gray", linestyle=":", label=f"int8 top-1 drop on {COST_DATA}*"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.04))  # fmt: skip
+    if any(_int8(r) for r in runtimes_seen):
+        caption = "Every point at its published fp32 ImageNet top-1: int8's ImageNet accuracy was not measured."
+        if drops_drawn:
+            caption += " *tools/int8_settings.py, below the int8 point of the one variant per family it measured."
+        fig.text(0.5, 0.01, caption, ha="center", fontsize=7)
     first = result.records[0]
     fig.suptitle(f"{first.device_name}, torch {first.torch_version}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.1 / len(thread_counts), 1, 0.95))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.16 / len(thread_counts), 1, 0.95))
+    return fig

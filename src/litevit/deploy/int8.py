@@ -9,7 +9,8 @@ Two int8 routes, both calibrated on images preprocessed with the model's own dat
 
 What stays float and how ranges are calibrated is a per-family :class:`Int8Settings` (:data:`INT8_SETTINGS`), each
 chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/int8_settings.md``. onnxruntime on CPUs
-without VNNI: the weights use 7 bits (see :func:`.onnx.onnx_int8`), chosen by what the CPU running the export has.
+without VNNI: the weights use 7 bits (:func:`.onnx.reduce_range_here`), chosen by what the CPU running the export
+reports and recorded in the file's metadata (``weight_bits``).
 
 OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
 compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise run in bf16.
@@ -23,24 +24,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..data import ImageLoadError, eval_transform, load_image
-from ..registry import DataConfig
+from ..registry import DataConfig, family_line, list_models
 
 MIN_CALIBRATION_IMAGES = 8
 DEFAULT_CALIBRATION_IMAGES = 300
+INT8_CHECK_IMAGES = 32  # calibration-folder images the int8 check holds out of calibration, at most
+MIN_CHECK_IMAGES = 8
+CALIBRATION_SEED = 0
 
 
 class CalibrationError(ValueError):
     """Calibration images that cannot be used: missing, unreadable or too few."""
 
 
-def calibration_set(
-    folder: str | os.PathLike, data: DataConfig, img_size: tuple[int, int], count: int = DEFAULT_CALIBRATION_IMAGES
-) -> list[np.ndarray]:
-    """Up to ``count`` images under ``folder`` (recursively, sorted), each preprocessed to a ``(1, C, H, W)`` array."""
+def calibration_files(
+    folder: str | os.PathLike, count: int, held_out: int = 0, seed: int = CALIBRATION_SEED
+) -> tuple[list[Path], list[Path]]:
+    """Up to ``count`` image files under ``folder`` for calibration, and ``held_out`` others for the int8 check.
+
+    Drawn alike from every sub-folder (a class-folder tree is calibrated on all its classes, not on the first in
+    sorted order): each folder's files are shuffled with ``seed`` and the folders dealt from in turn. The held-out
+    images are never calibration images: up to ``held_out`` of those calibration leaves over, and at least
+    :data:`MIN_CHECK_IMAGES` (taken from calibration's share when the folder holds fewer than ``count`` + that).
+    """
     root = Path(folder)
     if not root.is_dir():
         raise CalibrationError(f"calibration folder not found: {root} (expected a folder of image files)")
@@ -48,23 +57,51 @@ def calibration_set(
         raise CalibrationError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {count}")
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    if len(files) < MIN_CALIBRATION_IMAGES:
+    groups: dict[Path, list[Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS):
+        groups.setdefault(path.parent, []).append(path)
+    total = sum(len(files) for files in groups.values())
+    if total < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(
-            f"{root} has {len(files)} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES} "
+            f"{root} has {total} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES} "
             f"(suffixes {', '.join(IMG_EXTENSIONS)}), ideally a few hundred from the model's domain"
         )
+    rng = np.random.default_rng(seed)
+    shuffled = [[files[i] for i in rng.permutation(len(files))] for _, files in sorted(groups.items())]
+    dealt = [group[i] for i in range(max(map(len, shuffled))) for group in shuffled if i < len(group)]
+    held = min(held_out, max(total - count, MIN_CHECK_IMAGES))
+    if held_out and total - held < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(
+            f"{root} has {total} image file(s); the int8 check holds {MIN_CHECK_IMAGES} of them out of calibration, "
+            f"which needs {MIN_CALIBRATION_IMAGES}: at least {MIN_CALIBRATION_IMAGES + MIN_CHECK_IMAGES} (or no check)"
+        )
+    used = min(count, total - held)
+    return dealt[:used], dealt[used : used + held]
+
+
+def load_calibration(
+    files: list[Path], data: DataConfig, img_size: tuple[int, int], folder: str | os.PathLike
+) -> list[np.ndarray]:
+    """Each of ``files`` (under ``folder``) preprocessed with the model's data config to a ``(1, C, H, W)`` array."""
     transform = eval_transform(data, img_size)
     batches, unreadable = [], []
-    for path in files[:count]:
+    for path in files:
         try:
             batches.append(transform(load_image(path))[None].numpy())
         except ImageLoadError:
             unreadable.append(path.name)
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
-        raise CalibrationError(f"{len(unreadable)} calibration image(s) under {root} cannot be read: {shown}")
+        raise CalibrationError(f"{len(unreadable)} calibration image(s) under {folder} cannot be read: {shown}")
     return batches
+
+
+def calibration_set(
+    folder: str | os.PathLike, data: DataConfig, img_size: tuple[int, int], count: int = DEFAULT_CALIBRATION_IMAGES
+) -> list[np.ndarray]:
+    """Up to ``count`` images under ``folder``, drawn alike from its sub-folders (:func:`calibration_files`), each
+    preprocessed to a ``(1, C, H, W)`` array."""
+    return load_calibration(calibration_files(folder, count)[0], data, img_size, folder)
 
 
 @dataclass(frozen=True)
@@ -118,9 +155,8 @@ DEFAULT_INT8_SETTINGS = Int8Settings()
 
 def int8_settings_key(model: nn.Module) -> str:
     """The family of a litevit model, with MobileViT split into ``mobilevit``, ``mobilevitv2``, ``mobilevitv3``."""
-    family = getattr(model, "family", "")
-    name = getattr(model, "variant_name", None) or ""
-    return name.split("_")[0] if family == "mobilevit" and name else family
+    name = getattr(model, "variant_name", None)
+    return family_line(name) if name in list_models() else getattr(model, "family", "")
 
 
 def int8_settings_for(model: nn.Module) -> Int8Settings:
@@ -184,8 +220,3 @@ def onnx_ends(model: Any) -> list[str]:
     last = walk([producer[o.name] for o in model.graph.output if o.name in producer],
                 lambda n: [producer[i] for i in n.input if i in producer])  # fmt: skip
     return sorted(first | last)
-
-
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Share of rows whose top-1 class is the same in both logits."""
-    return float((a.argmax(-1) == b.argmax(-1)).float().mean())

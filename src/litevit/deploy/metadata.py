@@ -47,6 +47,8 @@ class ExportMetadata:
     torch_version: str = ""
     class_names: tuple[str, ...] | None = None  # the head's class names, when the weights name them
     precision: str = "fp32"  # "int8" for a quantized file
+    # int8 onnxruntime files: 7 when the exporting CPU reported no VNNI (onnxruntime's reduce_range), else 8
+    weight_bits: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -148,6 +150,8 @@ def _check_values(meta: ExportMetadata) -> None:
         raise bad("num_classes", "an integer >= 0 (0: features or pooled embeddings)", _short(meta.num_classes))
     if meta.batch != "dynamic" and not (isinstance(meta.batch, int) and meta.batch >= 1):
         raise bad("batch", "'dynamic' or a positive integer", _short(meta.batch))
+    if meta.weight_bits not in (None, 7, 8):
+        raise bad("weight_bits", "7, 8 or null", _short(meta.weight_bits))
     if meta.class_names is not None and len(meta.class_names) != meta.num_classes:
         raise bad("class_names", f"{meta.num_classes} names (num_classes)", f"{len(meta.class_names)} names")
     data = meta.data

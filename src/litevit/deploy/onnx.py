@@ -46,13 +46,24 @@ def calibration_reader(batches: list[np.ndarray], input_name: str) -> Any:
     return Reader()
 
 
+def reduce_range_here() -> bool:
+    """Whether onnxruntime int8 weights exported on this CPU take 7 bits: yes without VNNI, where onnxruntime's
+    AVX2/AVX-512 kernels add pairs of u8 x s8 products in 16 bits, which 8-bit weights can saturate (onnxruntime's
+    advice for such CPUs). Chosen by what the CPU reports, at export time."""
+    return not has_vnni()
+
+
 def onnx_int8(
-    fp32: bytes, calibration: list[np.ndarray], input_name: str, settings: Int8Settings = DEFAULT_INT8_SETTINGS
+    fp32: bytes,
+    calibration: list[np.ndarray],
+    input_name: str,
+    settings: Int8Settings = DEFAULT_INT8_SETTINGS,
+    reduce_range: bool = False,
 ) -> bytes:
     """onnxruntime QDQ int8 (U8S8; per-channel weights by default) of an fp32 ONNX model (opset >= 13).
 
-    Without VNNI, onnxruntime's AVX2/AVX-512 kernels add pairs of u8 x s8 products in 16 bits, which can saturate:
-    weights are then quantized to 7 bits (``reduce_range``), as onnxruntime advises for such CPUs.
+    ``reduce_range``: weights in 7 bits (:func:`reduce_range_here` says whether this CPU needs it); the exporter
+    records the choice in the file's metadata.
     """
     require("onnxruntime", "int8 quantization for onnxruntime")
     from onnxruntime.quantization import (
@@ -81,7 +92,7 @@ def onnx_int8(
             calibrate_method=CalibrationMethod.Percentile
             if settings.calibration == "percentile"
             else CalibrationMethod.MinMax,
-            reduce_range=not has_vnni(),
+            reduce_range=reduce_range,
         )
         return out.read_bytes()
 
