@@ -11,9 +11,11 @@ import sys
 from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
 from .data import MAX_DEFAULT_WORKERS
+from .deploy.fastest import DEFAULT_MAX_DROP
 from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES
 from .deploy.metadata import FORMATS
 from .deploy.parity import INT8_MIN_AGREEMENT, INT8_MIN_CORRELATION, INT8_MIN_SIGNAL, RTOL
+from .deploy.precision import PRECISIONS
 from .flops import count_params
 from .predict import EVAL_BATCH_SIZE, PREDICT_BATCH_SIZE, TOPK
 from .registry import get_variant, list_models
@@ -236,10 +238,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         result = export(
             model, args.out, args.format, batch=args.batch, img_size=_img_size(args.img_size), opset=args.opset,
             check=args.check, int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
+            precision=args.precision, fastest=args.fastest, max_drop=args.max_drop,
+            progress=lambda line: print(f"litevit export: {line}", file=sys.stderr, flush=True),
         )  # fmt: skip
     except ExportError as exc:
         print(f"litevit export: error: {exc}", file=sys.stderr)
         return 1
+    if result.fastest is not None:
+        print(result.fastest.table())
     meta = result.metadata
     opset = f", opset {meta.opset}" if meta.opset is not None else ""
     h, w = meta.img_size
@@ -291,6 +297,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
               f"{INT8_MIN_CORRELATION:g}").replace("%", "%%"),  # argparse formats help with %
     )  # fmt: skip
     p.add_argument("--int8", action="store_true", help="static int8: .onnx (onnxruntime QDQ) or .xml (OpenVINO, NNCF)")
+    p.add_argument(
+        "--precision", choices=PRECISIONS,
+        help="fp32 (default), bf16 (OpenVINO .xml, float math in bf16), int8 (= --int8), int8-bf16 (OpenVINO int8 "
+        "with bf16 float parts); bf16 runs in f32 on CPUs without native bf16",
+    )  # fmt: skip
+    p.add_argument(
+        "--fastest", action="store_true",
+        help="build every candidate that applies on this CPU (onnxruntime fp32/int8, OpenVINO f32/bf16/int8), time "
+        "them here at --batch (1 if dynamic), 1 thread, and write the fastest within --max-drop as OUT.xml or OUT.onnx",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-drop", type=float, default=DEFAULT_MAX_DROP,
+        help=f"--fastest: the largest recorded top-1 cost accepted, in points (default {DEFAULT_MAX_DROP:g})",
+    )  # fmt: skip
     p.add_argument("--calibration", help="folder of images for --int8 (preprocessed with the model's data config)")
     p.add_argument(
         "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,

@@ -28,6 +28,7 @@ from ..weights.loading import create_model, model_info
 from .coreml import COREML_PREDICTION_SKIP, coreml_available, save_coreml
 from .errors import ExportError
 from .executorch import Delegation, save_pte
+from .fastest import DEFAULT_MAX_DROP, FastestReport, find_fastest
 from .fuse import fuse
 from .int8 import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -41,6 +42,8 @@ from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, format_from
 from .onnx import INPUT_NAME, ONNX_OPSETS, onnx_int8, onnx_model, reduce_range_here, save_onnx
 from .openvino import openvino_ir, save_openvino
 from .parity import INT8_MIN_SIGNAL, ParityCheck, compare, int8_check
+from .precision import float_precision, is_int8
+from .runtime import ExportedModel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class ExportResult:
     metadata: ExportMetadata
     check: ParityCheck | None
     delegation: Delegation | None = None  # ExecuTorch: the share of operators XNNPACK runs
+    fastest: FastestReport | None = None  # export(fastest=True): every candidate tried, timed, and the pick
 
 
 def _parse_batch(batch: str | int) -> str | int:
@@ -145,6 +149,11 @@ def export(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     int8_settings: Int8Settings | None = None,
     recipe: Int8Settings | None = None,
+    precision: str | None = None,
+    fastest: bool = False,
+    max_drop: float = DEFAULT_MAX_DROP,
+    seconds: float = 2.0,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
 
@@ -163,8 +172,27 @@ def export(
     fp32's logits vary across the images by at least 5 % of their size, on top-1 agreement below 50 % or a
     correlation of the logits with fp32's below 0.5.
 
+    ``precision``: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int8-bf16"`` (:mod:`.precision`; ``"int8"`` is the same
+    as ``int8=True``); bf16 and int8-bf16 files are OpenVINO IRs whose float parts run in bf16. OpenVINO files record
+    the inference precision their float parts run with (``metadata.inference_precision``), which litevit's runner
+    compiles them with.
+
+    ``fastest``: build every candidate file that applies on this CPU, time them here at ``batch`` (1 for
+    ``"dynamic"``) for ``seconds`` each, interleaved, and write the fastest whose recorded accuracy cost for the
+    family is within ``max_drop`` top-1 points as ``path`` (suffix replaced by the chosen file's); int8 candidates
+    need ``calibration``. ``result.fastest`` holds what was tried (:mod:`.fastest`); ``progress`` gets a line per
+    step.
+
     The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
+    if fastest:
+        return _export_fastest(model, path, batch, img_size, calibration, max_drop, seconds, progress)
+    if precision is not None:
+        if is_int8(precision):
+            int8 = True
+        elif int8:
+            raise ValueError(f"int8=True contradicts precision={precision!r}")
+    float_part = float_precision(precision or ("int8" if int8 else "fp32"))
     if recipe is not None:
         warnings.warn("export(recipe=...) is now export(int8_settings=...)", DeprecationWarning, stacklevel=2)
         int8_settings = int8_settings or recipe
@@ -174,6 +202,8 @@ def export(
         # the int8 route measured faster for every family (benchmarks/int8_settings.md, make bench): OpenVINO + NNCF
         path = path.with_suffix(".xml")
     format = format_from(path, format)
+    if float_part == "bf16" and format != "openvino":
+        raise ValueError(f"precision {precision!r} runs in OpenVINO only: write .xml, not {format}")
     batch = _parse_batch(batch)
     if format in FIXED_BATCH_FORMATS and batch == "dynamic":
         batch = 1
@@ -224,7 +254,9 @@ def export(
             )
             weight_bits = 7 if reduce_range else 8
     metadata = dataclasses.replace(
-        metadata_for(model, size, batch, format, used_opset), precision="int8" if int8 else "fp32"
+        metadata_for(model, size, batch, format, used_opset),
+        precision=precision or ("int8" if int8 else "fp32"),
+        inference_precision=float_part if format == "openvino" else None,
     )
     if int8 and format == "onnx":
         metadata = dataclasses.replace(metadata, weight_bits=weight_bits)
@@ -258,8 +290,6 @@ def export(
     if check:
         with torch.inference_mode():
             reference = fused(check_input)
-        from .runtime import ExportedModel  # the loading side imports this module
-
         exported = ExportedModel(path)
         if int8:
             parity = int8_check(_in_batches(exported, check_input, batch), reference)
@@ -310,6 +340,28 @@ def _in_batches(exported: Callable[[torch.Tensor], Any], x: torch.Tensor, batch:
     if isinstance(outputs[0], list):
         return [torch.cat(maps) for maps in zip(*outputs, strict=True)]
     return torch.cat(outputs)
+
+
+def _export_fastest(
+    model: nn.Module | str,
+    path: str | os.PathLike,
+    batch: str | int,
+    img_size: int | tuple[int, int] | None,
+    calibration: str | os.PathLike | None,
+    max_drop: float,
+    seconds: float,
+    progress: Callable[[str], None] | None,
+) -> ExportResult:
+    """``export(fastest=True)``: :func:`.fastest.find_fastest` with this exporter, at one thread."""
+    if isinstance(model, str):
+        model = create_model(model)
+    batch = _parse_batch(batch)
+    stem = Path(path).with_suffix("") if Path(path).suffix in (".onnx", ".xml") else Path(path)
+    target, report = find_fastest(
+        model, stem, export, batch=1 if batch == "dynamic" else int(batch), calibration=calibration,
+        max_drop=max_drop, seconds=seconds, img_size=img_size, progress=progress,
+    )  # fmt: skip
+    return ExportResult(target, ExportedModel(target).metadata, None, fastest=report)
 
 
 def quantize(

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..data import eval_transform
 from ..registry import DataConfig
+from .precision import PRECISIONS
 
 FORMATS = ("onnx", "torchscript", "pt2", "openvino", "executorch", "coreml")
 
@@ -46,9 +47,11 @@ class ExportMetadata:
     litevit_version: str = ""
     torch_version: str = ""
     class_names: tuple[str, ...] | None = None  # the head's class names, when the weights name them
-    precision: str = "fp32"  # "int8" for a quantized file
+    precision: str = "fp32"  # what the file computes in: fp32, bf16, int8, int8-bf16 (.precision.PRECISIONS)
     # int8 onnxruntime files: 7 when the exporting CPU reported no VNNI (onnxruntime's reduce_range), else 8
     weight_bits: int | None = None
+    # OpenVINO files: the inference precision of the float parts the file was measured with, and runs with in litevit
+    inference_precision: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -152,6 +155,10 @@ def _check_values(meta: ExportMetadata) -> None:
         raise bad("batch", "'dynamic' or a positive integer", _short(meta.batch))
     if meta.weight_bits not in (None, 7, 8):
         raise bad("weight_bits", "7, 8 or null", _short(meta.weight_bits))
+    if meta.precision not in PRECISIONS:
+        raise bad("precision", " or ".join(PRECISIONS), _short(meta.precision))
+    if meta.inference_precision not in (None, "f32", "bf16"):
+        raise bad("inference_precision", "'f32', 'bf16' or null", _short(meta.inference_precision))
     if meta.class_names is not None and len(meta.class_names) != meta.num_classes:
         raise bad("class_names", f"{meta.num_classes} names (num_classes)", f"{len(meta.class_names)} names")
     data = meta.data

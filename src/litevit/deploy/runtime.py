@@ -28,15 +28,21 @@ Shape = tuple[int | None, ...]  # a graph's tensor shape, None for a dynamic dim
 class ExportedModel:
     """An exported file (``.onnx``, ``.ts``/``.torchscript``, ``.pt2``, OpenVINO ``.xml``) loaded for inference."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, threads: int | None = None, inference_precision: str | None = None
+    ) -> None:
+        """``inference_precision`` (OpenVINO files only): None runs the file at the precision it records; ``"f32"``,
+        ``"bf16"`` force one; ``"defaults"`` takes OpenVINO's own defaults (:func:`.openvino.openvino_runner`)."""
         self.path = Path(path)
         if not self.path.exists():  # a .mlpackage is a folder
             raise FileNotFoundError(f"exported model not found: {self.path}")
         self.format = format_from(self.path, None)
         self._run: Callable[[torch.Tensor], torch.Tensor]
         graph: tuple[Shape, list[Shape]] | None = None  # (input, outputs) as the file states them; None: unstated
+        if inference_precision is not None and self.format != "openvino":
+            raise ValueError(f"inference_precision applies to OpenVINO files only, not {self.format}")
         if self.format == "openvino":
-            meta_json, self._run = openvino_runner(self.path, threads)
+            meta_json, self._run = openvino_runner(self.path, threads, inference_precision)
             graph = _openvino_shapes(self.path)
         elif self.format in FIXED_BATCH_FORMATS:
             if self.format == "executorch":
