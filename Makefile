@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-all bench lint readme clean
+.PHONY: test test-all bench lint readme docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,5 +32,10 @@ lint: $(STAMP)
 readme: $(STAMP)
 	$(PY) tools/update_readme.py
 
+# the site of docs/ (mkdocs, the docs extra) into site/; tests/test_docs.py checks every link of README and docs/
+docs: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -450,13 +450,13 @@ def test_int8_check_reports_what_it_could_not_judge(tmp_path, caplog) -> None:
 
 
 def test_int8_check_bounds_are_stated_where_users_read_them() -> None:
-    """The CLI help, export()'s docstring and the README state the bounds the check applies."""
+    """The CLI help, export()'s docstring and the docs (docs/speed.md) state the bounds the check applies."""
     root = Path(__file__).resolve().parents[2]
     stated = [f"{parity.INT8_MIN_AGREEMENT:.0%}", f"{parity.INT8_MIN_CORRELATION:g}", f"{parity.INT8_MIN_SIGNAL:.0%}",
               f"{INT8_CHECK_IMAGES}"]  # fmt: skip
     export_help = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["export"]._actions
                        if "--check" in a.option_strings).help.replace("%%", "%")  # fmt: skip
-    readme = " ".join((root / "README.md").read_text().split())
+    readme = " ".join((root / "docs" / "speed.md").read_text().split())
     for text in (export_help, " ".join(litevit.export.__doc__.split()).replace(" %", "%"), readme.replace(" %", "%")):
         for value in stated:
             assert value in text, (value, text[:200])
