@@ -136,6 +136,11 @@ def test_readme_architecture_names_every_subpackage_and_top_level_module() -> No
         if name in ("__init__", "__main__"):
             continue
         assert name in section, f"README's Architecture section does not mention {name}"
+    for path in SRC.glob("*/*.py"):
+        stem = path.stem.removesuffix("_blocks").removesuffix("_convert")
+        family_file = (path.parent / f"{stem}.py").exists() and path.parent.name == "models" and stem != "features"
+        if path.stem != "__init__" and not family_file:
+            assert path.stem in section, f"Architecture section lacks {path.parent.name}/{path.stem}"
 
 
 def test_public_api_resolves() -> None:
