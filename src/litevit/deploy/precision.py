@@ -33,6 +33,7 @@ PRECISION_COSTS: dict[str, dict[str, float]] = {
     "mobilevit": {"ov-f32": 0.0, "ov-bf16": 0.0, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.0, "ort-int8": 0.37},
     "mobilevitv2": {"ov-f32": 0.0, "ov-bf16": 0.0, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.0, "ort-int8": 0.0},
     "mobilevitv3": {"ov-f32": 0.19, "ov-bf16": 0.0, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.19, "ort-int8": 0.0},
+    "t2t_vit": {"ov-f32": 0.0, "ov-bf16": -0.19, "ov-int8-f32": -0.74, "ov-int8-bf16": -0.74, "ort-int8": -0.56},
 }
 
 
