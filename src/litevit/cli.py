@@ -151,6 +151,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models, device=args.device, batch_sizes=args.batch_size, threads=list(dict.fromkeys(args.threads)),
         img_size=_img_size(args.img_size), dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime,
         seconds=args.seconds, warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
+        quick=args.quick,
     )  # fmt: skip
     costs = bench_report.read_int8_costs(args.int8_costs) if args.int8_costs else None
     if args.out:
@@ -184,6 +185,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per runner and batch size")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up time per runner (s)")
     p.add_argument("--compare", choices=["timm"], help="also time timm's model with the same weights + 2 CNNs")
+    p.add_argument(
+        "--quick", action="store_true",
+        help="the fastest way to run each family's smallest model here (litevit's fused --fastest candidates at "
+        "pinned precisions) against timm's routes at their defaults; no reference CNNs (make bench)",
+    )  # fmt: skip
     p.add_argument("--out", help="append JSON-lines records to this file")
     p.add_argument("--markdown", help="also write the markdown tables to this file")
     p.add_argument("--plot", help="PNG of paper top-1 against images/s, one panel per batch size and thread count")

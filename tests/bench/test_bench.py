@@ -47,7 +47,7 @@ def test_bench_group_on_tiny_model_gives_well_formed_records() -> None:
         assert r.img_size == (64, 64) and r.threads == 1 and r.torch_version == torch.__version__
         assert r.device == "cpu" and r.device_name and r.git_commit and r.dtype == "fp32"
         assert r.params_m > 0 and r.macs_m > 0
-    assert records[0].baseline is None and records[1].baseline == "litevit:tiny_levit:eager"
+    assert records[0].baseline is None and records[1].baseline == "litevit:tiny_levit:eager@fp32"
     assert comparisons == []  # nothing to compare against without another source
 
 
@@ -61,7 +61,7 @@ def test_compare_timm_uses_the_same_weights_and_reports_a_ratio() -> None:
     records, comparisons = bench.bench_group(subjects, batch_size=1, seconds=0.05, warmup=0.01)
     assert {r.source for r in records} == {"litevit", "timm"}
     (comparison,) = comparisons
-    assert comparison.theirs == "timm:levit_128s:eager" and comparison.ours.startswith("litevit:levit_128s:eager")
+    assert comparison.theirs == "timm:levit_128s:eager@fp32" and comparison.ours.startswith("litevit:levit_128s:eager")
     assert comparison.speedup_p10 <= comparison.speedup_median <= comparison.speedup_p90
 
 
@@ -113,7 +113,7 @@ def test_cli_bench_writes_jsonl_markdown_and_plot(tmp_path, capsys) -> None:
     assert rate["ratio_p10"] <= rate["ratio_median"] <= rate["ratio_p90"]
     # the ratio is the model's FLOP rate over the matmul rate
     assert abs(rate["model_gflops"] / rate["matmul_gflops"] / rate["ratio_median"] - 1) < 0.5
-    assert "| levit_128s | litevit | eager | yes | 1 | 2 |" in table.read_text()  # 1 thread, batch 2
+    assert "| levit_128s | litevit | eager | fp32 | yes | 1 | 2 |" in table.read_text()  # 1 thread, batch 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "of the matmul rate" in capsys.readouterr().out
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import family_line, list_models
-from .run import BenchRecord, BenchResult, Comparison, FlopRate
+from .run import BenchRecord, BenchResult, Comparison, FlopRate, record_key
 
 # runtime -> the settings-measurement key whose drop it carries, per source
 _COST_KEYS = {("litevit", "openvino-int8"): "openvino", ("litevit", "onnxruntime-int8"): "onnxruntime",
@@ -89,7 +89,8 @@ def _cost_text(record: BenchRecord, costs: Costs) -> str:
 
 
 def markdown(result: BenchResult, costs: Costs | None = None) -> str:
-    """Tables of the run: every runner, then litevit-vs-other comparisons, then the FLOP-rate line."""
+    """Tables of the run: litevit's fastest against the other source's first, then every runner, then the
+    XNNPACK shares and the FLOP-rate line."""
     costs = costs or {}
     first = result.records[0] if result.records else None
     lines = []
@@ -99,10 +100,12 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
             f"commit {first.git_commit}.",
             "",
         ]
+    if result.comparisons:
+        lines += [*comparison_table(result, costs), ""]
     lines += [
-        "| model | source | runtime | fused | threads | batch | params (M) | MACs (M) | paper top-1 | median ms "
-        "| p90 ms | images/s | speedup vs unfused eager (p10-p90) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | source | runtime | precision | fused | threads | batch | params (M) | MACs (M) | paper top-1 "
+        "| median ms | p90 ms | images/s | speedup vs first litevit runner (p10-p90) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result.records:
         top1 = f"{r.paper_top1:.1f}" if r.paper_top1 is not None else "-"
@@ -112,12 +115,10 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
         if r.source != "litevit":
             speed = "-"
         lines.append(
-            f"| {r.model} | {r.source} | {r.runtime}{_cost_text(r, costs)} | {'yes' if r.fused else 'no'} | "
-            f"{r.threads} | {r.batch_size} | {r.params_m:.2f} | {r.macs_m:.0f} | {top1} | {r.median_ms:.2f} | "
-            f"{r.p90_ms:.2f} | {r.images_per_s:.1f} | {speed} |"
+            f"| {r.model} | {r.source} | {r.runtime}{_cost_text(r, costs)} | {r.precision or '-'} | "
+            f"{'yes' if r.fused else 'no'} | {r.threads} | {r.batch_size} | {r.params_m:.2f} | {r.macs_m:.0f} | "
+            f"{top1} | {r.median_ms:.2f} | {r.p90_ms:.2f} | {r.images_per_s:.1f} | {speed} |"
         )
-    if result.comparisons:
-        lines += ["", *comparison_table(result, costs)]
     if result.delegations:
         lines += ["", *(f"- `{name}`: {summary}" for name, summary in result.delegations.items())]
     if (rate := result.flop_rate) is not None:
@@ -130,27 +131,39 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
     return "\n".join(lines)
 
 
+def route_text(record: BenchRecord, costs: Costs | None = None) -> str:
+    """A runner as the tables name it: runtime, precision where it says more than fp32, and a measured int8 cost."""
+    precision = f" {record.precision}" if record.precision not in ("", "fp32", "int8") else ""
+    fused = " fused" if record.fused and record.runtime in ("eager", "compile") else ""
+    return f"{record.runtime}{fused}{precision}{_cost_text(record, costs or {})}"
+
+
 def comparison_table(result: BenchResult, costs: Costs | None = None) -> list[str]:
-    """litevit's fastest runner against timm's fastest, with images/s and int8 accuracy costs."""
-    costs = costs or {}
+    """litevit's fastest runner against timm's fastest route at its defaults and against timm's fp32 IR at
+    OpenVINO's defaults, per model, batch and thread count."""
     by_key = {
-        (r.source, r.model, r.runtime, r.fused, r.batch_size, r.threads): r for r in result.records
-    }  # the runner keys are source:model:runtime[:fused]
-
-    def record(key: str, batch: int, threads: int) -> BenchRecord:
-        parts = key.split(":")
-        return by_key[(parts[0], parts[1], parts[2], len(parts) > 3, batch, threads)]
-
-    lines = [
-        "| model | threads | batch | litevit fastest | images/s | timm fastest | images/s | speedup (p10-p90) |",
-        "|---|---:|---:|---|---:|---|---:|---|",
-    ]
+        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
+        for r in result.records
+    }
+    rows: dict[tuple[str, int, int], dict[str, Comparison]] = {}
     for c in result.comparisons:
-        ours, theirs = record(c.ours, c.batch_size, c.threads), record(c.theirs, c.batch_size, c.threads)
+        rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
+    lines = [
+        "| model | threads | batch | litevit fastest | ms | timm fastest at defaults | ms | speed-up (p10-p90) "
+        "| vs timm's OpenVINO at defaults (p10-p90) |",
+        "|---|---:|---:|---|---:|---|---:|---|---|",
+    ]
+    for (model, batch, threads), against in rows.items():
+        best = against.get("fastest")
+        if best is None:
+            continue
+        ours, theirs = by_key[(best.ours, batch, threads)], by_key[(best.theirs, batch, threads)]
+        ov = against.get("openvino defaults")
+        ov_text = "-" if ov is None else f"{ov.speedup_median:.2f}x ({ov.speedup_p10:.2f}-{ov.speedup_p90:.2f})"
         lines.append(
-            f"| {c.model} | {c.threads} | {c.batch_size} | {ours.runtime}{_cost_text(ours, costs)} | "
-            f"{ours.images_per_s:.1f} | {theirs.runtime}{_cost_text(theirs, costs)} | {theirs.images_per_s:.1f} | "
-            f"{c.speedup_median:.2f} ({c.speedup_p10:.2f}-{c.speedup_p90:.2f}) |"
+            f"| {model} | {threads} | {batch} | {route_text(ours, costs)} | {ours.median_ms:.2f} | "
+            f"{route_text(theirs, costs)} | {theirs.median_ms:.2f} | "
+            f"{best.speedup_median:.2f}x ({best.speedup_p10:.2f}-{best.speedup_p90:.2f}) | {ov_text} |"
         )
     return lines
 

@@ -26,7 +26,7 @@ from ..layers import to_2tuple
 from ..registry import get_variant, list_models
 from ..timing import percentile, time_interleaved
 from ..weights.loading import create_model
-from .runtimes import EXPORT_RUNTIMES, ExportedFiles, installed_runtimes
+from .runtimes import DEFAULTS, EXPORT_RUNTIMES, ExportedFiles, installed_runtimes, precision_label, precisions
 from .timing import device_name, git_commit
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,18 @@ class BenchRecord:
     speedup_median: float  # baseline time / this time, per interleaved round
     speedup_p10: float
     speedup_p90: float
+    precision: str = ""  # what ran: fp32, int8, OpenVINO's f32 / bf16 / "defaults (bf16)", "int8 + f32"; "" in old runs
+
+
+def record_key(source: str, model: str, runtime: str, precision: str = "", fused: bool = False) -> str:
+    """A runner's name in a group: ``source:model:runtime[@precision][:fused]``."""
+    at = f"@{precision}" if precision else ""
+    return f"{source}:{model}:{runtime}{at}{':fused' if fused else ''}"
+
+
+def at_defaults(runtime: str, precision: str) -> bool:
+    """Whether a route runs as its runtime's defaults give it: every route but OpenVINO with a pinned precision."""
+    return not runtime.startswith("openvino") or precision.split(" + ")[-1].startswith(DEFAULTS)
 
 
 @dataclass
@@ -126,9 +138,10 @@ def _runner(
     name: str,
     source: str,
     exported_files: ExportedFiles,
+    precision: str | None = None,
 ) -> Callable[[], Any]:
     if runtime in EXPORT_RUNTIMES:
-        return exported_files.runner(model, runtime, x, threads, name, source)
+        return exported_files.runner(model, runtime, x, threads, name, source, precision)
     if runtime not in ("eager", "compile"):
         raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     forward = torch.compile(model) if runtime == "compile" else model
@@ -142,7 +155,9 @@ def _runner(
 
 @dataclass
 class Comparison:
-    """litevit's fastest runner against another source's fastest on the same model, batch and machine."""
+    """litevit's fastest runner against another source's runner on the same model, batch and machine: that
+    source's fastest route at its runtimes' defaults (``against="fastest"``), or its fp32 OpenVINO IR at OpenVINO's
+    defaults (``against="openvino defaults"``)."""
 
     model: str
     batch_size: int
@@ -152,6 +167,7 @@ class Comparison:
     speedup_p10: float
     speedup_p90: float
     threads: int = 1
+    against: str = "fastest"
 
 
 def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> list[float]:
@@ -171,12 +187,17 @@ def bench_group(
     seconds: float = 3.0,
     warmup: float = 1.0,
     exported_files: ExportedFiles | None = None,
+    scope: str = "full",
 ) -> tuple[list[BenchRecord], list[Comparison]]:
-    """Time every subject (litevit: unfused and fused) under every runtime, all interleaved together.
+    """Time every subject (litevit: unfused and fused) under every runtime and precision, all interleaved together.
 
     ``seconds`` is the measuring budget per runner. Speedups in the records are against the first runner
-    (litevit eager unfused); comparisons pit litevit's fastest runner against each other source's fastest.
+    (litevit eager unfused; fused in the ``"fastest"`` scope). Comparisons pit litevit's fastest runner (at the
+    precision its runner compiles with, never at OpenVINO's defaults) against each other source's fastest route at
+    its runtimes' defaults, and against that source's fp32 IR at OpenVINO's defaults when it was timed.
     ``exported_files``: the run's exported files, shared between groups (default: built for this group alone).
+    ``scope``: ``"full"`` times every route at every precision; ``"fastest"`` only litevit's fused candidates and
+    timm's routes at their defaults (:func:`.runtimes.precisions`).
     """
     exported_files = exported_files or ExportedFiles()
     if dtype not in ("fp32", "fp16", "bf16"):
@@ -197,6 +218,8 @@ def bench_group(
             height, width = subject.img_size or model_input_size(model)
         macs, params = count_macs(model, (height, width)) / 1e6, count_params(model) / 1e6
         forms = [(False, model)] + ([(True, fuse(model))] if subject.source == "litevit" else [])
+        if scope == "fastest" and subject.source == "litevit":
+            forms = forms[1:]  # what litevit deploys: the fused form
         for fused, form in forms:
             x = torch.randn(batch_size, 3, height, width, device=device)
             form = form.to(device)
@@ -209,14 +232,17 @@ def bench_group(
                     continue  # litevit's exporter always exports the fused model: timed once, as fused
                 if runtime == "executorch" and subject.source != "litevit":
                     continue  # timm has no ExecuTorch route (bench_runtimes)
-                key = f"{subject.source}:{subject.name}:{runtime}{':fused' if fused else ''}"
-                runners[key] = _runner(
-                    form, runtime, x, threads, autocast, subject.name, subject.source, exported_files
-                )
-                meta[key] = dict(
-                    model=subject.name, source=subject.source, runtime=runtime, fused=fused, params_m=params,
-                    macs_m=macs, paper_top1=subject.paper_top1, img_size=(height, width),
-                )  # fmt: skip
+                exported = runtime in EXPORT_RUNTIMES
+                for precision in precisions(runtime, subject.source, scope) if exported else [dtype]:
+                    label = precision_label(runtime, precision)
+                    key = record_key(subject.source, subject.name, runtime, label, fused)
+                    runners[key] = _runner(
+                        form, runtime, x, threads, autocast, subject.name, subject.source, exported_files, precision
+                    )
+                    meta[key] = dict(
+                        model=subject.name, source=subject.source, runtime=runtime, fused=fused, params_m=params,
+                        macs_m=macs, paper_top1=subject.paper_top1, img_size=(height, width), precision=label,
+                    )  # fmt: skip
     times = time_interleaved(runners, seconds * len(runners), warmup, sync)
     common = dict(
         batch_size=batch_size, dtype=dtype, channels_last=channels_last, device=device,
@@ -242,30 +268,47 @@ def bench_group(
                 speedup_p90=percentile(ratios, 0.9),
             )  # fmt: skip
         )
-    fastest: dict[str, str] = {}
-    for key, samples in times.items():
-        source = meta[key]["source"]
-        if source not in fastest or statistics.median(samples) < statistics.median(times[fastest[source]]):
-            fastest[source] = key
+    return records, _comparisons(times, meta, batch_size, threads)
+
+
+def _comparisons(
+    times: dict[str, list[float]], meta: dict[str, dict[str, Any]], batch_size: int, threads: int
+) -> list[Comparison]:
+    """litevit's fastest runner against each other source's fastest route at defaults and its OpenVINO defaults."""
+
+    def fastest(keys: Iterable[str]) -> str | None:
+        return min(keys, key=lambda k: statistics.median(times[k]), default=None)
+
+    ours = fastest(k for k in times if meta[k]["source"] == "litevit" and not at_defaults_ov(meta[k]))
+    if ours is None:
+        return []
     comparisons = []
-    if "litevit" in fastest:
-        ours = fastest["litevit"]
-        for source, theirs in fastest.items():
-            if source != "litevit":
-                ratios = _ratio(times, theirs, ours)
-                comparisons.append(
-                    Comparison(
-                        meta[ours]["model"],
-                        batch_size,
-                        ours,
-                        theirs,
-                        statistics.median(ratios),
-                        percentile(ratios, 0.1),
-                        percentile(ratios, 0.9),
-                        threads,
-                    )  # fmt: skip
-                )
-    return records, comparisons
+    for source in dict.fromkeys(m["source"] for m in meta.values()):
+        if source == "litevit":
+            continue
+        theirs = [
+            k for k in times if meta[k]["source"] == source and at_defaults(meta[k]["runtime"], meta[k]["precision"])
+        ]
+        against = {"fastest": fastest(theirs)}
+        against["openvino defaults"] = next((k for k in theirs if meta[k]["runtime"] == "openvino"), None)
+        for kind, key in against.items():
+            if key is not None:
+                ratios = _ratio(times, key, ours)
+                comparisons.append(Comparison(
+                    meta[ours]["model"], batch_size, ours, key, statistics.median(ratios), percentile(ratios, 0.1),
+                    percentile(ratios, 0.9), threads, kind,
+                ))  # fmt: skip
+    return comparisons
+
+
+def at_defaults_ov(meta: dict[str, Any]) -> bool:
+    """An OpenVINO runner compiled at OpenVINO's defaults (litevit's runner never compiles its files that way)."""
+    return meta["runtime"].startswith("openvino") and at_defaults(meta["runtime"], meta["precision"])
+
+
+# `litevit bench --quick`: the smallest variant of each family's first version (timm has all but T2T-ViT)
+QUICK_MODELS = ("levit_128s", "efficientvit_m0", "mobilevit_xxs", "t2t_vit_7")
+QUICK_RUNTIMES = ("eager", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # --fastest's + eager
 
 
 def default_models() -> list[str]:
@@ -301,18 +344,27 @@ def run_bench(
     warmup: float = 1.0,
     compare: str | None = None,
     progress: bool = True,
+    quick: bool = False,
 ) -> BenchResult:
     """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
 
     ``runtimes``: names from :data:`RUNTIMES`, or ``"installed"`` for eager and every exported-file runtime whose
     packages are installed. ``threads``: one count or several (each a group of its own). ExecuTorch, a phone
     runtime with fixed-batch files, is timed at batch 1 only.
+
+    ``quick``: the question ``make bench`` answers first, what is the fastest way to run each family's smallest
+    model here and how that compares with timm: :data:`QUICK_MODELS`, litevit's ``--fastest`` candidates (fused;
+    ONNX Runtime and OpenVINO at pinned precisions, :data:`QUICK_RUNTIMES`) against timm's routes at their
+    defaults, without the reference CNNs and the FLOP-rate line.
     """
-    names = models or default_models()
+    names = models or (list(QUICK_MODELS) if quick else default_models())
+    scope = "fastest" if quick else "full"
     gpu = device.startswith("cuda")
     batch_sizes = batch_sizes or ([256] if gpu else [1, 16])
     dtype = dtype or ("fp16" if gpu else "fp32")
     runtimes = [r for name in runtimes for r in (installed_runtimes() if name == "installed" else [name])]
+    if quick:
+        runtimes = [r for r in runtimes if r in QUICK_RUNTIMES]
     thread_counts = [threads] if isinstance(threads, int) else list(threads)
     if compare not in (None, "timm"):
         raise ValueError(f"--compare supports 'timm' only, got {compare!r}")
@@ -320,7 +372,7 @@ def run_bench(
     for name in names:
         subjects = _subjects(name, img_size, compare)
         tasks += [(subjects, batch, t) for t in thread_counts for batch in batch_sizes]
-    if compare == "timm":
+    if compare == "timm" and not quick:
         import timm
 
         for cnn, (top1, _) in REFERENCE_CNNS.items():
@@ -336,11 +388,12 @@ def run_bench(
         group_records, group_comparisons = bench_group(
             subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
             channels_last=channels_last, threads=count, seconds=seconds, warmup=warmup, exported_files=exported_files,
+            scope=scope,
         )  # fmt: skip
         records += group_records
         comparisons += group_comparisons
     result = BenchResult(records, comparisons, delegations=exported_files.delegations)
-    if "levit_128s" in names and not gpu and img_size is None:
+    if "levit_128s" in names and not gpu and img_size is None and not quick:
         result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)
     return result
 

@@ -5,7 +5,12 @@ litevit models go through litevit's exporter (fused; int8 by the family's settin
 timm's models take the routes a timm user would: a plain ``torch.onnx.export`` / ``openvino.convert_model`` of the
 unmodified model, and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``);
 timm has no ExecuTorch route of its own, so ``executorch`` is timed for litevit only.
-Both sides run with the same session settings: the given thread count, one stream, OpenVINO pinned to f32.
+Both sides run with the same session settings: the given thread count, one stream.
+
+OpenVINO routes are timed at several inference precisions (:func:`precisions`): ``defaults``, what
+``compile_model`` gives a user who passes no hint (bf16 on a CPU with native bf16), and pinned ``f32`` and ``bf16``
+(the latter only where the CPU computes bf16 natively). Every record names the precision that ran
+(:func:`precision_label`), a default one with what OpenVINO chose.
 
 Exporting and quantizing cost far more than timing, so a run builds each file once, with a dynamic batch, and
 every group (batch size, thread count) opens its own session on it. ``.pte`` files have a fixed batch.
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._extras import has_native_bf16
 from ..registry import DataConfig
 
 EXPORT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "executorch")  # CPU, exported files
@@ -36,6 +42,47 @@ _NEEDS = {  # runtime -> the modules it imports
     "openvino-int8": ("openvino", "nncf"),
     "executorch": ("executorch",),
 }
+
+
+SCOPES = ("full", "fastest")
+DEFAULTS = "defaults"  # OpenVINO compiled without an inference-precision hint
+
+
+def precisions(runtime: str, source: str, scope: str = "full", flags: frozenset[str] | None = None) -> list[str]:
+    """The precisions ``runtime`` is timed at for ``source``: fp32 or int8 outside OpenVINO; OpenVINO at its
+    ``defaults`` and pinned to ``f32`` and (on a CPU with native bf16, ``flags``: its feature flags) ``bf16``.
+
+    ``scope="fastest"`` keeps what each side's user runs: litevit's files at the pinned precisions its runner
+    compiles them with (``litevit export --fastest`` picks among them); timm's eager model, plain ONNX in
+    onnxruntime, and OpenVINO and NNCF at their defaults (none for onnxruntime-int8).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"bench scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if runtime == "onnxruntime-int8" and source != "litevit" and scope == "fastest":
+        return []  # timm's int8 route at defaults is NNCF's: quantize_static's defaults are not timed there
+    if not runtime.startswith("openvino"):
+        return ["int8" if runtime.endswith("-int8") else "fp32"]
+    pinned = ["f32", *(["bf16"] if has_native_bf16(flags) else [])]
+    if scope == "fastest":
+        return pinned if source == "litevit" else [DEFAULTS]
+    return [DEFAULTS, *pinned]
+
+
+def openvino_default_precision() -> str:
+    """The inference precision OpenVINO's CPU plugin picks here when a caller passes none (``bf16`` or ``f32``)."""
+    from .._extras import require
+
+    ov = require("openvino", "the OpenVINO bench runtime")
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def precision_label(runtime: str, precision: str) -> str:
+    """What a record says ran: ``f32``, ``bf16``, ``defaults (bf16)``, ``int8 + f32`` (an int8 IR's float parts),
+    ``int8``, ``fp32``."""
+    if not runtime.startswith("openvino"):
+        return precision
+    label = f"{DEFAULTS} ({openvino_default_precision()})" if precision == DEFAULTS else precision
+    return f"int8 + {label}" if runtime.endswith("-int8") else label
 
 
 def installed_runtimes() -> list[str]:
@@ -64,19 +111,27 @@ class ExportedFiles:
         self.delegations: dict[str, str] = {}  # .pte name -> the share XNNPACK runs and what is left
 
     def runner(
-        self, model: nn.Module, runtime: str, x: torch.Tensor, threads: int, name: str, source: str
+        self,
+        model: nn.Module,
+        runtime: str,
+        x: torch.Tensor,
+        threads: int,
+        name: str,
+        source: str,
+        precision: str | None = None,
     ) -> Callable[[], Any]:
-        """A callable running ``x`` through the model's ``runtime`` file (built on first use) with ``threads``."""
+        """A callable running ``x`` through the model's ``runtime`` file (built on first use) with ``threads``;
+        OpenVINO files at ``precision`` (:func:`precisions`; None: f32)."""
         size = tuple(x.shape[-2:])
         batch = x.shape[0] if runtime == "executorch" else None
         key = (source, name, runtime, size, batch)
         if key not in self.files:
             stem = self.folder / (f"{source}-{name}-{runtime}-{size[0]}x{size[1]}" + (f"-b{batch}" if batch else ""))
             build = self._litevit if source == "litevit" else self._timm
-            self.files[key] = build(model, runtime, x, stem)
-        return self._session(self.files[key], runtime, threads, x, source)
+            self.files[key] = build(model, runtime, x, stem, name)
+        return self._session(self.files[key], runtime, threads, x, source, precision)
 
-    def _litevit(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path) -> Path:
+    def _litevit(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path, name: str) -> Path:
         from ..deploy.export import export
 
         size = tuple(x.shape[-2:])
@@ -91,7 +146,7 @@ class ExportedFiles:
         return export(model, stem.with_suffix(suffix), batch="dynamic", img_size=size, opset=opset, int8=int8,
                       calibration=calibration, calibration_images=CALIBRATION_IMAGES).path  # fmt: skip
 
-    def _timm(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path) -> Path:
+    def _timm(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path, name: str) -> Path:
         from .._extras import require
         from ..deploy.int8 import calibration_set
 
@@ -102,7 +157,12 @@ class ExportedFiles:
                                       CALIBRATION_IMAGES)  # fmt: skip
         if runtime.startswith("openvino"):
             ov = require("openvino", "the OpenVINO bench runtime")
-            ir = ov.convert_model(model.float().cpu(), example_input=example)
+            # NNCF quantizes the plain conversion: read back when it was built already (converting costs seconds)
+            converted = self.files.get(("timm", name, "openvino", tuple(x.shape[-2:]), None))
+            if converted is not None:
+                ir = ov.Core().read_model(str(converted))
+            else:
+                ir = ov.convert_model(model.float().cpu(), example_input=example)
             if batches is not None:
                 nncf = require("nncf", "the openvino-int8 bench runtime")
                 ir = nncf.quantize(ir, nncf.Dataset(batches), subset_size=len(batches))
@@ -125,19 +185,23 @@ class ExportedFiles:
         return quantized
 
     @staticmethod
-    def _session(path: Path, runtime: str, threads: int, x: torch.Tensor, source: str) -> Callable[[], Any]:
+    def _session(
+        path: Path, runtime: str, threads: int, x: torch.Tensor, source: str, precision: str | None
+    ) -> Callable[[], Any]:
         feed = x.float().cpu().contiguous()
+        openvino_precision = (precision or "f32") if runtime.startswith("openvino") else None
         if source == "litevit":
             from ..deploy.runtime import ExportedModel
 
-            exported = ExportedModel(path, threads=threads)
+            exported = ExportedModel(path, threads=threads, inference_precision=openvino_precision)
             return lambda: exported(feed)
         if runtime.startswith("openvino"):
             from .._extras import require
             from ..deploy.openvino import openvino_config
 
             ov = require("openvino", "the OpenVINO bench runtime")
-            request = ov.Core().compile_model(str(path), "CPU", openvino_config(threads)).create_infer_request()
+            hint = None if openvino_precision == DEFAULTS else openvino_precision
+            request = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, hint)).create_infer_request()
             array = feed.numpy()
             return lambda: request.infer({0: array})
         from ..deploy.onnx import ort_session

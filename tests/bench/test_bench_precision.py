@@ -1,0 +1,156 @@
+"""The bench's precisions: OpenVINO timed at its defaults and pinned, named in every record; timm's fastest route
+taken at its defaults; ``--quick``, the table ``make bench`` prints first."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+import litevit
+from litevit import cli
+from litevit.bench import report as bench_report
+from litevit.bench import run as bench
+from litevit.bench import runtimes as bench_runtimes
+from litevit.registry import family_line, get_variant, list_models
+
+BF16 = frozenset({"avx512f", "avx512_bf16"})
+NO_BF16 = frozenset({"avx512f", "avx512_vnni"})
+TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
+
+
+@pytest.mark.parametrize("flags", [BF16, NO_BF16], ids=["bf16-cpu", "vnni-only-cpu"])
+def test_openvino_is_timed_at_its_defaults_and_pinned_where_the_cpu_computes_it(flags) -> None:
+    bf16 = ["bf16"] if "avx512_bf16" in flags else []
+    for source in ("litevit", "timm"):
+        assert bench_runtimes.precisions("openvino", source, "full", flags) == ["defaults", "f32", *bf16]
+        assert bench_runtimes.precisions("openvino-int8", source, "full", flags) == ["defaults", "f32", *bf16]
+        assert bench_runtimes.precisions("onnxruntime", source, "full", flags) == ["fp32"]
+    # quick: litevit's files at what its runner compiles them with, timm's at what a plain user gets
+    assert bench_runtimes.precisions("openvino", "litevit", "fastest", flags) == ["f32", *bf16]
+    assert bench_runtimes.precisions("openvino-int8", "timm", "fastest", flags) == ["defaults"]
+    assert bench_runtimes.precisions("onnxruntime-int8", "litevit", "fastest", flags) == ["int8"]
+    assert bench_runtimes.precisions("onnxruntime-int8", "timm", "fastest", flags) == []
+
+
+def test_a_bad_scope_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match="bench scope must be one of full, fastest"):
+        bench_runtimes.precisions("openvino", "timm", "everything")
+
+
+def test_records_name_the_precision_openvino_chose(monkeypatch) -> None:
+    monkeypatch.setattr(bench_runtimes, "openvino_default_precision", lambda: "bf16")
+    label = bench_runtimes.precision_label
+    assert [label("openvino", p) for p in ("defaults", "f32", "bf16")] == ["defaults (bf16)", "f32", "bf16"]
+    assert label("openvino-int8", "defaults") == "int8 + defaults (bf16)" and label("onnxruntime", "fp32") == "fp32"
+    assert bench.at_defaults("openvino-int8", "int8 + defaults (bf16)") and not bench.at_defaults("openvino", "bf16")
+    assert bench.at_defaults("onnxruntime", "fp32") and bench.at_defaults("eager", "fp32")
+
+
+def test_openvino_default_precision_is_what_openvino_reports() -> None:
+    ov = pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+    want = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    assert bench_runtimes.openvino_default_precision() == want in ("f32", "bf16", "f16")
+
+
+class _Plain(nn.Module):
+    """timm's side of a comparison: any plain module (no litevit metadata)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=4)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_timm_is_compiled_at_defaults_and_pinned_as_recorded(monkeypatch) -> None:
+    """The hint each OpenVINO session is compiled with is the precision its record names."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+    from litevit.deploy import openvino as deploy_openvino
+
+    hints: list[str | None] = []
+    real = deploy_openvino.openvino_config
+    monkeypatch.setattr(deploy_openvino, "openvino_config", lambda t, p="f32": hints.append(p) or real(t, p))
+    monkeypatch.setattr(bench_runtimes, "has_native_bf16", lambda flags=None: True)
+    subject = bench.Subject("plain", "timm", _Plain, None, (32, 32))
+    records, _ = bench.bench_group([subject], runtimes=["openvino"], batch_size=1, seconds=0.02, warmup=0.01)
+    timed = [r.precision for r in records if r.runtime == "openvino"]
+    assert timed[0].startswith("defaults (") and timed[1:] == ["f32", "bf16"]
+    assert hints == [None, "f32", "bf16"]  # None: no INFERENCE_PRECISION_HINT, OpenVINO's own choice
+
+
+def test_comparisons_take_timms_fastest_route_at_defaults_only() -> None:
+    """Brute force over the records: theirs is the fastest timm runner at defaults (a faster pinned one does not
+    count); ours is litevit's fastest runner at the precision its runner uses."""
+    meta = {
+        "litevit:m:eager@fp32:fused": dict(source="litevit", runtime="eager", precision="fp32", model="m"),
+        "litevit:m:openvino@f32:fused": dict(source="litevit", runtime="openvino", precision="f32", model="m"),
+        "litevit:m:openvino@defaults (bf16):fused": dict(
+            source="litevit", runtime="openvino", precision="defaults (bf16)", model="m"
+        ),
+        "timm:m:eager@fp32": dict(source="timm", runtime="eager", precision="fp32", model="m"),
+        "timm:m:openvino@defaults (bf16)": dict(
+            source="timm", runtime="openvino", precision="defaults (bf16)", model="m"
+        ),
+        "timm:m:openvino@f32": dict(source="timm", runtime="openvino", precision="f32", model="m"),
+    }
+    medians = [5.0, 3.0, 1.0, 8.0, 6.0, 2.0]  # litevit at OV defaults and timm pinned are the fastest: not counted
+    times = {key: [m * (1 + 0.01 * i) for i in range(5)] for key, m in zip(meta, medians, strict=True)}
+    comparisons = {c.against: c for c in bench._comparisons(times, meta, 1, 1)}
+    assert set(comparisons) == {"fastest", "openvino defaults"}
+    best = comparisons["fastest"]
+    assert best.ours == "litevit:m:openvino@f32:fused" and best.theirs == "timm:m:openvino@defaults (bf16)"
+    assert best.speedup_median == pytest.approx(statistics.median([a / b for a, b in zip(
+        times[best.theirs], times[best.ours], strict=True)]))  # fmt: skip
+    assert comparisons["openvino defaults"].theirs == "timm:m:openvino@defaults (bf16)"
+    assert comparisons["fastest"].speedup_median == pytest.approx(2.0)
+
+
+def test_quick_models_are_each_familys_smallest_first_version() -> None:
+    families = {get_variant(n).family for n in list_models()}
+    assert {get_variant(n).family for n in bench.QUICK_MODELS} == families
+    for name in bench.QUICK_MODELS:
+        same_line = [n for n in list_models() if family_line(n) == family_line(name)]
+        assert get_variant(name).paper.macs_m == min(get_variant(n).paper.macs_m for n in same_line)
+
+
+def test_quick_bench_times_the_candidates_and_puts_the_comparison_first(monkeypatch, capsys) -> None:
+    """``--quick``: the quick models, fused litevit against timm at defaults, no reference CNNs, no FLOP rate; the
+    printed tables start with the comparison."""
+    calls = []
+
+    def fake_group(subjects, **kwargs):
+        calls.append(([s.name for s in subjects], kwargs["runtimes"], kwargs["scope"], kwargs["batch_size"]))
+        return [], []
+
+    monkeypatch.setattr(bench, "bench_group", fake_group)
+    monkeypatch.setattr(
+        bench, "_subjects", lambda name, size, compare: [bench.Subject(name, "litevit", nn.Identity, None)]
+    )
+    result = bench.run_bench(runtimes=["eager", "executorch", "openvino"], quick=True, compare="timm", progress=False)
+    assert [c[0][0] for c in calls] == [n for n in bench.QUICK_MODELS for _ in (1, 16)]
+    assert {tuple(c[1]) for c in calls} == {("eager", "openvino")} and {c[2] for c in calls} == {"fastest"}
+    assert result.flop_rate is None
+
+    subject = bench.Subject("levit_128s", "litevit", lambda: litevit.create_model("levit_128s", **TINY), 76.6)
+    theirs = bench.Subject("levit_128s", "timm", lambda: litevit.create_model("levit_128s", **TINY), 76.6)
+    monkeypatch.undo()
+    records, comparisons = bench.bench_group(
+        [subject, theirs], batch_size=1, seconds=0.02, warmup=0.01, scope="fastest"
+    )
+    assert [(r.source, r.fused) for r in records] == [("litevit", True), ("timm", False)]  # no unfused litevit
+    table = bench_report.markdown(bench.BenchResult(records, comparisons))
+    body = table.split("\n\n", 1)[1]
+    assert body.startswith("| model | threads | batch | litevit fastest |")
+    assert "| levit_128s | 1 | 1 | eager fused |" in body
+
+
+def test_cli_quick_flag_reaches_the_bench(monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(bench, "run_bench", lambda models, **kw: seen.update(kw) or bench.BenchResult([], []))
+    assert cli.main(["bench", "--quick", "--no-progress"]) == 0
+    assert seen["quick"] is True
