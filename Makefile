@@ -1,10 +1,10 @@
 # make test: create .venv if missing, install the pinned stack, run the default test suite.
-# make bench: same set-up, then run the benchmark on its default model set.
+# make bench: same set-up, then the quick benchmark (make bench-full: the full sweep).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-all bench lint readme docs clean
+.PHONY: test test-all bench bench-full lint readme docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,13 +17,20 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto -m ""
 
-# the default set, every runtime installed here, timm's routes, 1 thread and all cores; override with
-# make bench BENCH_ARGS="levit_128s --runtime eager"
-BENCH_ARGS ?= --runtime installed --compare timm --threads 1 all --seconds 2 --warmup 0.5
+# the main job, in minutes: the fastest way to run each family's smallest model here (litevit's --fastest
+# candidates) against timm's routes at their defaults, table first; override with make bench BENCH_ARGS="..."
+BENCH_ARGS ?= --quick --runtime installed --compare timm --threads 1 --seconds 0.5 --warmup 0.2
 bench: $(STAMP)
 	mkdir -p runs/bench && rm -f runs/bench/bench.jsonl
-	$(VENV)/bin/litevit bench $(BENCH_ARGS) --int8-costs benchmarks/int8_settings.jsonl \
-		--out runs/bench/bench.jsonl --markdown runs/bench/bench.md --plot runs/bench/bench.png
+	$(VENV)/bin/litevit bench $(BENCH_ARGS) --out runs/bench/bench.jsonl --markdown runs/bench/bench.md
+
+# the full sweep: the default set (smallest of each family, LeViT-256, EfficientViT-M4, two reference CNNs), every
+# runtime installed here at every precision, timm's routes, 1 thread and all cores
+BENCH_FULL_ARGS ?= --runtime installed --compare timm --threads 1 all --seconds 2 --warmup 0.5
+bench-full: $(STAMP)
+	mkdir -p runs/bench-full && rm -f runs/bench-full/bench.jsonl
+	$(VENV)/bin/litevit bench $(BENCH_FULL_ARGS) --int8-costs benchmarks/int8_settings.jsonl \
+		--out runs/bench-full/bench.jsonl --markdown runs/bench-full/bench.md --plot runs/bench-full/bench.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

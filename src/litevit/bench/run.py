@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import statistics
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -26,7 +27,15 @@ from ..layers import to_2tuple
 from ..registry import get_variant, list_models
 from ..timing import percentile, time_interleaved
 from ..weights.loading import create_model
-from .runtimes import DEFAULTS, EXPORT_RUNTIMES, ExportedFiles, installed_runtimes, precision_label, precisions
+from .runtimes import (
+    DEFAULTS,
+    EXPORT_RUNTIMES,
+    BuildJob,
+    ExportedFiles,
+    installed_runtimes,
+    precision_label,
+    precisions,
+)
 from .timing import device_name, git_commit
 
 log = logging.getLogger(__name__)
@@ -226,13 +235,9 @@ def bench_group(
             if channels_last:
                 form, x = form.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             for runtime in runtimes:
-                if runtime in EXPORT_RUNTIMES and (device != "cpu" or dtype != "fp32"):
-                    continue  # CPU runtimes of exported files, from float32 models
-                if runtime in EXPORT_RUNTIMES and subject.source == "litevit" and not fused:
-                    continue  # litevit's exporter always exports the fused model: timed once, as fused
-                if runtime == "executorch" and subject.source != "litevit":
-                    continue  # timm has no ExecuTorch route (bench_runtimes)
                 exported = runtime in EXPORT_RUNTIMES
+                if exported and not _exports(runtime, subject.source, fused, device, dtype, scope):
+                    continue
                 for precision in precisions(runtime, subject.source, scope) if exported else [dtype]:
                     label = precision_label(runtime, precision)
                     key = record_key(subject.source, subject.name, runtime, label, fused)
@@ -269,6 +274,39 @@ def bench_group(
             )  # fmt: skip
         )
     return records, _comparisons(times, meta, batch_size, threads)
+
+
+def _exports(runtime: str, source: str, fused: bool, device: str, dtype: str, scope: str) -> bool:
+    """Whether an exported-file runtime is timed for this form of a subject."""
+    if device != "cpu" or dtype != "fp32":
+        return False  # CPU runtimes of exported files, from float32 models
+    if source == "litevit" and not fused:
+        return False  # litevit's exporter always exports the fused model: timed once, as fused
+    if runtime == "executorch" and source != "litevit":
+        return False  # timm has no ExecuTorch route (bench_runtimes)
+    return bool(precisions(runtime, source, scope))
+
+
+def _build_jobs(
+    tasks: list[tuple[list[Subject], int, int]], runtimes: list[str], img_size: Any, device: str, dtype: str, scope: str
+) -> list[BuildJob]:
+    """Every exported file the run's groups will time, one job per subject (ExecuTorch: at batch 1 only)."""
+    jobs: dict[tuple[str, str], BuildJob] = {}
+    for subjects, _, _ in tasks:
+        for subject in subjects:
+            if (subject.source, subject.name) in jobs:
+                continue
+            fused = subject.source == "litevit"
+            wanted = [
+                r for r in runtimes if r in EXPORT_RUNTIMES and _exports(r, subject.source, fused, device, dtype, scope)
+            ]
+            model = subject.build().eval()
+            height, width = to_2tuple(img_size) if img_size is not None else subject.img_size or model_input_size(model)
+            form = fuse(model) if fused else model
+            jobs[(subject.source, subject.name)] = BuildJob(
+                form, wanted, torch.randn(1, 3, height, width), subject.name, subject.source
+            )
+    return list(jobs.values())
 
 
 def _comparisons(
@@ -345,6 +383,7 @@ def run_bench(
     compare: str | None = None,
     progress: bool = True,
     quick: bool = False,
+    build_workers: int = 4,
 ) -> BenchResult:
     """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
 
@@ -356,6 +395,8 @@ def run_bench(
     model here and how that compares with timm: :data:`QUICK_MODELS`, litevit's ``--fastest`` candidates (fused;
     ONNX Runtime and OpenVINO at pinned precisions, :data:`QUICK_RUNTIMES`) against timm's routes at their
     defaults, without the reference CNNs and the FLOP-rate line.
+
+    ``build_workers``: processes that export the files before timing starts (at most one per core).
     """
     names = models or (list(QUICK_MODELS) if quick else default_models())
     scope = "fastest" if quick else "full"
@@ -383,6 +424,9 @@ def run_bench(
     records: list[BenchRecord] = []
     comparisons: list[Comparison] = []
     exported_files = ExportedFiles()
+    if not gpu:  # export and quantize every file first, in parallel: each takes seconds, mostly in one thread
+        jobs = _build_jobs(tasks, runtimes, img_size, device, dtype, scope)
+        exported_files.prebuild(jobs, min(build_workers, len(os.sched_getaffinity(0))))
     for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
         group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
         group_records, group_comparisons = bench_group(
