@@ -85,29 +85,37 @@ def test_timm_is_compiled_at_defaults_and_pinned_as_recorded(monkeypatch) -> Non
 
 def test_comparisons_take_timms_fastest_route_at_defaults_only() -> None:
     """Brute force over the records: theirs is the fastest timm runner at defaults (a faster pinned one does not
-    count); ours is litevit's fastest runner at the precision its runner uses."""
+    count); ours is litevit's fastest runner at the precision its runner uses; litevit's fastest file (eager is no
+    file) is set against its own fp32 ONNX in onnxruntime and its fp32 IR at OpenVINO's defaults."""
+
+    def entry(source: str, runtime: str, precision: str) -> dict:
+        return dict(source=source, runtime=runtime, precision=precision, model="m")
+
     meta = {
-        "litevit:m:eager@fp32:fused": dict(source="litevit", runtime="eager", precision="fp32", model="m"),
-        "litevit:m:openvino@f32:fused": dict(source="litevit", runtime="openvino", precision="f32", model="m"),
-        "litevit:m:openvino@defaults (bf16):fused": dict(
-            source="litevit", runtime="openvino", precision="defaults (bf16)", model="m"
-        ),
-        "timm:m:eager@fp32": dict(source="timm", runtime="eager", precision="fp32", model="m"),
-        "timm:m:openvino@defaults (bf16)": dict(
-            source="timm", runtime="openvino", precision="defaults (bf16)", model="m"
-        ),
-        "timm:m:openvino@f32": dict(source="timm", runtime="openvino", precision="f32", model="m"),
+        "litevit:m:eager@fp32:fused": entry("litevit", "eager", "fp32"),
+        "litevit:m:onnxruntime@fp32:fused": entry("litevit", "onnxruntime", "fp32"),
+        "litevit:m:openvino@f32:fused": entry("litevit", "openvino", "f32"),
+        "litevit:m:openvino@defaults (bf16):fused": entry("litevit", "openvino", "defaults (bf16)"),
+        "timm:m:eager@fp32": entry("timm", "eager", "fp32"),
+        "timm:m:openvino@defaults (bf16)": entry("timm", "openvino", "defaults (bf16)"),
+        "timm:m:openvino@f32": entry("timm", "openvino", "f32"),
     }
-    medians = [5.0, 3.0, 1.0, 8.0, 6.0, 2.0]  # litevit at OV defaults and timm pinned are the fastest: not counted
+    # litevit at OV defaults and timm pinned are the fastest of their sides: neither counts
+    medians = [2.5, 4.0, 3.0, 1.0, 8.0, 6.0, 2.0]
     times = {key: [m * (1 + 0.01 * i) for i in range(5)] for key, m in zip(meta, medians, strict=True)}
     comparisons = {c.against: c for c in bench._comparisons(times, meta, 1, 1)}
-    assert set(comparisons) == {"fastest", "openvino defaults"}
+    assert set(comparisons) == {"fastest", "openvino defaults", "litevit onnxruntime fp32", "litevit openvino defaults"}
     best = comparisons["fastest"]
-    assert best.ours == "litevit:m:openvino@f32:fused" and best.theirs == "timm:m:openvino@defaults (bf16)"
+    assert best.ours == "litevit:m:eager@fp32:fused" and best.theirs == "timm:m:openvino@defaults (bf16)"
     assert best.speedup_median == pytest.approx(statistics.median([a / b for a, b in zip(
         times[best.theirs], times[best.ours], strict=True)]))  # fmt: skip
+    assert best.speedup_median == pytest.approx(6.0 / 2.5)
     assert comparisons["openvino defaults"].theirs == "timm:m:openvino@defaults (bf16)"
-    assert comparisons["fastest"].speedup_median == pytest.approx(2.0)
+    own_ort, own_ov = comparisons["litevit onnxruntime fp32"], comparisons["litevit openvino defaults"]
+    assert own_ort.ours == own_ov.ours == "litevit:m:openvino@f32:fused"
+    assert own_ort.theirs == "litevit:m:onnxruntime@fp32:fused" and own_ort.speedup_median == pytest.approx(4.0 / 3.0)
+    assert own_ov.theirs == "litevit:m:openvino@defaults (bf16):fused"
+    assert own_ov.speedup_median == pytest.approx(1.0 / 3.0)
 
 
 def test_quick_models_are_each_familys_smallest_first_version() -> None:
@@ -191,3 +199,21 @@ def test_make_bench_targets_pass_arguments_litevit_bench_takes(variable, quick) 
     parsed = cli.build_parser().parse_args(["bench", *args])
     assert parsed.quick is quick and parsed.compare == "timm" and parsed.runtime == ["installed"]
     assert parsed.models == [] and 1 in parsed.threads
+
+
+def test_own_table_sets_the_fastest_file_against_its_fp32_onnx_and_openvino_defaults() -> None:
+    def record(runtime: str, precision: str, ms: float) -> bench.BenchRecord:
+        return bench.BenchRecord(
+            model="m", source="litevit", runtime=runtime, fused=True, batch_size=1, img_size=(224, 224),
+            dtype="fp32", channels_last=False, device="cpu", device_name="CPU [AVX2]", threads=1,
+            torch_version="2.x", git_commit="abc", params_m=1.0, macs_m=1.0, paper_top1=None, median_ms=ms,
+            p10_ms=ms, p90_ms=ms, images_per_s=1e3 / ms, samples=3, baseline=None, speedup_median=1.0,
+            speedup_p10=1.0, speedup_p90=1.0, precision=precision,
+        )  # fmt: skip
+
+    records = [record("openvino-int8", "int8 + bf16", 2.0), record("onnxruntime", "fp32", 5.0)]
+    key = bench.record_key("litevit", "m", "openvino-int8", "int8 + bf16", True)
+    ort = bench.record_key("litevit", "m", "onnxruntime", "fp32", True)
+    comparison = bench.Comparison("m", 1, key, ort, 2.5, 2.25, 2.75, 1, "litevit onnxruntime fp32")
+    lines = bench_report.own_table(bench.BenchResult(records, [comparison]))
+    assert lines[2] == "| m | 1 | 1 | openvino-int8 int8 + bf16 | 2.00 | 2.50x (2.25-2.75) | - |"

@@ -102,6 +102,8 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
         ]
     if result.comparisons:
         lines += [*comparison_table(result, costs), ""]
+        own = own_table(result)
+        lines += [*own, ""] if len(own) > 2 else []
     lines += [
         "| model | source | runtime | precision | fused | threads | batch | params (M) | MACs (M) | paper top-1 "
         "| median ms | p90 ms | images/s | speedup vs first litevit runner (p10-p90) |",
@@ -164,6 +166,36 @@ def comparison_table(result: BenchResult, costs: Costs | None = None) -> list[st
             f"| {model} | {threads} | {batch} | {route_text(ours, costs)} | {ours.median_ms:.2f} | "
             f"{route_text(theirs, costs)} | {theirs.median_ms:.2f} | "
             f"{best.speedup_median:.2f}x ({best.speedup_p10:.2f}-{best.speedup_p90:.2f}) | {ov_text} |"
+        )
+    return lines
+
+
+def own_table(result: BenchResult) -> list[str]:
+    """litevit's fastest exported file (what ``litevit export --fastest`` writes) against its own fp32 ONNX in
+    onnxruntime and its own fp32 IR compiled at OpenVINO's defaults."""
+    by_key = {
+        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
+        for r in result.records
+    }
+    rows: dict[tuple[str, int, int], dict[str, Comparison]] = {}
+    for c in result.comparisons:
+        if c.against.startswith("litevit "):
+            rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
+    lines = [
+        "| model | threads | batch | litevit fastest file | ms | vs its fp32 ONNX in onnxruntime (p10-p90) "
+        "| vs its fp32 IR at OpenVINO's defaults (p10-p90) |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
+
+    def ratio(c: Comparison | None) -> str:
+        return "-" if c is None else f"{c.speedup_median:.2f}x ({c.speedup_p10:.2f}-{c.speedup_p90:.2f})"
+
+    for (model, batch, threads), against in rows.items():
+        any_one = next(iter(against.values()))
+        ours = by_key[(any_one.ours, batch, threads)]
+        lines.append(
+            f"| {model} | {threads} | {batch} | {route_text(ours)} | {ours.median_ms:.2f} | "
+            f"{ratio(against.get('litevit onnxruntime fp32'))} | {ratio(against.get('litevit openvino defaults'))} |"
         )
     return lines
 
