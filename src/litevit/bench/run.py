@@ -36,7 +36,7 @@ from .runtimes import (
     precision_label,
     precisions,
 )
-from .timing import device_name, git_commit
+from .timing import FlopRate, device_name, flop_rate, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -453,42 +453,3 @@ def run_bench(
     if "levit_128s" in names and not gpu and img_size is None and not quick:
         result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)
     return result
-
-
-@dataclass
-class FlopRate:
-    """A model's achieved FLOP rate against the machine's float32 matmul rate, timed interleaved."""
-
-    model: str
-    batch_size: int
-    threads: int
-    model_gflops: float  # 2 * MACs * images/s of the fused eager model (median)
-    matmul_gflops: float  # 2 n^3 / time of an n x n float32 matmul (median)
-    ratio_median: float  # per interleaved round
-    ratio_p10: float
-    ratio_p90: float
-
-
-def flop_rate(
-    name: str = "levit_128s", batch_size: int = 16, threads: int = 1, seconds: float = 10.0, size: int = 1024
-) -> FlopRate:
-    """How close the fused model's eager forward comes to plain matmul throughput on this machine."""
-    torch.set_num_threads(threads)
-    model = fuse(create_model(name))
-    height, width = model_input_size(model)
-    flops_per_image = 2 * count_macs(model, (height, width))
-    x = torch.randn(batch_size, 3, height, width)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    times = time_interleaved({"model": forward, "matmul": lambda: torch.mm(a, b)}, seconds, warmup=1.0)
-    model_rates = [flops_per_image * batch_size / t / 1e9 for t in times["model"]]
-    matmul_rates = [2 * size**3 / t / 1e9 for t in times["matmul"]]
-    ratios = [m / r for m, r in zip(model_rates, matmul_rates, strict=True)]
-    return FlopRate(
-        name, batch_size, threads, statistics.median(model_rates), statistics.median(matmul_rates),
-        statistics.median(ratios), percentile(ratios, 0.1), percentile(ratios, 0.9),
-    )  # fmt: skip
