@@ -216,4 +216,4 @@ def test_own_table_sets_the_fastest_file_against_its_fp32_onnx_and_openvino_defa
     ort = bench.record_key("litevit", "m", "onnxruntime", "fp32", True)
     comparison = bench.Comparison("m", 1, key, ort, 2.5, 2.25, 2.75, 1, "litevit onnxruntime fp32")
     lines = bench_report.own_table(bench.BenchResult(records, [comparison]))
-    assert lines[2] == "| m | 1 | 1 | openvino-int8 int8 + bf16 | 2.00 | 2.50x (2.25-2.75) | - |"
+    assert lines[2] == "| m | 1 | 1 | openvino-int8 (int8 + bf16) | 2.00 | 2.50x (2.25-2.75) | - |"

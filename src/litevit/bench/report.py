@@ -135,7 +135,7 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
 
 def route_text(record: BenchRecord, costs: Costs | None = None) -> str:
     """A runner as the tables name it: runtime, precision where it says more than fp32, and a measured int8 cost."""
-    precision = f" {record.precision}" if record.precision not in ("", "fp32", "int8") else ""
+    precision = f" ({record.precision})" if record.precision not in ("", "fp32", "int8") else ""
     fused = " fused" if record.fused and record.runtime in ("eager", "compile") else ""
     return f"{record.runtime}{fused}{precision}{_cost_text(record, costs or {})}"
 
