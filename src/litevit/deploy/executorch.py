@@ -7,6 +7,10 @@ Both start from the fused eval model that :func:`litevit.deploy.export.export` h
   those left to ExecuTorch's portable kernels; :mod:`.xnnpack_rewrite` first replaces the operators XNNPACK
   rejects by equivalent ones it takes. The litevit metadata travels inside the program as a constant
   method returning the JSON bytes, so that a ``.pte`` is one self-contained file.
+- ExecuTorch int8 (:func:`quantize_int8`): PT2E static quantization with ExecuTorch's ``XNNPACKQuantizer``
+  (symmetric int8 activations, per-channel symmetric int8 weights), calibrated on images preprocessed as for the
+  other int8 routes, then lowered as fp32 is. The converted PT2E module is the int8 reference the ``.pte`` is checked
+  against (:data:`PTE_INT8_RTOL`); what the quantizer leaves float is counted in :attr:`Delegation.float_ops`.
 - Core ML (optional extra ``litevit[coreml]``): coremltools' ML program from the exported program, float32 compute
   precision, every intermediate tensor of rank <= 5 (checked after conversion); the metadata goes into the
   model's user-defined metadata. Core ML predictions run on macOS only.
@@ -17,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from .._extras import require
 from .xnnpack_rewrite import rewrite_for_xnnpack
 
 _META_METHOD = "litevit_json"  # .pte constant method returning the metadata JSON as uint8
+PTE_INT8_RTOL = 0.15  # .pte against its PT2E reference, max |diff| / max |reference| (see export)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class Delegation:
     partitions: int  # XNNPACK subgraphs (each one delegate call at run time)
     remaining: dict[str, int] = field(default_factory=dict)  # operators left to portable kernels, by name
     rewritten: dict[str, int] = field(default_factory=dict)  # ATen nodes xnnpack_rewrite replaced, by name
+    quantized: int = 0  # int8 programs: operators inside XNNPACK running int8 kernels
+    float_ops: dict[str, int] = field(default_factory=dict)  # int8 programs: those inside XNNPACK left float, by name
 
     @property
     def share(self) -> float:
@@ -47,10 +54,14 @@ class Delegation:
 
     def summary(self) -> str:
         rest = ", ".join(f"{name} x{count}" for name, count in sorted(self.remaining.items())) or "nothing"
-        return (
+        line = (
             f"XNNPACK runs {self.share:.1%} of the operators ({self.delegated} in {self.partitions} subgraphs); "
             f"left to portable kernels: {rest}"
         )
+        if self.quantized:
+            kept = ", ".join(f"{name} x{count}" for name, count in sorted(self.float_ops.items())) or "nothing"
+            line += f"; int8 in XNNPACK: {self.quantized} operators, float in XNNPACK: {kept}"
+        return line
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -64,16 +75,48 @@ def _counted(node: torch.fx.Node) -> bool:
     return node.op == "call_function" and _op_name(node) not in ("getitem", "executorch_call_delegate")
 
 
+def _quantize_op(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and "quantize_per_" in _op_name(node)  # also dequantize_per_*
+
+
+def _reads_int8(node: torch.fx.Node) -> bool:
+    return any(_quantize_op(arg) for arg in node.all_input_nodes)
+
+
+_LAYOUT_OPS = ("_clone_dim_order", "_to_dim_order_copy", "view_copy", "permute_copy", "clone", "alias_copy")
+
+
 def delegation(graph_module: torch.fx.GraphModule) -> Delegation:
-    """Count operators of a lowered edge program inside and outside its XNNPACK subgraphs."""
-    delegated, partitions = 0, 0
+    """Count operators of a lowered edge program inside and outside its XNNPACK subgraphs.
+
+    An int8 program's operators inside XNNPACK are split into int8 ones, which read dequantized inputs or write only
+    to quantize nodes (XNNPACK fuses ``dequantize -> op [-> activation] -> quantize`` into an int8 kernel), and float
+    ones (float kernels); quantize nodes and layout-only operators count in neither.
+    """
+    delegated, partitions, quantized = 0, 0, 0
+    float_ops: Counter[str] = Counter()
     for _, child in graph_module.named_children():
         original = getattr(child, "original_module", None)  # a LoweredBackendModule keeps what it replaced
-        if original is not None:
-            partitions += 1
-            delegated += sum(1 for node in original.graph.nodes if _counted(node))
+        if original is None:
+            continue
+        partitions += 1
+        nodes = [node for node in original.graph.nodes if _counted(node)]
+        delegated += len(nodes)
+        for node in nodes:
+            name = _op_name(node)
+            if _quantize_op(node) or name.removeprefix("dim_order_ops.").split(".")[0] in _LAYOUT_OPS:
+                continue
+            # int8: it reads a dequantized tensor, or it is fused into an int8 op (a conv's ReLU: reads the conv,
+            # writes only to quantize nodes)
+            fused = node.users and all(_quantize_op(user) for user in node.users)
+            if _reads_int8(node) or (fused and any(_reads_int8(arg) for arg in node.all_input_nodes)):
+                quantized += 1
+            else:
+                float_ops[name] += 1
     remaining = Counter(_op_name(node) for node in graph_module.graph.nodes if _counted(node))
-    return Delegation(delegated, partitions, dict(remaining))
+    if not quantized:  # a float program: every operator is float, nothing to list apart
+        float_ops.clear()
+    return Delegation(delegated, partitions, dict(remaining), quantized=quantized, float_ops=dict(float_ops))
 
 
 def _metadata_method(meta_json: str) -> torch.Tensor:
@@ -107,6 +150,47 @@ def save_pte(model: nn.Module, example: torch.Tensor, path: Path, meta_json: str
     data, report = lower_pte(model, example, meta_json, rewrite)
     path.write_bytes(data)
     return report
+
+
+def quantize_int8(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+) -> tuple[torch.fx.GraphModule, dict[str, int]]:
+    """The PT2E int8 form of ``model`` at the shape of ``example``, and the ATen nodes :mod:`.xnnpack_rewrite` replaced.
+
+    ``torch.export``, the XNNPACK rewrites (so that the quantizer annotates the operators XNNPACK will run), then
+    ExecuTorch's ``XNNPACKQuantizer`` with symmetric int8 activations and per-channel symmetric int8 weights,
+    observers fed every batch of ``calibration`` (each of ``example``'s shape), and ``convert_pt2e``: a module
+    computing in float with quantize/dequantize pairs, the int8 reference of the ``.pte``.
+    """
+    quantizer = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 export")
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 export")  # installed with executorch
+    module = torch.export.export(model, (example,)).module()
+    rewritten = rewrite_for_xnnpack(module)
+    module = torch.export.export(module, (example,)).module()
+    config = quantizer.get_symmetric_quantization_config(is_per_channel=True)
+    prepared = pt2e.prepare_pt2e(module, quantizer.XNNPACKQuantizer().set_global(config))
+    count = 0
+    with torch.no_grad():
+        for batch in calibration:
+            if tuple(batch.shape) != tuple(example.shape):
+                shapes = f"{tuple(batch.shape)}, the graph takes {tuple(example.shape)}"
+                raise ValueError(f"calibration batch of shape {shapes}")
+            prepared(batch.float().contiguous())
+            count += 1
+    if not count:
+        raise ValueError("ExecuTorch int8 export needs at least one calibration batch")
+    return pt2e.convert_pt2e(prepared), rewritten
+
+
+def save_pte_int8(
+    model: nn.Module, example: torch.Tensor, path: Path, meta_json: str, calibration: Iterable[torch.Tensor]
+) -> tuple[Delegation, torch.fx.GraphModule]:
+    """Write the int8 ``.pte`` of ``model`` (:func:`quantize_int8`); return what XNNPACK runs and the PT2E reference."""
+    example = example.contiguous()  # a channels-last example would plan the program for channels-last input
+    reference, rewritten = quantize_int8(model, example, calibration)
+    data, report = lower_pte(reference, example, meta_json, rewrite=False)
+    path.write_bytes(data)
+    return dataclasses.replace(report, rewritten=rewritten), reference
 
 
 def set_threads(threads: int) -> None:

@@ -27,7 +27,7 @@ from ..registry import DataConfig
 from ..weights.loading import create_model, model_info
 from .coreml import COREML_PREDICTION_SKIP, coreml_available, save_coreml
 from .errors import ExportError
-from .executorch import Delegation, save_pte
+from .executorch import PTE_INT8_RTOL, Delegation, save_pte, save_pte_int8
 from .fastest import DEFAULT_MAX_DROP, FastestReport, find_fastest
 from .fuse import fuse
 from .int8 import (
@@ -47,7 +47,7 @@ from .runtime import ExportedModel
 
 log = logging.getLogger(__name__)
 
-INT8_FORMATS = ("onnx", "openvino")
+INT8_FORMATS = ("onnx", "openvino", "executorch")
 INT8_MIN_OPSET = 13  # per-channel QDQ
 
 
@@ -57,6 +57,7 @@ class ExportResult:
     metadata: ExportMetadata
     check: ParityCheck | None
     delegation: Delegation | None = None  # ExecuTorch: the share of operators XNNPACK runs
+    reference_check: ParityCheck | None = None  # int8 .pte: against its PT2E int8 reference, within PTE_INT8_RTOL
     fastest: FastestReport | None = None  # export(fastest=True): every candidate tried, timed, and the pick
 
 
@@ -210,7 +211,9 @@ def export(
     if opset is not None and format != "onnx":
         raise ValueError(f"opset applies to ONNX export only, not {format}")
     if int8 and format not in INT8_FORMATS:
-        raise ValueError(f"int8 export writes .onnx (onnxruntime QDQ) or .xml (OpenVINO), not {format}")
+        raise ValueError(
+            f"int8 export writes .onnx (onnxruntime QDQ), .xml (OpenVINO) or .pte (ExecuTorch XNNPACK), not {format}"
+        )
     if int8 and calibration is None:
         raise ValueError("int8 export needs calibration images: --calibration DIR (a folder of images)")
     if int8 and opset is not None and opset < INT8_MIN_OPSET:
@@ -260,9 +263,13 @@ def export(
     )
     if int8 and format == "onnx":
         metadata = dataclasses.replace(metadata, weight_bits=weight_bits)
-    report = None
+    report, quantized = None, None
     if format == "onnx":
         save_onnx(data_bytes, path, metadata)
+    elif format == "executorch" and calibration_batches is not None:
+        batches = [torch.from_numpy(b) for b in calibration_batches]
+        report, quantized = save_pte_int8(fused, example, path, metadata.to_json(), batches)
+        log.info("%s: %s", path, report.summary())
     elif format == "executorch":
         report = save_pte(fused, example, path, metadata.to_json())
         log.info("%s: %s", path, report.summary())
@@ -283,7 +290,7 @@ def export(
         exporter(fused, example, path, metadata)
     log.info("exported %s to %s (%s, %s)", metadata.variant or type(model).__name__, path, format, metadata.precision)
 
-    parity = None
+    parity, reference_check = None, None
     if check and format == "coreml" and not coreml_available():
         log.warning("%s: converted; prediction check skipped: %s", path, COREML_PREDICTION_SKIP)
         check = False
@@ -292,7 +299,17 @@ def export(
             reference = fused(check_input)
         exported = ExportedModel(path)
         if int8:
-            parity = int8_check(_in_batches(exported, check_input, batch), reference)
+            output = _in_batches(exported, check_input, batch)
+            if quantized is not None:  # the .pte against the PT2E module it was lowered from: what XNNPACK must keep
+                with torch.no_grad():
+                    expected = _in_batches(quantized, check_input, batch)
+                reference_check = compare(output, expected, check_input.shape[0], PTE_INT8_RTOL)
+                if not reference_check.passed:
+                    raise ExportError(
+                        f"{path}: the .pte differs from its PT2E int8 reference on {reference_check.batch} images: "
+                        f"max |diff| {reference_check.max_abs_diff:.3e}, {reference_check.failures[0]}"
+                    )
+            parity = int8_check(output, reference)
             if not parity.passed:
                 raise ExportError(
                     f"{path}: the int8 graph does not compute the model on {parity.batch} images held out of "
@@ -313,7 +330,7 @@ def export(
                     f"{path}: exported model differs from PyTorch at batch {parity.batch}: max |diff| "
                     f"{parity.max_abs_diff:.3e}, {parity.failures[0]}"
                 )
-    return ExportResult(path, metadata, parity, report)
+    return ExportResult(path, metadata, parity, report, reference_check=reference_check)
 
 
 def _grouped(images: list[np.ndarray], batch: str | int) -> list[np.ndarray]:

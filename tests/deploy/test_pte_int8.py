@@ -1,0 +1,187 @@
+"""int8 ExecuTorch ``.pte`` (PT2E with ExecuTorch's XNNPACK quantizer): every family exports, runs in ExecuTorch's
+runtime and agrees with its PT2E int8 reference; the reference check fails on a planted fault; bad input is one line.
+
+One int8 lowering of a family costs 2-10 minutes on 2 shared cores: the default run exports one family through the
+CLI at a fixed batch of 2 and plants a fault in a small convolutional network; the other families are ``slow``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import litevit
+from litevit import cli
+from litevit.data import eval_transform, load_image
+from litevit.deploy.errors import ExportError
+from litevit.deploy.executorch import PTE_INT8_RTOL, lower_pte, quantize_int8
+from litevit.deploy.int8 import CalibrationError
+from litevit.deploy.parity import RTOL
+from litevit.deploy.runtime import ExportedModel
+
+pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'litevit[executorch]'")
+export_module = importlib.import_module("litevit.deploy.export")  # the package's `export` is the function
+
+SIZE = 64
+DEFAULT_FAMILY = "levit_128s"  # the quickest int8 lowering of the six (2-4 minutes on 2 shared cores)
+SLOW_FAMILIES = ["efficientvit_m0", "mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "t2t_vit_7"]
+CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 images in 4 class folders: stripes at a class angle in a class colour, with noise."""
+    root = tmp_path_factory.mktemp("pte-int8-images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    for label in range(CLASSES):
+        (root / f"c{label}").mkdir()
+        for i in range(6):
+            angle = np.pi * label / CLASSES + rng.normal(0, 0.1)
+            wave = np.sin(2 * np.pi * rng.uniform(2, 4) * (np.cos(angle) * xx + np.sin(angle) * yy))
+            colour = 255 * np.eye(3)[label % 3] * 0.6 + 40
+            image = colour + 60 * wave[..., None] + rng.normal(0, 8, (SIZE, SIZE, 3))
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / f"c{label}" / f"{i}.png")
+    return root
+
+
+def _keep_reference(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.nn.Module]:
+    """Make export hand over the PT2E module each ``.pte`` is lowered from (``"reference"``), and the fused fp32
+    model it was quantized from (``"fp32"``)."""
+    kept: dict[str, torch.nn.Module] = {}
+    real = export_module.save_pte_int8
+
+    def keeping(*args: object) -> object:
+        report, reference = real(*args)
+        kept["reference"], kept["fp32"] = reference, args[0]
+        return report, reference
+
+    monkeypatch.setattr(export_module, "save_pte_int8", keeping)
+    return kept
+
+
+def _images(folder: Path, model: ExportedModel, count: int) -> torch.Tensor:
+    transform = eval_transform(model.metadata.data, model.metadata.img_size)
+    files = sorted(folder.rglob("*.png"))[:count]
+    return torch.stack([transform(load_image(path)) for path in files])
+
+
+def _check_runs_as_its_reference(path: Path, reference: torch.nn.Module, fp32: torch.nn.Module, x: torch.Tensor):
+    """The saved file, loaded fresh, against the PT2E reference and fp32 PyTorch, one fixed-size batch at a time."""
+    loaded = ExportedModel(path)
+    assert loaded.metadata.precision == "int8" and loaded.metadata.format == "executorch"
+    size = int(loaded.metadata.batch)
+    with torch.no_grad():
+        for start in range(0, len(x) - size + 1, size):
+            batch = x[start : start + size]
+            out, expected, float_out = loaded(batch), reference(batch), fp32(batch)
+            scale = expected.abs().max()
+            assert (out - expected).abs().max() <= PTE_INT8_RTOL * scale
+            # int8 indeed: further from fp32 than float rounding (fp32 .pte files are within RTOL)
+            assert (out - float_out).abs().max() > RTOL * float_out.abs().max()
+
+
+def test_cli_exports_int8_pte_at_a_fixed_batch(calibration: Path, tmp_path: Path, monkeypatch) -> None:
+    kept = _keep_reference(monkeypatch)
+    path = tmp_path / "m.pte"
+    command = ["export", DEFAULT_FAMILY, "--out", str(path), "--precision", "int8", "--calibration", str(calibration),
+               "--calibration-images", "16", "--batch", "2", "--img-size", str(SIZE), "--check"]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(command) == 0
+    text = printed.getvalue()
+    assert "executorch int8, batch 2" in text and "int8 check on 8 held-out images" in text, text
+    share = float(text.split("XNNPACK runs ")[1].split("%")[0]) / 100
+    assert share >= 0.95 and "int8 in XNNPACK:" in text, text
+    loaded = ExportedModel(path)
+    _check_runs_as_its_reference(path, kept["reference"], kept["fp32"], _images(calibration, loaded, 8))
+    with pytest.raises(ValueError, match="was exported for batch 2; got 1"):  # a fixed-batch file takes its batch
+        ExportedModel(path)(torch.zeros(1, 3, SIZE, SIZE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_FAMILIES)
+def test_every_family_exports_int8_pte(name: str, calibration: Path, tmp_path: Path, monkeypatch) -> None:
+    kept = _keep_reference(monkeypatch)
+    model = litevit.create_model(name, img_size=SIZE).eval()
+    result = litevit.export(model, tmp_path / "m.pte", precision="int8", calibration=calibration,
+                            calibration_images=16, check=True)  # fmt: skip
+    assert result.metadata.precision == "int8" and result.check is not None and result.check.passed
+    assert result.reference_check is not None and result.reference_check.max_rel_diff <= PTE_INT8_RTOL
+    assert result.delegation is not None and result.delegation.quantized > 0, result.delegation.summary()
+    loaded = ExportedModel(result.path)
+    _check_runs_as_its_reference(result.path, kept["reference"], kept["fp32"], _images(calibration, loaded, 8))
+
+
+class _Small(torch.nn.Module):
+    """Conv-ReLU, depthwise conv, residual add, pooling and a linear head: the int8 patterns of the families."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU())
+        self.mixer = torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+        self.expand = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.expand(x + self.mixer(x))
+        return self.head(x.mean((2, 3)))  # B, 32 -> B, 10
+
+
+def test_reference_check_fails_on_a_corrupted_scale(calibration: Path, tmp_path: Path, monkeypatch) -> None:
+    """A ``.pte`` lowered from a copy of its PT2E module with one layer's weight scales 1.5x too large fails the check
+    against the PT2E reference; the same export without the fault passes it."""
+    model = _Small().eval()
+    export = litevit.export  # unchanged first: the same network passes
+    result = export(model, tmp_path / "ok.pte", img_size=SIZE, precision="int8", calibration=calibration,
+                    calibration_images=16, check=True)  # fmt: skip
+    assert result.reference_check is not None and result.reference_check.passed
+
+    def corrupted(model, example, path, meta_json, batches):
+        reference, _ = quantize_int8(model, example, batches)
+        planted = copy.deepcopy(reference)
+        scales = [n.args[1].target for n in planted.graph.nodes if "dequantize_per_channel" in str(n.target)]
+        getattr(planted, scales[1]).mul_(1.5)  # the depthwise conv's weight scales
+        data, report = lower_pte(planted, example.contiguous(), meta_json, rewrite=False)
+        path.write_bytes(data)
+        return report, reference
+
+    monkeypatch.setattr(export_module, "save_pte_int8", corrupted)
+    with pytest.raises(ExportError, match="differs from its PT2E int8 reference") as info:
+        export(model, tmp_path / "bad.pte", img_size=SIZE, precision="int8", calibration=calibration,
+               calibration_images=16, check=True)  # fmt: skip
+    assert "\n" not in str(info.value)
+
+
+def test_bad_input_is_one_line(calibration: Path, tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        None: "int8 export needs calibration images",
+        tmp_path / "missing": "calibration folder not found",
+        empty: r"has 0 image file\(s\); calibration needs at least 8",
+    }
+    for folder, message in cases.items():
+        with pytest.raises(ValueError, match=message) as info:
+            litevit.export(DEFAULT_FAMILY, tmp_path / "m.pte", precision="int8", calibration=folder)
+        assert "\n" not in str(info.value)
+        command = ["export", DEFAULT_FAMILY, "--precision", "int8", "--out", str(tmp_path / "m.pte")]
+        assert cli.main(command + (["--calibration", str(folder)] if folder else [])) == 2
+    with pytest.raises(CalibrationError, match="the int8 check holds 8"):  # 8 images cannot also check
+        few = tmp_path / "few"
+        few.mkdir()
+        for path in sorted(calibration.rglob("*.png"))[:8]:
+            (few / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+        litevit.export(DEFAULT_FAMILY, tmp_path / "m.pte", precision="int8", calibration=few, check=True)
+    with pytest.raises(ValueError, match="runs in OpenVINO only"):
+        litevit.export(DEFAULT_FAMILY, tmp_path / "m.pte", precision="int8-bf16", calibration=calibration)
+    assert not (tmp_path / "m.pte").exists()
