@@ -8,7 +8,7 @@ from test_contract import randomise_for_fuse_test
 from torch import nn
 
 import litevit
-from litevit.layers import BNLinear, ConvBN, LinearBN, Residual, make_divisible
+from litevit.layers import BNLinear, ConvBN, LinearBN, Residual, SplitConv, channel_groups, make_divisible
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,20 @@ def test_fuse_refuses_lonely_batchnorm() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.BatchNorm2d(4))
     with pytest.raises(litevit.FuseError, match=r"BatchNorm layers with no neighbour to fold into: 2"):
         litevit.fuse(model)
+
+
+def test_split_conv_equals_conv_then_split() -> None:
+    """Each part is the rows of the one convolution: outputs equal ``conv(x).split(sizes)``, with and without bias."""
+    torch.manual_seed(0)
+    for bias in (True, False):
+        conv = nn.Conv2d(8, 1 + 2 * 6, 3, padding=1, bias=bias).double()
+        x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+        split = SplitConv.from_conv(conv, [1, 6, 6])
+        with torch.no_grad():
+            expected = conv(x).split([1, 6, 6], dim=1)
+            got = channel_groups(split(x), [1, 6, 6])
+        assert [t.shape[1] for t in got] == [1, 6, 6]
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match="cannot split the 13 outputs"):
+        SplitConv.from_conv(conv, [1, 6])

@@ -162,6 +162,45 @@ class BNLinear(nn.Module):
         return fused
 
 
+class SplitConv(nn.Module):
+    """A convolution whose output is cut into channel groups, as one convolution per group: the fused form of
+    ``conv(x).split(sizes, dim=1)``. An exported graph then holds no split node (OpenVINO runs a channel split as a
+    reference-kernel copy, a large share of the batch-1 time of the small attention models)."""
+
+    def __init__(self, parts: list[nn.Conv2d]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    @classmethod
+    @torch.no_grad()
+    def from_conv(cls, conv: nn.Conv2d, sizes: list[int]) -> SplitConv:
+        """``conv``'s output channels cut into consecutive groups of ``sizes`` (their sum must be all of them)."""
+        if sum(sizes) != conv.out_channels or conv.groups != 1:
+            raise ValueError(f"cannot split the {conv.out_channels} outputs of {conv} into groups of {sizes}")
+        parts, start = [], 0
+        for size in sizes:
+            part = nn.Conv2d(
+                conv.in_channels, size, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            ).to(conv.weight)  # fmt: skip
+            part.weight.copy_(conv.weight[start : start + size])
+            if conv.bias is not None:
+                part.bias.copy_(conv.bias[start : start + size])
+            parts.append(part)
+            start += size
+        return cls(parts)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(part(x) for part in self.parts)
+
+
+def channel_groups(x: torch.Tensor | tuple[torch.Tensor, ...], sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """``x.split(sizes, dim=1)``; the output of a :class:`SplitConv` already is those groups and is passed on."""
+    if isinstance(x, tuple):
+        return x
+    return x.split(sizes, dim=1)
+
+
 def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth (Huang et al. 2016): zero whole samples with probability ``prob``, rescale the rest."""
     if prob == 0.0 or not training:

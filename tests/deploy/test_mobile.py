@@ -119,6 +119,20 @@ REWRITE_CASES = {
         (2, 4, 4, 4),
         lambda m, x: F.scaled_dot_product_attention(*_qkv(x)),
     ),  # noqa: E501
+    "attention_mask": (  # an additive N x N mask with the scale folded away, as EfficientViT's fused heads have it
+        "scaled_dot_product_attention.default",
+        (2, 4, 4, 4),
+        lambda m, x: F.scaled_dot_product_attention(
+            *_qkv(x), attn_mask=x.flatten(2)[0, 0, :, None] * x.flatten(2)[1, 1, None, :], scale=1.0
+        ),
+    ),
+    "attention_mask_per_head": (
+        "scaled_dot_product_attention.default",
+        (2, 4, 4, 4),
+        lambda m, x: F.scaled_dot_product_attention(
+            *_qkv(x), attn_mask=(_qkv(x)[0] @ _qkv(x)[1].transpose(-1, -2)).cos()
+        ),
+    ),
     "layer_norm": ("layer_norm.default", (2, 4, 8, 8), lambda m, x: m.norm(x)),
     "group_norm": ("group_norm.default", (2, 4, 8, 8), lambda m, x: m.group(x)),
     "sum": ("sum.dim_IntList", (2, 4, 8, 8), lambda m, x: x.sum((2, 3)) + x.sum(-1, keepdim=True).mean()),

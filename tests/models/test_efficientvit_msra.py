@@ -56,6 +56,7 @@ def test_fixture_parity(fixture: str, tmp_path) -> None:
     spec = load_fixture(fixture)
     model = litevit.create_model(_fixture_model_name(spec), checkpoint=write_checkpoint(spec, tmp_path))
     assert_logits_match(model, spec)
+    assert_logits_match(litevit.fuse(model), spec)  # the deploy form every export uses
 
 
 def test_fixture_set_is_complete() -> None:
@@ -287,3 +288,34 @@ def test_paper_records() -> None:
         paper = litevit.get_variant(name).paper
         assert paper.img_size == 224 and paper.top1 is not None
         assert any("V100" in hardware for hardware in paper.throughput)
+
+
+@pytest.mark.parametrize("window", [(7, 7), (4, 5)])
+def test_fused_heads_attend_tokens_first_and_equal_the_unfused_heads(window: tuple[int, int]) -> None:
+    """The fused attention takes the tokens-first path (one attention op per head) and gives every head's output
+    as the unfused channels-first path does, for the full window and a sub-window of its bias table."""
+    attn = _random_attention()
+    fused = attn.fuse()
+    assert fused.tokens_first and not attn.tokens_first
+    x = torch.randn(2, 64, *window, dtype=torch.float64)
+    with torch.no_grad():
+        for got, expected in zip(fused.heads(x), attn.heads(x), strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", litevit.list_models("efficientvit_m*"))
+def test_every_variant_fuses_to_the_tokens_first_attention(name: str) -> None:
+    """Every variant's fused form uses the tokens-first attention and computes the unfused model (float64)."""
+    model = litevit.create_model(name).double()
+    randomise_for_fuse_test(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, CascadedGroupAttention):
+                m.attention_biases.normal_()
+    model.eval()
+    fused = litevit.fuse(model)
+    attentions = [m for m in fused.modules() if isinstance(m, CascadedGroupAttention)]
+    assert attentions and all(m.tokens_first for m in attentions)
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-9, rtol=1e-9)

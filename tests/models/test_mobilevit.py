@@ -10,8 +10,9 @@ from torch import nn
 
 import litevit
 from litevit.flops import count_macs
+from litevit.layers import SplitConv
 from litevit.models import mobilevit_convert as convert
-from litevit.models.mobilevit_blocks import MobileViTBlock, MobileViTConfig, fold, unfold
+from litevit.models.mobilevit_blocks import MobileViTBlock, MobileViTConfig, SeparableAttention, fold, unfold
 
 FIXTURES = fixture_files("official/mobilevit_*.json") + fixture_files("timm/mobilevit*.json")
 # one of each block kind: v1, v2, v3 on v1, v3 on v2
@@ -32,6 +33,7 @@ def test_fixture_logits(rel: str, tmp_path) -> None:
     torch.save(recipe_state_dict(spec), path)
     model = litevit.create_model(_variant_for(spec["variant"]), checkpoint=path)
     assert_logits_match(model, spec)
+    assert_logits_match(litevit.fuse(model), spec)  # the deploy form every export uses
 
 
 def test_fixtures_cover_every_variant() -> None:
@@ -205,3 +207,30 @@ def test_cvnets_convention_reproduces_the_published_counts_to_the_unit() -> None
 def test_unknown_mac_convention_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="convention must be one of"):
         count_macs(litevit.create_model("mobilevit_xxs"), 256, convention="fvcore")
+
+
+SEPARABLE = [n for n in litevit.list_models("mobilevitv*") if litevit.get_variant(n).config.attention == "separable"]
+
+
+@pytest.mark.parametrize("name", SEPARABLE)
+def test_fused_separable_attention_has_separate_projections(name: str) -> None:
+    """Every v2 and v3-on-v2 variant's fused form projects query, key and value with separate convolutions (the
+    rows of the one unfused projection, norm affine folded in) and computes the unfused model (float64)."""
+    from test_contract import randomise_for_fuse_test
+
+    model = litevit.create_model(name).double()
+    randomise_for_fuse_test(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.copy_(1 + 0.2 * torch.randn_like(m.weight))
+                m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    model.eval()
+    fused = litevit.fuse(model)
+    attentions = [m for m in fused.modules() if isinstance(m, SeparableAttention)]
+    assert attentions and all(isinstance(m.qkv, SplitConv) for m in attentions)
+    assert all([p.out_channels for p in m.qkv.parts] == [1, m.dim, m.dim] for m in attentions)
+    x = torch.randn(1, 3, 256, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(litevit.fuse(fused)(x), fused(x), atol=0, rtol=0)

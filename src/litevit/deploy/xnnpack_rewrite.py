@@ -17,9 +17,10 @@ same values:
 - ``F.unfold``: a depthwise convolution with one-hot ``k x k`` kernels (channel-major, as ``nn.Unfold``);
 - ``expand``: adding zeros of the target shape; ``contiguous``: dropped.
 
-Not bit-exact, within float32 rounding (about 1e-7 relative): unmasked ``scaled_dot_product_attention`` as
-``softmax(q k^T * scale) v`` with ``bmm``; ``layer_norm`` and ``group_norm`` from means, ``pow 2`` and ``rsqrt``
-(XNNPACK has neither norm); ``sum`` as a mean times the count.
+Not bit-exact, within float32 rounding (about 1e-7 relative): ``scaled_dot_product_attention`` without a mask or
+with an additive float mask (EfficientViT's fused attention bias) as ``softmax(q k^T * scale + mask) v`` with
+``bmm``; ``layer_norm`` and ``group_norm`` from means, ``pow 2`` and ``rsqrt`` (XNNPACK has neither norm); ``sum`` as
+a mean times the count.
 
 The rewrites run on the unlifted ``torch.export`` graph, which is then exported again.
 """
@@ -219,22 +220,45 @@ def _unfold(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
+def _mask_value(graph: fx.Graph, mask: object) -> torch.Tensor | None:
+    """The (example) value of an attention mask node: its traced value, or the buffer it reads."""
+    if not isinstance(mask, fx.Node):
+        return None
+    value = mask.meta.get("val")
+    if value is None and mask.op == "get_attr":
+        value = _attr(graph.owning_module, mask.target)
+    return value
+
+
 def _attention(graph: fx.Graph, node: fx.Node) -> bool:
-    """Unmasked, non-causal ``scaled_dot_product_attention`` as ``softmax(q k^T * scale) v`` with ``bmm``."""
+    """Non-causal ``scaled_dot_product_attention``, unmasked or with an additive float mask, as
+    ``softmax(q k^T * scale + mask) v`` with ``bmm``."""
     q, k, v = node.args[:3]
     options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), node.args[3:], strict=False))
     options.update(node.kwargs)
-    if options.get("attn_mask") is not None or options.get("dropout_p", 0.0) or options.get("is_causal", False):
+    mask = options.get("attn_mask")
+    if options.get("dropout_p", 0.0) or options.get("is_causal", False):
         return False
     shape_q, shape_k, shape_v = _shape(q), _shape(k), _shape(v)
     if shape_q[:-2] != shape_k[:-2] or shape_k[:-2] != shape_v[:-2]:
         return False
+    if mask is not None:
+        value = _mask_value(graph, mask)
+        # a float mask of the scores' last two dims, or of all their dims; a boolean mask would need a select
+        if value is None or not value.dtype.is_floating_point:
+            return False
+        if value.dim() > 2 and list(value.shape[:-2]) != shape_q[:-2]:
+            return False
     scale = options.get("scale") or 1.0 / math.sqrt(shape_q[-1])
     batch = math.prod(shape_q[:-2])
     q3 = _call(graph, aten.reshape.default, q, [batch, *shape_q[-2:]])
     kt = _call(graph, aten.transpose.int, _call(graph, aten.reshape.default, k, [batch, *shape_k[-2:]]), 1, 2)
     v3 = _call(graph, aten.reshape.default, v, [batch, *shape_v[-2:]])
-    scores = _call(graph, aten.bmm.default, _call(graph, aten.mul.Tensor, q3, scale), kt)
+    scores = _call(graph, aten.bmm.default, q3 if scale == 1.0 else _call(graph, aten.mul.Tensor, q3, scale), kt)
+    if mask is not None:  # batch, N, M + N, M (broadcast) or + batch dims, N, M (reshaped like the scores)
+        if value.dim() > 2:
+            mask = _call(graph, aten.reshape.default, mask, [batch, *value.shape[-2:]])
+        scores = _call(graph, aten.add.Tensor, scores, mask)
     out = _call(graph, aten.bmm.default, _call(graph, aten.softmax.int, scores, -1), v3)
     _replace(node, _call(graph, aten.reshape.default, out, _shape(node)))
     return True

@@ -75,6 +75,7 @@ class CascadedGroupAttention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, *window))
         self.register_buffer("attention_bias_idxs", self._bias_index(), persistent=False)
         self.register_buffer("fused_bias", None)
+        self.tokens_first = False  # the fused form's order of attention (:meth:`_attend`)
 
     def _bias_index(self) -> torch.Tensor:
         height, width = self.window
@@ -97,7 +98,7 @@ class CascadedGroupAttention(nn.Module):
 
     def heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of every head, each ``B, C / heads, h, w``, before concatenation and projection."""
-        B, _, H, W = x.shape
+        H, W = x.shape[-2:]
         kd = self.key_dim
         bias = self.attention_bias(H, W)
         splits = x.chunk(self.num_heads, dim=1)
@@ -107,19 +108,31 @@ class CascadedGroupAttention(nn.Module):
             if i > 0:
                 feat = feat + splits[i]  # the cascade: previous head's output refines this head's input
             q, k, v = qkv(feat).split([kd, kd, self.val_dim], dim=1)  # B, d, h, w each
-            q = dw(q)
-            q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # B, d, h, w -> B, d, N
-            attn = (q.transpose(1, 2) @ k) * self.scale + bias[i]  # B, N, N
-            feat = (v @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)  # B, d, N -> B, d, h, w
+            feat = self._attend(dw(q), k, v, bias[i])
             outputs.append(feat)
         return outputs
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One head: ``softmax(q^T k * scale + bias)`` weighting ``v``; ``B, d, h, w`` in, ``B, val_dim, h, w`` out."""
+        B, _, H, W = v.shape
+        if self.tokens_first:
+            # the fused form: tokens first, B, d, h, w -> B, h, w, d -> B, N, d, which is the memory order of
+            # OpenVINO's channels-last convolutions, and one attention op, which OpenVINO runs as one node (no
+            # MatMul and Softmax nodes, fewer layout reorders: benchmarks/batch1_graph.md). The scale is in the keys.
+            q, k, v = (t.permute(0, 2, 3, 1).reshape(B, H * W, -1) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # B, N, d
+            return out.view(B, H, W, self.val_dim).permute(0, 3, 1, 2)  # B, N, d -> B, h, w, d -> B, d, h, w
+        q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # B, d, h, w -> B, d, N
+        attn = (q.transpose(1, 2) @ k) * self.scale + bias  # B, N, N
+        return (v @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)  # B, d, N -> B, d, h, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.act(torch.cat(self.heads(x), dim=1)))
 
     @torch.no_grad()
     def fuse(self) -> CascadedGroupAttention:
-        """Fold BatchNorms, gather the bias table once and fold the query scale into the key projection."""
+        """Fold BatchNorms, gather the bias table once, fold the query scale into the key projection and attend with
+        tokens first (:meth:`_attend`)."""
         if self.fused_bias is not None:
             return self  # already fused: fusing again must not scale the keys twice
         fused = copy.deepcopy(self)
@@ -135,6 +148,7 @@ class CascadedGroupAttention(nn.Module):
             qkv.weight[kd : 2 * kd] *= self.scale
             qkv.bias[kd : 2 * kd] *= self.scale
         fused.scale = 1.0
+        fused.tokens_first = True
         fused.fused_bias = self.attention_bias(*self.window).detach().clone()
         del fused.attention_biases
         return fused

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBN, drop_path, make_divisible
+from ..layers import ConvBN, SplitConv, channel_groups, drop_path, make_divisible
 
 ATTENTIONS = ("mhsa", "separable")
 
@@ -162,7 +162,7 @@ class SeparableAttention(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        query, key, value = self.qkv(x).split([1, self.dim, self.dim], dim=1)  # B, 1|d|d, P, N
+        query, key, value = channel_groups(self.qkv(x), [1, self.dim, self.dim])  # B, 1|d|d, P, N
         scores = query.softmax(dim=-1)  # B, 1, P, N
         context = (key * scores).sum(dim=-1, keepdim=True)  # B, d, P, 1
         return self.proj(F.relu(value) * context)
@@ -196,11 +196,15 @@ class TransformerBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> TransformerBlock:
-        """Fold both norms' affine terms into qkv / fc1 and the attention scale into the query rows."""
+        """Fold both norms' affine terms into qkv / fc1 and the attention scale into the query rows; separable
+        attention gets separate query, key and value convolutions (no split node in an exported graph)."""
         fused = copy.deepcopy(self)
         fused.drop_path = 0.0
         _fold_affine_into(fused.norm1, fused.attn.qkv)
         _fold_affine_into(fused.norm2, fused.mlp.fc1)
+        if isinstance(fused.attn, SeparableAttention) and isinstance(fused.attn.qkv, nn.Conv2d):
+            dim = fused.attn.dim
+            fused.attn.qkv = SplitConv.from_conv(fused.attn.qkv, [1, dim, dim])
         if isinstance(fused.attn, Attention):
             dim = fused.attn.proj.out_features
             fused.attn.qkv.weight[:dim] *= fused.attn.scale
