@@ -10,6 +10,7 @@ DISTILL_KINDS = ("none", "soft", "hard")
 LAST_CHECKPOINT = "last.pt"
 BEST_EXPORT = "best.safetensors"
 METRICS_LOG = "metrics.jsonl"
+QAT_EPOCHS = 3  # ``--qat`` without ``--epochs``
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,6 +70,7 @@ class TrainConfig:
     device: str | None = None  # default: cuda:<local rank> when available, else cpu
     progress: bool = True  # progress bar on rank 0
     recipe: str | None = None  # recorded for the log; its values are already applied (None: the short-run rule)
+    qat: bool = False  # quantization-aware int8 fine-tuning of the --checkpoint model; writes int8.xml (:mod:`.qat`)
 
 
 @dataclass
@@ -78,3 +80,4 @@ class TrainResult:
     out: Path
     finished: bool  # all ``epochs`` done (False when stopped by ``stop_after``)
     rank: int = 0  # this process's rank under torchrun
+    best_files: tuple[str, ...] = (BEST_EXPORT,)  # what a new best validation top-1 writes, under ``out``

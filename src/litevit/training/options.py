@@ -9,7 +9,7 @@ from typing import Any
 
 from ..data import INTERPOLATIONS
 from ..weights.loading import as_tuples
-from .config import BEST_EXPORT, DISTILL_KINDS, TrainConfig, TrainResult
+from .config import DISTILL_KINDS, QAT_EPOCHS, TrainConfig, TrainResult
 from .recipes import RECIPES, SHORT_RUN_RULE, get_recipe
 
 
@@ -66,6 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", choices=DISTILL_KINDS, help="distillation type (default: hard with a teacher)")
     p.add_argument("--distill-alpha", type=float)
     p.add_argument("--distill-tau", type=float)
+    p.add_argument(
+        "--qat",
+        action="store_true",
+        default=None,
+        help="quantization-aware int8 fine-tuning of the --checkpoint model (NNCF, calibrated on training images, "
+        "low lr, BatchNorm statistics frozen after epoch 1, default 3 epochs); writes OUT/int8.xml (OpenVINO) and "
+        "OUT/int8.onnx (onnxruntime) with the family's float-kept layers; not with --teacher, --multi-scale, --ema, "
+        "--amp or --layer-decay",
+    )
     p.add_argument("--resume", nargs="?", const="auto", help="continue OUT/last.pt (or the given checkpoint)")
     p.add_argument(
         "--resume-override", nargs="+", metavar="SETTING", help="settings allowed to differ from the resumed run"
@@ -97,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if values.get("multi_scale_sizes"):
         values["multi_scale_sizes"] = tuple(values["multi_scale_sizes"])
         values.setdefault("multi_scale", True)
+    if values.get("qat") and args.epochs is None and "epochs" not in values:
+        values["epochs"] = QAT_EPOCHS
     if values.get("model_kwargs") is not None:
         if not isinstance(values["model_kwargs"], dict):
             raise ValueError(f"--model-kwargs must be a JSON object, got {values['model_kwargs']!r}")
@@ -114,6 +125,7 @@ def summary(result: TrainResult) -> str:
             f"val loss {last['val_loss']:.4f}"
         )
     if result.best_top1 is not None:
-        lines.append(f"best val top-1 {result.best_top1:.2f}% -> {result.out / BEST_EXPORT}")
+        written = ", ".join(str(result.out / name) for name in result.best_files)
+        lines.append(f"best val top-1 {result.best_top1:.2f}% -> {written}")
     lines.append(("finished" if result.finished else "stopped; continue with --resume") + f": {result.out}")
     return "\n".join(lines)

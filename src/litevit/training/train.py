@@ -4,7 +4,9 @@ The pieces live in their own modules: settings (:mod:`.config`), losses and the 
 schedule and EMA (:mod:`.optim`), augmentation and the data split (:mod:`.data`), checkpoints and the
 metrics log (:mod:`.checkpoint`), torchrun set-up (:mod:`.distributed`), options (:mod:`.options`). The
 hyper-parameters come from the short-run rule or a paper's recipe (:mod:`.recipes`); DeiT distillation follows
-Touvron et al., arXiv:2012.12877, Sec. 4; the MobileViT multi-scale sampler is :mod:`.sampler`.
+Touvron et al., arXiv:2012.12877, Sec. 4; the MobileViT multi-scale sampler is :mod:`.sampler`. ``qat``
+(``--qat``) fine-tunes a trained model with int8 quantizers in the loop and writes ``int8.xml`` / ``int8.onnx``
+(:mod:`.qat`).
 
 Run on one process with ``litevit train`` or on several with ``torchrun --nproc_per_node N -m litevit train ...``
 (NCCL on GPUs, gloo on CPU). Only rank 0 writes; metrics are reduced across ranks. Each epoch ends with an atomic
@@ -32,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import default_workers
+from ..deploy.int8 import int8_settings_for
 from ..predict import batch_scores
 from ..registry import get_variant
 from ..weights.loading import create_model
@@ -60,6 +63,18 @@ from .distributed import Dist, all_sum, init_distributed
 from .losses import DistillationLoss, build_teacher
 from .optim import ModelEma, WarmupCosine, param_groups
 from .options import add_arguments, config_from_args, summary
+from .qat import (
+    FREEZE_BN_AFTER,
+    INT8_ONNX,
+    INT8_XML,
+    calibration_images,
+    freeze_batchnorm,
+    qat_config,
+    qat_param_groups,
+    quantize_for_training,
+    save_int8,
+    validate_qat,
+)
 from .recipes import apply_short_run_rule
 
 log = logging.getLogger("litevit.training.train")  # also when run as ``python -m litevit.training.train``
@@ -88,6 +103,8 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
     # the settings as given: the rule's values follow from them (epochs, images, batch, size, lr), so a resume
     # that overrides one of those gets the rule's values for the new one
     settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
+    if config.qat:
+        config = qat_config(config, ranks.world)
     config = apply_short_run_rule(config, len(split.train_indices), ranks.world, img_size)
     workers = default_workers() if config.workers is None else config.workers
 
@@ -100,12 +117,20 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         config.model, checkpoint=config.checkpoint, num_classes=num_classes, img_size=img_size, **kwargs
     )
     model.to(device)
+    if config.qat:  # calibration before the first step (and before a resume loads the trained ranges)
+        images = calibration_images(split, data_config, img_size)
+        model = quantize_for_training(model, images, int8_settings_for(model), config.batch_size)
     net: nn.Module = model
     if ranks.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     lr, min_lr, warmup_lr = _effective_lrs(config, ranks.world)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_decay), lr=lr)
+    groups = (
+        qat_param_groups(model, config.weight_decay)
+        if config.qat
+        else param_groups(model, config.weight_decay, config.layer_decay)
+    )
+    optimizer = torch.optim.AdamW(groups, lr=lr)
     scheduler = WarmupCosine(optimizer, lr, config.epochs, config.warmup_epochs, min_lr, warmup_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     ema = ModelEma(model, config.ema_decay) if config.ema else None
@@ -142,6 +167,11 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         "classes": split.classes,
     }
     history: list[dict[str, Any]] = []
+    if config.qat and start_epoch == 0:  # the calibrated graph is the int8 model to beat
+        best_top1 = evaluate(model, val_loader, device, config.amp, ranks)["top1"]
+        log.info("rank %d --qat: calibrated int8 val top-1 %.2f%%", ranks.rank, best_top1)
+        if ranks.main:
+            save_int8(model, out, split.classes, img_size)
     epoch = start_epoch
     end = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
     for epoch in range(start_epoch, end):
@@ -164,7 +194,9 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         history.append(record)
         log.info("rank %d epoch %d: %s", ranks.rank, epoch + 1, json.dumps(record, sort_keys=True))
         if ranks.main:
-            if improved:
+            if improved and config.qat:
+                save_int8(model, out, split.classes, img_size)
+            elif improved:
                 best_meta = dict(meta, epoch=epoch + 1, top1=top1, weights=weights)
                 export_safetensors(out / BEST_EXPORT, best_module.state_dict(), config.model, best_meta, data_config)
             append_metrics(out / METRICS_LOG, record)
@@ -172,7 +204,8 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
                 out / LAST_CHECKPOINT, state, config, settings, epoch + 1, best_top1, meta, data_config
             )
     finished = end == config.epochs
-    return TrainResult(history, best_top1, out, finished, ranks.rank)
+    best_files = (INT8_XML, INT8_ONNX) if config.qat else (BEST_EXPORT,)
+    return TrainResult(history, best_top1, out, finished, ranks.rank, best_files)
 
 
 # ----------------------------------------------------------------------------------------------- epochs and evaluation
@@ -227,6 +260,8 @@ def train_one_epoch(
     state.sampler.set_epoch(epoch)
     steps = len(state.sampler)
     state.net.train()
+    if config.qat and epoch >= FREEZE_BN_AFTER:
+        freeze_batchnorm(state.model)
     loss_sum, seen, lr = 0.0, 0, state.scheduler.lr_at(epoch)
     start = time.perf_counter()
     bar = _progress(loader, steps, config.progress and ranks.main, f"epoch {epoch + 1}/{config.epochs}")
@@ -282,6 +317,8 @@ def _validate(config: TrainConfig) -> str:
     if distill != "none" and not config.teacher:
         raise ValueError(f"--distill {distill} needs a --teacher")
     get_variant(config.model)
+    if config.qat:
+        validate_qat(config, distill)
     return distill
 
 

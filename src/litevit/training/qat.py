@@ -1,0 +1,273 @@
+"""Quantization-aware fine-tuning (``litevit train --qat``): a trained float model fine-tuned with int8 in the loop.
+
+The route: NNCF's PyTorch quantization (``nncf.quantize`` on the torch model) inserts fake quantizers (int8
+weights, int8 activations, ranges calibrated on training images) into the float model, which then trains as usual;
+``openvino.convert_model`` turns each quantizer into an OpenVINO ``FakeQuantize``, so the written ``int8.xml`` is
+the int8 IR OpenVINO runs with its int8 kernels. NNCF is OpenVINO's own quantizer and the post-training int8 route
+litevit measured fastest for every family (``.xml``, :mod:`litevit.deploy.int8`), so the fine-tuned graph is
+the graph that route deploys, with the same quantizer placement and the family's settings. PyTorch's own QAT
+(``torch.ao`` / PT2E) would need its own lowering to OpenVINO and places quantizers differently.
+``int8.onnx`` is the same graph for onnxruntime: the quantizers stripped to PyTorch's fake-quantize ops
+(``nncf.strip``), exported as QuantizeLinear/DequantizeLinear pairs at opset 13 (8-bit weights; on CPUs without
+VNNI onnxruntime's u8 x s8 kernels may saturate, where post-training export uses 7 bits).
+
+The run, on top of float training (:mod:`.train`):
+
+- ``--checkpoint`` (the trained float model) is required; the model is built from it as for fine-tuning.
+- Calibration before the first step: ``nncf.quantize`` on up to
+  :data:`~litevit.deploy.int8.DEFAULT_CALIBRATION_IMAGES` training images (drawn alike from every class, fixed seed,
+  the model's eval preprocessing), with the family's :class:`~litevit.deploy.int8.Int8Settings` as the OpenVINO
+  post-training route applies them (:func:`litevit.deploy.openvino.openvino_ir`): model type, preset, SmoothQuant
+  off, and ``float_ends`` / ``float_depthwise`` as an ignored scope named on NNCF's graph of the torch model.
+- A low learning rate (:data:`QAT_LR_SCALE` times the short-run rule's fine-tuning lr; 1.8e-5 at a batch of 32),
+  no EMA, BatchNorm running statistics frozen from the second epoch (:data:`FREEZE_BN_AFTER`); 3 epochs by default
+  on the command line (:data:`.config.QAT_EPOCHS`).
+- Validation scores the fake-quantized model, first as calibrated (before the first step: a run whose fine-tuning
+  never beats it writes the calibrated graph) and after each epoch; on each new best, ``int8.xml`` (+ ``.bin``)
+  and ``int8.onnx`` are written with litevit's metadata (precision int8), in place of ``best.safetensors``.
+- Resume calibrates the same way (the quantizer layout follows from the graph and the settings), then loads the
+  quantizers' ranges with the weights from ``last.pt``. DDP and the progress bar are those of float training.
+
+Not supported with ``--qat`` (one-line errors): distillation, the multi-scale sampler, EMA, ``--amp``,
+``--layer-decay``.
+
+NNCF compiles a C++ extension for its CPU quantizer kernels at first use (a compiler and minutes; it did not finish
+within NNCF's 60 s limit on a 2-core machine); litevit runs NNCF's pure-PyTorch reference kernels instead
+(:func:`use_reference_kernels`), on every device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._extras import require
+from ..deploy.export import metadata_for
+from ..deploy.int8 import CALIBRATION_SEED, DEFAULT_CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES, Int8Settings
+from ..deploy.onnx import onnx_model, save_onnx
+from ..deploy.openvino import RT_INFO, save_openvino
+from ..registry import DataConfig
+from .config import TrainConfig
+from .data import DataSplit
+
+log = logging.getLogger("litevit.training.train")
+
+QAT_LR_SCALE = 0.5  # times the short-run rule's fine-tuning lr (recipes.short_run_rule)
+FREEZE_BN_AFTER = 1  # epochs after which BatchNorm running statistics stop updating
+QAT_ONNX_OPSET = 13  # per-channel QuantizeLinear
+INT8_XML, INT8_ONNX = "int8.xml", "int8.onnx"
+WEIGHTED_OPS = ("conv1d", "conv2d", "linear", "matmul", "bmm")  # NNCF torch node types, as deploy.int8's _WEIGHTED_OV
+
+
+def validate_qat(config: TrainConfig, distill: str) -> None:
+    """One-line errors for a ``--qat`` run that cannot be honoured."""
+    if not config.checkpoint:
+        raise ValueError("--qat fine-tunes a trained float model: pass it with --checkpoint FILE")
+    unsupported = [
+        ("--teacher/--distill", distill != "none"),
+        ("--multi-scale", config.multi_scale),
+        ("--ema", bool(config.ema)),
+        ("--amp", config.amp),
+        ("--layer-decay", config.layer_decay is not None),
+    ]
+    named = [name for name, given in unsupported if given]
+    if named:
+        raise ValueError(f"--qat does not support {', '.join(named)}: leave them out for quantization-aware training")
+
+
+def qat_lr(global_batch: int) -> float:
+    """The default QAT learning rate: :data:`QAT_LR_SCALE` times the short-run rule's fine-tuning lr."""
+    from .recipes import BASE_BATCH, BASE_LR, FINE_TUNE_LR_SCALE
+
+    return BASE_LR * math.sqrt(global_batch / BASE_BATCH) * FINE_TUNE_LR_SCALE * QAT_LR_SCALE
+
+
+def qat_config(config: TrainConfig, world: int) -> TrainConfig:
+    """``config`` with the QAT defaults where left open: the low lr and no EMA."""
+    lr = config.lr if config.lr is not None or config.lr_ref_batch is not None else qat_lr(config.batch_size * world)
+    return dataclasses.replace(config, lr=lr, ema=False)
+
+
+def calibration_images(
+    split: DataSplit, data: DataConfig, img_size: int, count: int = DEFAULT_CALIBRATION_IMAGES
+) -> torch.Tensor:
+    """Up to ``count`` training images, drawn alike from every class with a fixed seed, preprocessed for eval:
+    ``(N, C, H, W)``."""
+    from ..data import eval_transform, load_image
+
+    by_class: dict[int, list[str]] = {}
+    for index in split.train_indices:
+        path, label = split.train_samples[index]
+        by_class.setdefault(label, []).append(path)
+    total = sum(len(paths) for paths in by_class.values())
+    if total < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"--qat calibrates on training images: found {total}, need at least {MIN_CALIBRATION_IMAGES}")
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    shuffled = [[paths[i] for i in rng.permutation(len(paths))] for _, paths in sorted(by_class.items())]
+    dealt = [group[i] for i in range(max(map(len, shuffled))) for group in shuffled if i < len(group)]
+    transform = eval_transform(data, img_size)
+    return torch.stack([transform(load_image(path)) for path in dealt[:count]])
+
+
+def use_reference_kernels() -> None:
+    """NNCF's pure-PyTorch quantizer kernels in place of its C++ extension (compiled at first use otherwise)."""
+    from nncf.torch.quantization import extensions
+    from nncf.torch.quantization.reference import ReferenceBackendType, ReferenceQuantize
+
+    reference = ReferenceQuantize(ReferenceBackendType.TORCH)
+
+    class Kernels:
+        Quantize_forward = staticmethod(reference.forward)
+        Quantize_backward = staticmethod(reference.backward)
+
+    namespaces = [extensions.QuantizedFunctionsCPU]
+    if torch.cuda.is_available():  # else a stub that raises on any attribute
+        namespaces.append(extensions.QuantizedFunctionsCUDA)
+    for namespace in namespaces:
+        if namespace._loaded_namespace is None:
+            namespace._loaded_namespace = Kernels
+
+
+def float_kept_nodes(model: nn.Module, example: torch.Tensor, settings: Int8Settings) -> list[str]:
+    """Names of the nodes of NNCF's graph of ``model`` that ``settings`` keeps float: the first weighted op on every
+    path from the input and the last on every path to the output (``float_ends``), and convolutions with groups > 1
+    (``float_depthwise``, OpenVINO's GroupConvolution)."""
+    if not (settings.float_ends or settings.float_depthwise):
+        return []
+    nncf = require("nncf", "quantization-aware training")
+    graph = nncf.build_graph(model, example_input=example)
+    kept: set[str] = set()
+    if settings.float_depthwise:
+        modules = dict(model.named_modules())
+        for node in graph.get_all_nodes():
+            if node.node_type in ("conv1d", "conv2d"):
+                module = modules.get(".".join(node.node_name.split("/")[:-2]))  # "stem/0/conv/conv2d/0" -> stem.0.conv
+                if getattr(module, "groups", 1) > 1 or "Depthwise" in node.metatype.__name__:
+                    kept.add(node.node_name)
+    if settings.float_ends:
+
+        def walk(start: list[Any], step: Any) -> set[str]:
+            found, seen, todo = set(), set(), list(start)
+            while todo:
+                node = todo.pop()
+                if node.node_name in seen:
+                    continue
+                seen.add(node.node_name)
+                if node.node_type in WEIGHTED_OPS:
+                    found.add(node.node_name)
+                else:
+                    todo += step(node)
+            return found
+
+        kept |= walk(graph.get_input_nodes(), graph.get_next_nodes)
+        kept |= walk(graph.get_output_nodes(), graph.get_previous_nodes)
+    return sorted(kept)
+
+
+def quantize_for_training(model: nn.Module, images: torch.Tensor, settings: Int8Settings, batch_size: int) -> nn.Module:
+    """``model`` with NNCF fake quantizers calibrated on ``images`` (in batches of ``batch_size``) by ``settings``,
+    as :func:`litevit.deploy.openvino.openvino_ir` applies them to the OpenVINO graph."""
+    nncf = require("nncf", "quantization-aware training")
+    use_reference_kernels()
+    device = next(model.parameters()).device
+    batches = [images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size)]
+    was_training = model.training
+    model.eval()
+    ignored = nncf.IgnoredScope(names=float_kept_nodes(model, batches[0], settings), validate=False)
+    advanced = None
+    if not settings.smooth_quant:
+        from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+
+        advanced = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(max(level, logging.WARNING))  # a line per layer an ignored scope keeps float
+    try:
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(batches),
+            preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            model_type=nncf.ModelType.TRANSFORMER if settings.transformer else None,
+            subset_size=len(batches),
+            ignored_scope=ignored,
+            advanced_parameters=advanced,
+        )
+    finally:
+        nncf_log.setLevel(level)
+    log.info("--qat: calibrated on %d training images, %d layers kept float", len(images), len(ignored.names))
+    return quantized.train(was_training)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """BatchNorm layers in eval mode: their running statistics stop updating (weights and biases still train)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def is_quantizer_parameter(name: str) -> bool:
+    return "__nncf_hooks" in name
+
+
+def qat_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as :func:`.optim.param_groups`, and the quantizers' ranges without weight decay."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            plain = param.ndim <= 1 or name in skip or is_quantizer_parameter(name)
+            (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def save_int8(model: nn.Module, out: Path, classes: list[str], img_size: int) -> list[Path]:
+    """The fake-quantized ``model`` as ``out/int8.xml`` (+ ``.bin``, OpenVINO) and ``out/int8.onnx`` (onnxruntime
+    QDQ), with litevit's metadata; each file replaced atomically."""
+    ov = require("openvino", "writing the int8 OpenVINO IR")
+    nncf = require("nncf", "quantization-aware training")
+    cpu = copy.deepcopy(model).cpu().eval()
+    in_chans = int(getattr(getattr(model, "config", None), "in_chans", 3))
+    example = torch.randn(2, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    size = (img_size, img_size)
+    names = tuple(classes)
+    base = dataclasses.replace(
+        metadata_for(cpu, size, "dynamic", "openvino"), num_classes=len(names), class_names=names, precision="int8"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    # PyTorch's fake-quantize ops in place of NNCF's hooks: OpenVINO 2026.4 fails to convert EfficientViT's hooked
+    # graph (its SDPA reshape fusion), not the stripped one; both routes convert the same graph
+    stripped = nncf.strip(cpu, do_copy=False, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".int8-") as tmp:
+        with torch.no_grad(), _quiet_tracing():
+            ir = ov.convert_model(stripped, example_input=example, input=[ov.PartialShape([-1, in_chans, *size])])
+        ir.set_rt_info(dataclasses.replace(base, inference_precision="f32").to_json(), RT_INFO)
+        save_openvino(ir, Path(tmp, INT8_XML))
+        with _quiet_tracing():
+            data, opset = onnx_model(stripped, example, "dynamic", QAT_ONNX_OPSET, None)
+        onnx_meta = dataclasses.replace(base, format="onnx", opset=opset, weight_bits=8)
+        save_onnx(data, Path(tmp, INT8_ONNX), onnx_meta)
+        written = []
+        for name in (INT8_ONNX, Path(INT8_XML).with_suffix(".bin").name, INT8_XML):  # the .xml last: it names the .bin
+            os.replace(Path(tmp, name), out / name)
+            written.append(out / name)
+    return written
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings of NNCF's hooks and of the models' shape checks
+        yield
