@@ -8,8 +8,9 @@ litevit measured fastest for every family (``.xml``, :mod:`litevit.deploy.int8`)
 the graph that route deploys, with the same quantizer placement and the family's settings. PyTorch's own QAT
 (``torch.ao`` / PT2E) would need its own lowering to OpenVINO and places quantizers differently.
 ``int8.onnx`` is the same graph for onnxruntime: the quantizers stripped to PyTorch's fake-quantize ops
-(``nncf.strip``), exported as QuantizeLinear/DequantizeLinear pairs at opset 13 (8-bit weights; on CPUs without
-VNNI onnxruntime's u8 x s8 kernels may saturate, where post-training export uses 7 bits).
+(``nncf.strip``), exported as QuantizeLinear/DequantizeLinear pairs at the lowest opset from 13 that exports
+(8-bit weights; on CPUs without VNNI onnxruntime's u8 x s8 kernels may saturate, where post-training export uses
+7 bits). Both files are converted from the stripped model.
 
 The run, on top of float training (:mod:`.train`):
 
@@ -67,7 +68,7 @@ log = logging.getLogger("litevit.training.train")
 
 QAT_LR_SCALE = 0.5  # times the short-run rule's fine-tuning lr (recipes.short_run_rule)
 FREEZE_BN_AFTER = 1  # epochs after which BatchNorm running statistics stop updating
-QAT_ONNX_OPSET = 13  # per-channel QuantizeLinear
+QAT_ONNX_OPSET = 13  # the lowest opset tried: per-channel QuantizeLinear (MobileViT's attention needs 14)
 INT8_XML, INT8_ONNX = "int8.xml", "int8.onnx"
 WEIGHTED_OPS = ("conv1d", "conv2d", "linear", "matmul", "bmm")  # NNCF torch node types, as deploy.int8's _WEIGHTED_OV
 
@@ -256,7 +257,7 @@ def save_int8(model: nn.Module, out: Path, classes: list[str], img_size: int) ->
         ir.set_rt_info(dataclasses.replace(base, inference_precision="f32").to_json(), RT_INFO)
         save_openvino(ir, Path(tmp, INT8_XML))
         with _quiet_tracing():
-            data, opset = onnx_model(stripped, example, "dynamic", QAT_ONNX_OPSET, None)
+            data, opset = onnx_model(stripped, example, "dynamic", None, None, min_opset=QAT_ONNX_OPSET)
         onnx_meta = dataclasses.replace(base, format="onnx", opset=opset, weight_bits=8)
         save_onnx(data, Path(tmp, INT8_ONNX), onnx_meta)
         written = []
