@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="quantization-aware int8 fine-tuning of the --checkpoint model (NNCF, calibrated on training images, "
         "low lr, BatchNorm statistics frozen after epoch 1, default 3 epochs); writes OUT/int8.xml (OpenVINO) and "
-        "OUT/int8.onnx (onnxruntime) with the family's float-kept layers; not with --teacher, --multi-scale, --ema, "
-        "--amp or --layer-decay",
+        "OUT/int8.onnx (onnxruntime; not for MobileViT v1, whose graph keeps NNCF's own quantizer op) with the "
+        "family's float-kept layers; not with --teacher, --multi-scale, --ema, --amp or --layer-decay",
     )
     p.add_argument("--resume", nargs="?", const="auto", help="continue OUT/last.pt (or the given checkpoint)")
     p.add_argument(

@@ -10,7 +10,9 @@ the graph that route deploys, with the same quantizer placement and the family's
 ``int8.onnx`` is the same graph for onnxruntime: the quantizers stripped to PyTorch's fake-quantize ops
 (``nncf.strip``), exported as QuantizeLinear/DequantizeLinear pairs at the lowest opset from 13 that exports
 (8-bit weights; on CPUs without VNNI onnxruntime's u8 x s8 kernels may saturate, where post-training export uses
-7 bits). Both files are converted from the stripped model.
+7 bits). Both files are converted from the stripped model. Where NNCF leaves a quantizer in its own FakeQuantize op
+(MobileViT v1: some of its quantizers), onnxruntime cannot run the graph and only ``int8.xml`` is written, with a
+warning.
 
 The run, on top of float training (:mod:`.train`):
 
@@ -258,13 +260,28 @@ def save_int8(model: nn.Module, out: Path, classes: list[str], img_size: int) ->
         save_openvino(ir, Path(tmp, INT8_XML))
         with _quiet_tracing():
             data, opset = onnx_model(stripped, example, "dynamic", None, None, min_opset=QAT_ONNX_OPSET)
-        onnx_meta = dataclasses.replace(base, format="onnx", opset=opset, weight_bits=8)
-        save_onnx(data, Path(tmp, INT8_ONNX), onnx_meta)
+        names = [Path(INT8_XML).with_suffix(".bin").name, INT8_XML]  # the .xml last: it names the .bin
+        foreign = _foreign_ops(data)
+        if foreign:
+            log.warning("--qat: %s not written: NNCF left %s in the stripped graph, which onnxruntime cannot run",
+                        INT8_ONNX, ", ".join(foreign))  # fmt: skip
+        else:
+            onnx_meta = dataclasses.replace(base, format="onnx", opset=opset, weight_bits=8)
+            save_onnx(data, Path(tmp, INT8_ONNX), onnx_meta)
+            names.insert(0, INT8_ONNX)
         written = []
-        for name in (INT8_ONNX, Path(INT8_XML).with_suffix(".bin").name, INT8_XML):  # the .xml last: it names the .bin
+        for name in names:
             os.replace(Path(tmp, name), out / name)
             written.append(out / name)
     return written
+
+
+def _foreign_ops(data: bytes) -> list[str]:
+    """Operators of an ONNX graph outside the standard domains (NNCF's own FakeQuantize, for one)."""
+    import onnx
+
+    graph = onnx.load_from_string(data).graph
+    return sorted({f"{n.domain}:{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
 
 
 @contextlib.contextmanager

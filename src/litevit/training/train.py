@@ -169,7 +169,7 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
     history: list[dict[str, Any]] = []
     if config.qat and start_epoch == 0:  # the calibrated graph is the int8 model to beat
         best_top1 = evaluate(model, val_loader, device, config.amp, ranks)["top1"]
-        log.info("rank %d --qat: calibrated int8 val top-1 %.2f%%", ranks.rank, best_top1)
+        log.info("--qat: calibrated int8 val top-1 %.2f%% (rank %d)", best_top1, ranks.rank)
         if ranks.main:
             save_int8(model, out, split.classes, img_size)
     epoch = start_epoch
@@ -204,7 +204,7 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
                 out / LAST_CHECKPOINT, state, config, settings, epoch + 1, best_top1, meta, data_config
             )
     finished = end == config.epochs
-    best_files = (INT8_XML, INT8_ONNX) if config.qat else (BEST_EXPORT,)
+    best_files = tuple(n for n in (INT8_XML, INT8_ONNX) if (out / n).exists()) if config.qat else (BEST_EXPORT,)
     return TrainResult(history, best_top1, out, finished, ranks.rank, best_files)
 
 
