@@ -86,9 +86,11 @@ def markdown(rows: list[dict]) -> str:
     n = rows[0]["images"] if rows else 0
     commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
     loads = ", ".join(f"{r['model']} {r['load']:.1f}" for r in rows)
+    commits = ", ".join(f"{r['model']} {r.get('commit', 'not recorded')}" for r in rows)
     lines = [
         f"Hardware: {cpu_model()} [{isa}] ({os.cpu_count()} cores, shared; 1-minute load average when each model "
-        f"started: {loads}); torch {torch.__version__}; commit {git_commit()}. Commands: {commands}.",
+        f"started: {loads}); torch {torch.__version__}; commit when each model started: {commits}. "
+        f"Commands: {commands}.",
         "",
         f"Accuracy: each family's smallest variant trained at 64 px on scikit-learn's digits ({n} held-out images, "
         f"1 image = {100 / n if n else 0:.2f} points); drop = PyTorch fp32 top-1 - int8 .pte top-1. Speed: median "
@@ -127,8 +129,9 @@ def main() -> int:
             if not (args.runs / name / "best.safetensors").exists():
                 print(f"{name}: no trained run under {args.runs}, skipped", file=sys.stderr)
                 continue
-            load = os.getloadavg()[0]
-            row = {**costs(name, args.runs, args.data, Path(tmp), args.seconds), "load": load, "command": command}
+            load, commit = os.getloadavg()[0], git_commit()  # as the model starts
+            row = costs(name, args.runs, args.data, Path(tmp), args.seconds)
+            row = {**row, "load": load, "commit": commit, "command": command}
             rows = [r for r in rows if r["model"] != name] + [row]
             records.write_text("".join(json.dumps(r) + "\n" for r in rows))
             Path(args.out + ".md").write_text(markdown(rows))

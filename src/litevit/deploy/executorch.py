@@ -10,7 +10,7 @@ Both start from the fused eval model that :func:`litevit.deploy.export.export` h
 - ExecuTorch int8 (:func:`quantize_int8`): PT2E static quantization with ExecuTorch's ``XNNPACKQuantizer``
   (symmetric int8 activations, per-channel symmetric int8 weights), calibrated on images preprocessed as for the
   other int8 routes, then lowered as fp32 is. The converted PT2E module is the int8 reference the ``.pte`` is checked
-  against (:data:`PTE_INT8_RTOL`); what the quantizer leaves float is counted in :attr:`Delegation.float_ops`.
+  against (:func:`reference_check`); what the quantizer leaves float is counted in :attr:`Delegation.float_ops`.
 - Core ML (optional extra ``litevit[coreml]``): coremltools' ML program from the exported program, float32 compute
   precision, every intermediate tensor of rank <= 5 (checked after conversion); the metadata goes into the
   model's user-defined metadata. Core ML predictions run on macOS only.
@@ -30,10 +30,18 @@ import torch
 from torch import nn
 
 from .._extras import require
+from .errors import ExportError
+from .parity import ParityCheck
 from .xnnpack_rewrite import rewrite_for_xnnpack
 
 _META_METHOD = "litevit_json"  # .pte constant method returning the metadata JSON as uint8
-PTE_INT8_RTOL = 0.15  # .pte against its PT2E reference, max |diff| / max |reference| (see export)
+# |.pte - PT2E reference| / |PT2E reference - fp32| (Frobenius norms over the checked images), at most. XNNPACK's
+# int8 kernels round differently from the reference's float-simulated quantization, and the differences grow with
+# depth; measured on val images of digits-trained models: LeViT-128S 0.36, EfficientViT-M0 0.21; a tiny LeViT
+# trained on drawn patterns (tests/deploy/test_pte_int8.py) 0.62; a small conv net 0 (bit for bit). The bound: the
+# .pte is nearer its reference than quantization moved the reference from fp32; a layer's weight scales 1.5x off
+# (the test's planted fault) puts it further.
+PTE_INT8_MAX_RATIO = 1.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,27 @@ def save_pte_int8(
     data, report = lower_pte(reference, example, meta_json, rewrite=False)
     path.write_bytes(data)
     return dataclasses.replace(report, rewritten=rewritten), reference
+
+
+def _flat(output: Any) -> torch.Tensor:
+    """One ``(B, K)`` float64 matrix of all outputs (a features model's maps)."""
+    outputs = output if isinstance(output, (list, tuple)) else [output]
+    return torch.cat([o.double().flatten(1) for o in outputs], dim=1)
+
+
+def reference_check(output: Any, reference: Any, fp32: Any) -> ParityCheck:
+    """The int8 ``.pte``'s ``output`` against its PT2E ``reference`` on a batch, measured against the quantization
+    error ``reference - fp32``; ``max_rel_diff`` is the ratio of the two (:data:`PTE_INT8_MAX_RATIO` at most)."""
+    output, reference, fp32 = _flat(output), _flat(reference), _flat(fp32)
+    if output.shape != reference.shape:
+        raise ExportError(f"the .pte returns shape {tuple(output.shape)}, its PT2E reference {tuple(reference.shape)}")
+    diff, error = output - reference, reference - fp32
+    # an exact reference (nothing quantized changes the output) leaves float rounding to compare with
+    floor = 1e-6 * reference.norm().item()
+    ratio = diff.norm().item() / max(error.norm().item(), floor, 1e-30)
+    passed = bool(diff.isfinite().all()) and ratio <= PTE_INT8_MAX_RATIO
+    failures = () if passed else (f"|.pte - reference| / |reference - fp32| = {ratio:.3g} > {PTE_INT8_MAX_RATIO:g}",)
+    return ParityCheck(output.shape[0], diff.abs().max().item(), ratio, passed, failures=failures)
 
 
 def set_threads(threads: int) -> None:
