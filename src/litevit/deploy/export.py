@@ -212,7 +212,7 @@ def export(
         raise ValueError(f"opset applies to ONNX export only, not {format}")
     if int8 and format not in INT8_FORMATS:
         raise ValueError(
-            f"int8 export writes .onnx (onnxruntime QDQ), .xml (OpenVINO) or .pte (ExecuTorch XNNPACK), not {format}"
+            f"int8 export writes .onnx (onnxruntime QDQ), .pte (ExecuTorch XNNPACK) or .xml (OpenVINO), not {format}"
         )
     if int8 and calibration is None:
         raise ValueError("int8 export needs calibration images: --calibration DIR (a folder of images)")
