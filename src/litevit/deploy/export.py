@@ -171,7 +171,9 @@ def export(
     out of calibration (at least 8) and runs the int8 file on them against fp32 PyTorch (:func:`.parity.int8_check`):
     it raises :class:`ExportError` on a non-finite output, an output that does not change with the image, and, where
     fp32's logits vary across the images by at least 5 % of their size, on top-1 agreement below 50 % or a
-    correlation of the logits with fp32's below 0.5.
+    correlation of the logits with fp32's below 0.5. An int8 ``.pte`` is quantized through PT2E with ExecuTorch's
+    XNNPACK quantizer (:func:`.executorch.quantize_int8`); its ``check`` also compares the file with the PT2E module it
+    was lowered from (:func:`.executorch.reference_check`, ``result.reference_check``).
 
     ``precision``: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int8-bf16"`` (:mod:`.precision`; ``"int8"`` is the same
     as ``int8=True``); bf16 and int8-bf16 files are OpenVINO IRs whose float parts run in bf16. OpenVINO files record
