@@ -140,7 +140,10 @@ def test_quick_bench_times_the_candidates_and_puts_the_comparison_first(monkeypa
     monkeypatch.setattr(
         bench, "_subjects", lambda name, size, compare: [bench.Subject(name, "litevit", nn.Identity, None)]
     )
+    made: list[bench_runtimes.ExportedFiles] = []
+    monkeypatch.setattr(bench, "ExportedFiles", lambda: made.append(bench_runtimes.ExportedFiles()) or made[-1])
     result = bench.run_bench(runtimes=["eager", "executorch", "openvino"], quick=True, compare="timm", progress=False)
+    assert not made[0].folder.exists()  # the run's exported files are removed with it
     assert [c[0][0] for c in calls] == [n for n in bench.QUICK_MODELS for _ in (1, 16)]
     assert {tuple(c[1]) for c in calls} == {("eager", "openvino")} and {c[2] for c in calls} == {"fastest"}
     assert result.flop_rate is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import statistics
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -437,18 +438,21 @@ def run_bench(
     records: list[BenchRecord] = []
     comparisons: list[Comparison] = []
     exported_files = ExportedFiles()
-    if not gpu:  # export and quantize every file first, in parallel: each takes seconds, mostly in one thread
-        jobs = _build_jobs(tasks, runtimes, img_size, device, dtype, scope)
-        exported_files.prebuild(jobs, min(build_workers, len(os.sched_getaffinity(0))))
-    for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
-        group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
-        group_records, group_comparisons = bench_group(
-            subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
-            channels_last=channels_last, threads=count, seconds=seconds, warmup=warmup, exported_files=exported_files,
-            scope=scope,
-        )  # fmt: skip
-        records += group_records
-        comparisons += group_comparisons
+    try:
+        if not gpu:  # export and quantize every file first, in parallel: each takes seconds, mostly in one thread
+            jobs = _build_jobs(tasks, runtimes, img_size, device, dtype, scope)
+            exported_files.prebuild(jobs, min(build_workers, len(os.sched_getaffinity(0))))
+        for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
+            group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
+            group_records, group_comparisons = bench_group(
+                subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
+                channels_last=channels_last, threads=count, seconds=seconds, warmup=warmup,
+                exported_files=exported_files, scope=scope,
+            )  # fmt: skip
+            records += group_records
+            comparisons += group_comparisons
+    finally:  # the run's exported files and calibration images
+        shutil.rmtree(exported_files.folder, ignore_errors=True)
     result = BenchResult(records, comparisons, delegations=exported_files.delegations)
     if "levit_128s" in names and not gpu and img_size is None and not quick:
         result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)

@@ -92,11 +92,12 @@ def installed_runtimes() -> list[str]:
     return ["eager", *found]
 
 
-def calibration_folder(height: int, width: int, count: int = CALIBRATION_IMAGES) -> Path:
-    """Synthetic calibration images for timing int8 graphs (their accuracy is not what the bench measures)."""
+def calibration_folder(height: int, width: int, count: int = CALIBRATION_IMAGES, parent: Path | None = None) -> Path:
+    """Synthetic calibration images for timing int8 graphs (their accuracy is not what the bench measures), in a new
+    folder under ``parent`` (default: the system's temporary folder)."""
     from PIL import Image
 
-    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-"))
+    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-", dir=parent))
     rng = np.random.default_rng(0)
     for i in range(count):
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
@@ -187,7 +188,7 @@ class ExportedFiles:
         int8 = runtime.endswith("-int8")
         suffix = ".xml" if runtime.startswith("openvino") else ".onnx"
         opset = ONNX_OPSET if suffix == ".onnx" and not int8 else None
-        calibration = calibration_folder(*size) if int8 else None
+        calibration = calibration_folder(*size, parent=self.folder) if int8 else None
         return export(model, stem.with_suffix(suffix), batch="dynamic", img_size=size, opset=opset, int8=int8,
                       calibration=calibration, calibration_images=CALIBRATION_IMAGES).path  # fmt: skip
 
@@ -198,8 +199,10 @@ class ExportedFiles:
         example = x.float().cpu()
         batches = None
         if runtime.endswith("-int8"):
-            batches = calibration_set(calibration_folder(*x.shape[-2:]), DataConfig(), tuple(x.shape[-2:]),
-                                      CALIBRATION_IMAGES)  # fmt: skip
+            size = tuple(x.shape[-2:])
+            batches = calibration_set(
+                calibration_folder(*size, parent=self.folder), DataConfig(), size, CALIBRATION_IMAGES
+            )
         if runtime.startswith("openvino"):
             ov = require("openvino", "the OpenVINO bench runtime")
             # NNCF quantizes the plain conversion: read back when it was built already (converting costs seconds)
