@@ -53,6 +53,14 @@ def float_run(patterns: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / T.BEST_EXPORT
 
 
+@pytest.fixture(scope="module")
+def levit_file(patterns: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LeViT's ``best.safetensors`` after one float epoch: a checkpoint for the error cases."""
+    out = tmp_path_factory.mktemp("one-epoch")
+    T.train(tiny_config(patterns, out, epochs=1))
+    return out / T.BEST_EXPORT
+
+
 def qat_config(patterns: Path, out: Path, checkpoint: Path | None, **overrides: Any) -> T.TrainConfig:
     values: dict[str, Any] = dict(epochs=2, qat=True, checkpoint=checkpoint and str(checkpoint), lr=None, min_lr=None,
                                   warmup_lr=None, warmup_epochs=None)  # fmt: skip
@@ -103,6 +111,7 @@ def _val_images(patterns: Path) -> torch.Tensor:
     return torch.stack([transform(load_image(p)) for p in sorted((patterns / "val").rglob("*.png"))])
 
 
+@pytest.mark.slow  # the QAT run fixture: 40 s to 2 min
 def test_calibration_runs_on_training_images_before_the_first_step(qat_run: dict[str, Any], patterns: Path) -> None:
     events = qat_run["events"]
     assert events[:3] == ["calibrate", "evaluate", "step"] and events.count("calibrate") == 1  # scored, then trained
@@ -117,6 +126,7 @@ def test_calibration_runs_on_training_images_before_the_first_step(qat_run: dict
     )  # none is held out
 
 
+@pytest.mark.slow  # the QAT run fixture: 40 s to 2 min
 def test_batchnorm_statistics_frozen_after_the_first_epoch(qat_run: dict[str, Any]) -> None:
     calibrated, (before, after_1, after_2) = qat_run["calibrated_bn"], qat_run["epochs"]
     assert all(torch.equal(calibrated[k], before[k]) for k in calibrated)
@@ -126,6 +136,7 @@ def test_batchnorm_statistics_frozen_after_the_first_epoch(qat_run: dict[str, An
         assert torch.equal(after_1[key], after_2[key]), key
 
 
+@pytest.mark.slow  # the QAT run fixture: 40 s to 2 min
 def test_written_int8_files_compute_the_fake_quantized_model(qat_run: dict[str, Any], patterns: Path) -> None:
     result: T.TrainResult = qat_run["result"]
     assert result.finished and result.best_files == (Q.INT8_XML, Q.INT8_ONNX)
@@ -141,6 +152,7 @@ def test_written_int8_files_compute_the_fake_quantized_model(qat_run: dict[str, 
         assert (logits - reference).abs().mean().item() < 0.1 * scale, name
 
 
+@pytest.mark.slow  # the QAT run fixture: 40 s to 2 min
 def test_int8_files_carry_litevit_metadata(qat_run: dict[str, Any], patterns: Path, capsys) -> None:
     for name, fmt in ((Q.INT8_XML, "openvino"), (Q.INT8_ONNX, "onnx")):
         meta = ExportedModel(qat_run["out"] / name).metadata
@@ -226,20 +238,20 @@ def test_options_qat_cannot_honour_are_one_line_errors(
     assert "\n" not in str(error.value)
 
 
-def test_float_checkpoint_of_another_variant_is_refused(float_run: Path, patterns: Path, tmp_path: Path) -> None:
-    config = qat_config(patterns, tmp_path, float_run, model="efficientvit_m0", model_kwargs={})
+def test_float_checkpoint_of_another_variant_is_refused(levit_file: Path, patterns: Path, tmp_path: Path) -> None:
+    config = qat_config(patterns, tmp_path, levit_file, model="efficientvit_m0", model_kwargs={})
     with pytest.raises(ValueError, match="is a litevit levit_128s file, not efficientvit_m0"):
         T.train(config)
 
 
-def test_too_few_calibration_images_is_refused(float_run: Path, patterns: Path, tmp_path: Path) -> None:
+def test_too_few_calibration_images_is_refused(levit_file: Path, patterns: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     for split in ("train", "val"):
         for kind in CLASSES:
             (data / split / kind).mkdir(parents=True)
             for path in sorted((patterns / split / kind).glob("*.png"))[:2]:
                 (data / split / kind / path.name).write_bytes(path.read_bytes())
-    config = qat_config(data, tmp_path / "out", float_run, batch_size=2)
+    config = qat_config(data, tmp_path / "out", levit_file, batch_size=2)
     with pytest.raises(ValueError, match="--qat calibrates on training images: found 6, need at least 8"):
         T.train(config)
 
