@@ -11,6 +11,7 @@ import sys
 from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
 from .data import MAX_DEFAULT_WORKERS
+from .deploy.executorch import PTE_INT8_MAX_RATIO
 from .deploy.fastest import DEFAULT_MAX_DROP
 from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES
 from .deploy.metadata import FORMATS
@@ -280,6 +281,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 f"  (passed: finite and input-dependent; agreement and correlation not judged: fp32's logits vary by "
                 f"only {c.signal:.2%} of their size across these images, < {INT8_MIN_SIGNAL:.0%})"
             )
+    if (r := result.reference_check) is not None:
+        print(
+            f"against its PT2E reference on the same images: distance {r.max_rel_diff:.2f}x the quantization error "
+            f"(passed: <= {PTE_INT8_MAX_RATIO:g})"
+        )
     return 0
 
 
@@ -300,9 +306,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
               f"on up to {INT8_CHECK_IMAGES} images of --calibration held out of calibration: fails on a non-finite "
               f"or constant output and, where fp32's logits vary across the images by >= {INT8_MIN_SIGNAL:.0%} of "
               f"their size, on top-1 agreement with fp32 < {INT8_MIN_AGREEMENT:.0%} or a correlation of the logits < "
-              f"{INT8_MIN_CORRELATION:g}").replace("%", "%%"),  # argparse formats help with %
+              f"{INT8_MIN_CORRELATION:g}; an int8 .pte also against its PT2E reference (its distance from it at most "
+              f"{PTE_INT8_MAX_RATIO:g}x the quantization error)").replace("%", "%%"),  # argparse formats help with %
     )  # fmt: skip
-    p.add_argument("--int8", action="store_true", help="static int8: .onnx (onnxruntime QDQ) or .xml (OpenVINO, NNCF)")
+    p.add_argument(
+        "--int8", action="store_true",
+        help="static int8: .onnx (onnxruntime QDQ), .xml (OpenVINO, NNCF) or .pte (ExecuTorch, XNNPACK's quantizer)",
+    )  # fmt: skip
     p.add_argument(
         "--precision", choices=PRECISIONS,
         help="fp32 (default), bf16 (OpenVINO .xml, float math in bf16), int8 (= --int8), int8-bf16 (OpenVINO int8 "
@@ -317,7 +327,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--max-drop", type=float, default=DEFAULT_MAX_DROP,
         help=f"--fastest: the largest recorded top-1 cost accepted, in points (default {DEFAULT_MAX_DROP:g})",
     )  # fmt: skip
-    p.add_argument("--calibration", help="folder of images for --int8 (preprocessed with the model's data config)")
+    p.add_argument(
+        "--calibration", help="folder of images for int8 (.onnx, .xml, .pte; preprocessed with the model's data config)"
+    )
     p.add_argument(
         "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
         help=f"images used for calibration (default {DEFAULT_CALIBRATION_IMAGES})",

@@ -126,6 +126,7 @@ def test_cli_exports_int8_pte_at_a_fixed_batch(trained: tuple[Path, Path], tmp_p
     text = printed.getvalue()
     assert "executorch int8, batch 2" in text and "int8 check on 32 held-out images" in text, text
     assert "(passed: agreement >= 50%" in text, text  # judged: a trained model's logits vary with the image
+    assert "against its PT2E reference on the same images: distance" in text and "(passed: <= 1)" in text, text
     share = float(text.split("XNNPACK runs ")[1].split("%")[0]) / 100
     assert share >= 0.95 and "int8 in XNNPACK:" in text, text
     loaded = ExportedModel(path)
