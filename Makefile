@@ -19,7 +19,7 @@ test-all: $(STAMP)
 
 # the main job, in minutes: the fastest way to run each family's smallest model here (litevit's --fastest
 # candidates) against timm's routes at their defaults, table first; override with make bench BENCH_ARGS="..."
-BENCH_ARGS ?= --quick --runtime installed --compare timm --threads 1 --seconds 0.5 --warmup 0.2
+BENCH_ARGS ?= --quick --runtime installed --compare timm --threads 1 --seconds 0.3 --warmup 0.1
 bench: $(STAMP)
 	mkdir -p runs/bench && rm -f runs/bench/bench.jsonl
 	$(VENV)/bin/litevit bench $(BENCH_ARGS) --out runs/bench/bench.jsonl --markdown runs/bench/bench.md
