@@ -462,3 +462,15 @@ def test_int8_check_bounds_are_stated_where_users_read_them() -> None:
     for text in (export_help, " ".join(litevit.export.__doc__.split()).replace(" %", "%"), docs_text):
         for value in stated:
             assert value in text, (value, text[:200])
+
+
+def test_nearest_weighted_stops_every_path_at_its_first_weighted_node() -> None:
+    """A diamond: input -> a (relu) -> {b (conv), c (add) -> d (conv) -> e (conv)}: b and d, never e."""
+    from litevit.deploy.int8 import nearest_weighted
+
+    edges = {"in": ["a"], "a": ["b", "c"], "b": [], "c": ["d"], "d": ["e"], "e": []}
+    weighted = {"b", "d", "e"}
+    found = nearest_weighted(["a"], lambda n: edges[n], lambda n: n, lambda n: n in weighted)
+    assert found == {"b", "d"}
+    back = {"e": ["d"], "d": ["c"], "c": ["a"], "b": ["a"], "a": [], "in": []}
+    assert nearest_weighted(["e"], lambda n: back[n], lambda n: n, lambda n: n in {"c"}) == {"c"}

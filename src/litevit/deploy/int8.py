@@ -19,6 +19,7 @@ compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would oth
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,27 +171,37 @@ def int8_settings_for(model: nn.Module) -> Int8Settings:
 _WEIGHTED_OV = {"Convolution", "GroupConvolution", "MatMul"}
 
 
+def nearest_weighted(
+    start: list[Any], step: Callable[[Any], list[Any]], name: Callable[[Any], str], weighted: Callable[[Any], bool]
+) -> set[str]:
+    """Names of the weighted nodes nearest to ``start`` in a graph: walking by ``step`` (a node's consumers, or its
+    producers), every path stops at its first node that is ``weighted``."""
+    found, seen, todo = set(), set(), list(start)
+    while todo:
+        node = todo.pop()
+        if name(node) in seen:
+            continue
+        seen.add(name(node))
+        if weighted(node):
+            found.add(name(node))
+        else:
+            todo += step(node)
+    return found
+
+
 def openvino_ends(model: Any) -> list[str]:
     """Names of the first weighted ops on every path from the input and the last on every path to the output."""
-
-    def walk(start: list[Any], step: Any) -> set[str]:
-        found, seen, todo = set(), set(), list(start)
-        while todo:
-            node = todo.pop()
-            if node.get_friendly_name() in seen:
-                continue
-            seen.add(node.get_friendly_name())
-            if node.get_type_name() in _WEIGHTED_OV:
-                found.add(node.get_friendly_name())
-            else:
-                todo += step(node)
-        return found
 
     def consumers(node: Any) -> list[Any]:
         return [i.get_node() for out in node.outputs() for i in out.get_target_inputs()]
 
     def producers(node: Any) -> list[Any]:
         return [i.get_source_output().get_node() for i in node.inputs()]
+
+    def walk(start: list[Any], step: Callable[[Any], list[Any]]) -> set[str]:
+        return nearest_weighted(
+            start, step, lambda n: n.get_friendly_name(), lambda n: n.get_type_name() in _WEIGHTED_OV
+        )
 
     first = walk([c for p in model.get_parameters() for c in consumers(p)], consumers)
     last = walk([q for r in model.get_results() for q in producers(r)], producers)
@@ -205,21 +216,26 @@ def onnx_ends(model: Any) -> list[str]:
         for name in node.input:
             users.setdefault(name, []).append(node)
 
-    def walk(start: list[Any], step: Any) -> set[str]:
-        found, seen, todo = set(), set(), list(start)
-        while todo:
-            node = todo.pop()
-            if node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op_type in ("Conv", "MatMul", "Gemm"):
-                found.add(node.name)
-            else:
-                todo += step(node)
-        return found
+    def walk(start: list[Any], step: Callable[[Any], list[Any]]) -> set[str]:
+        return nearest_weighted(start, step, lambda n: n.name, lambda n: n.op_type in ("Conv", "MatMul", "Gemm"))
 
     first = walk([n for i in model.graph.input for n in users.get(i.name, [])],
                  lambda n: [u for out in n.output for u in users.get(out, [])])  # fmt: skip
     last = walk([producer[o.name] for o in model.graph.output if o.name in producer],
                 lambda n: [producer[i] for i in n.input if i in producer])  # fmt: skip
     return sorted(first | last)
+
+
+def nncf_options(nncf: Any, settings: Int8Settings) -> dict[str, Any]:
+    """``nncf.quantize`` arguments for ``settings`` that both NNCF routes share (OpenVINO graphs and QAT's torch
+    graphs): preset, model type and, without SmoothQuant, the advanced parameters that turn it off."""
+    advanced = None
+    if not settings.smooth_quant:
+        from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+
+        advanced = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    return dict(
+        preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        model_type=nncf.ModelType.TRANSFORMER if settings.transformer else None,
+        advanced_parameters=advanced,
+    )

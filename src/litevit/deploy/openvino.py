@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._extras import require
-from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings, openvino_ends
+from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings, nncf_options, openvino_ends
 from .precision import runnable
 
 RT_INFO = ["litevit", "json"]  # where an IR keeps litevit's metadata
@@ -56,20 +56,9 @@ def _nncf_quantize(nncf: Any, model: Any, calibration: list, settings: Int8Setti
         validate=False,  # a family's settings may name layers that some of its variants lack
     )
     return nncf.quantize(
-        model,
-        nncf.Dataset(calibration),
-        preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-        model_type=nncf.ModelType.TRANSFORMER if settings.transformer else None,
-        subset_size=len(calibration),
-        ignored_scope=ignored,
-        advanced_parameters=None if settings.smooth_quant else _without_smooth_quant(nncf),
-    )
-
-
-def _without_smooth_quant(nncf: Any) -> Any:
-    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
-
-    return nncf.AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+        model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=ignored,
+        **nncf_options(nncf, settings),
+    )  # fmt: skip
 
 
 def save_openvino(model: Any, path: Path) -> None:

@@ -59,7 +59,14 @@ from torch import nn
 
 from .._extras import require
 from ..deploy.export import metadata_for
-from ..deploy.int8 import CALIBRATION_SEED, DEFAULT_CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES, Int8Settings
+from ..deploy.int8 import (
+    CALIBRATION_SEED,
+    DEFAULT_CALIBRATION_IMAGES,
+    MIN_CALIBRATION_IMAGES,
+    Int8Settings,
+    nearest_weighted,
+    nncf_options,
+)
 from ..deploy.onnx import onnx_model, save_onnx
 from ..deploy.openvino import RT_INFO, save_openvino
 from ..registry import DataConfig
@@ -163,17 +170,7 @@ def float_kept_nodes(model: nn.Module, example: torch.Tensor, settings: Int8Sett
     if settings.float_ends:
 
         def walk(start: list[Any], step: Any) -> set[str]:
-            found, seen, todo = set(), set(), list(start)
-            while todo:
-                node = todo.pop()
-                if node.node_name in seen:
-                    continue
-                seen.add(node.node_name)
-                if node.node_type in WEIGHTED_OPS:
-                    found.add(node.node_name)
-                else:
-                    todo += step(node)
-            return found
+            return nearest_weighted(start, step, lambda n: n.node_name, lambda n: n.node_type in WEIGHTED_OPS)
 
         kept |= walk(graph.get_input_nodes(), graph.get_next_nodes)
         kept |= walk(graph.get_output_nodes(), graph.get_previous_nodes)
@@ -190,24 +187,14 @@ def quantize_for_training(model: nn.Module, images: torch.Tensor, settings: Int8
     was_training = model.training
     model.eval()
     ignored = nncf.IgnoredScope(names=float_kept_nodes(model, batches[0], settings), validate=False)
-    advanced = None
-    if not settings.smooth_quant:
-        from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
-
-        advanced = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(max(level, logging.WARNING))  # a line per layer an ignored scope keeps float
     try:
         quantized = nncf.quantize(
-            model,
-            nncf.Dataset(batches),
-            preset=nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-            model_type=nncf.ModelType.TRANSFORMER if settings.transformer else None,
-            subset_size=len(batches),
-            ignored_scope=ignored,
-            advanced_parameters=advanced,
-        )
+            model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=ignored,
+            **nncf_options(nncf, settings),
+        )  # fmt: skip
     finally:
         nncf_log.setLevel(level)
     log.info("--qat: calibrated on %d training images, %d layers kept float", len(images), len(ignored.names))
