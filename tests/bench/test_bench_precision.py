@@ -220,3 +220,26 @@ def test_own_table_sets_the_fastest_file_against_its_fp32_onnx_and_openvino_defa
     comparison = bench.Comparison("m", 1, key, ort, 2.5, 2.25, 2.75, 1, "litevit onnxruntime fp32")
     lines = bench_report.own_table(bench.BenchResult(records, [comparison]))
     assert lines[2] == "| m | 1 | 1 | openvino-int8 (int8 + bf16) | 2.00 | 2.50x (2.25-2.75) | - |"
+
+
+def test_the_plot_draws_the_runners_the_comparisons_count() -> None:
+    """timm's point is its fastest route at defaults (a faster pinned one is not drawn), litevit's never an OpenVINO
+    run at OpenVINO's defaults: the plot and the comparison table tell the same story."""
+
+    def record(source: str, runtime: str, precision: str, per_s: float) -> bench.BenchRecord:
+        return bench.BenchRecord(
+            model="levit_128s", source=source, runtime=runtime, fused=source == "litevit", batch_size=1,
+            img_size=(224, 224), dtype="fp32", channels_last=False, device="cpu", device_name="CPU", threads=1,
+            torch_version="2.x", git_commit="abc", params_m=1.0, macs_m=1.0, paper_top1=76.6, median_ms=1e3 / per_s,
+            p10_ms=1.0, p90_ms=1.0, images_per_s=per_s, samples=3, baseline=None, speedup_median=1.0,
+            speedup_p10=1.0, speedup_p90=1.0, precision=precision,
+        )  # fmt: skip
+
+    records = [
+        record("litevit", "openvino", "defaults (bf16)", 90.0),
+        record("litevit", "openvino", "f32", 60.0),
+        record("timm", "openvino", "f32", 80.0),
+        record("timm", "openvino", "defaults (bf16)", 50.0),
+    ]
+    drawn = {p.record.source: p.record.precision for p in bench_report.plot_points(records)}
+    assert drawn == {"litevit": "f32", "timm": "defaults (bf16)"}

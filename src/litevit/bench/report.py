@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import family_line, list_models
-from .run import BenchRecord, BenchResult, Comparison, FlopRate, record_key
+from .run import BenchRecord, BenchResult, Comparison, FlopRate, compared, record_key
 
 # runtime -> the settings-measurement key whose drop it carries, per source
 _COST_KEYS = {("litevit", "openvino-int8"): "openvino", ("litevit", "onnxruntime-int8"): "onnxruntime",
@@ -222,7 +222,8 @@ def _int8(runtime: str) -> bool:
 def plot_points(records: list[BenchRecord], costs: Costs | None = None) -> list[PlotPoint]:
     """The points of one panel (one batch size and thread count).
 
-    A registered model is drawn at its fastest runner (litevit's: fused forms only, what it deploys), at its
+    A registered model is drawn at its fastest runner (litevit's: fused forms at the precision its runner compiles
+    with; another source's: its routes at their defaults, as :func:`comparison_table` picks them), at its
     published top-1. A measured int8 drop is attached to the int8 point of the variant it was measured on only
     (the same family's other variants were not measured). A reference CNN is drawn at its fastest fp32 runner,
     labelled with it: its int8 accuracy was never measured, so an int8 speed would pair with a top-1 it may not keep.
@@ -233,6 +234,8 @@ def plot_points(records: list[BenchRecord], costs: Costs | None = None) -> list[
     for r in records:
         if r.paper_top1 is None or (r.source == "litevit" and not r.fused):
             continue
+        if r.precision and not compared(r.source, r.runtime, r.precision):
+            continue  # the runners the comparisons count, old runs (no precision) as they were
         if r.model not in registered and _int8(r.runtime):
             continue
         key = (r.source, r.model)

@@ -327,6 +327,9 @@ def _comparisons(
     def fastest(keys: Iterable[str]) -> str | None:
         return min(keys, key=lambda k: statistics.median(times[k]), default=None)
 
+    def counted(key: str) -> bool:
+        return compared(meta[key]["source"], meta[key]["runtime"], meta[key]["precision"])
+
     def compare(ours: str, theirs: str | None, kind: str) -> None:
         if theirs is not None:
             ratios = _ratio(times, theirs, ours)
@@ -335,18 +338,14 @@ def _comparisons(
                 percentile(ratios, 0.9), threads, kind,
             ))  # fmt: skip
 
-    mine = [k for k in times if meta[k]["source"] == "litevit" and not at_defaults_ov(meta[k])]
+    mine = [k for k in times if meta[k]["source"] == "litevit" and counted(k)]
     ours = fastest(mine)
     if ours is None:
         return []
     comparisons: list[Comparison] = []
     for source in dict.fromkeys(m["source"] for m in meta.values()):
         if source != "litevit":
-            theirs = [
-                k
-                for k in times
-                if meta[k]["source"] == source and at_defaults(meta[k]["runtime"], meta[k]["precision"])
-            ]
+            theirs = [k for k in times if meta[k]["source"] == source and counted(k)]
             compare(ours, fastest(theirs), "fastest")
             compare(ours, next((k for k in theirs if meta[k]["runtime"] == "openvino"), None), "openvino defaults")
     ours_file = fastest(k for k in mine if meta[k]["runtime"] in FASTEST_RUNTIMES)
@@ -359,9 +358,12 @@ def _comparisons(
     return comparisons
 
 
-def at_defaults_ov(meta: dict[str, Any]) -> bool:
-    """An OpenVINO runner compiled at OpenVINO's defaults (litevit's runner never compiles its files that way)."""
-    return meta["runtime"].startswith("openvino") and at_defaults(meta["runtime"], meta["precision"])
+def compared(source: str, runtime: str, precision: str) -> bool:
+    """Whether a runner takes part in the comparisons: litevit's at the precision its runner compiles with (never at
+    OpenVINO's defaults), another source's only at its runtimes' defaults."""
+    if source == "litevit":
+        return not (runtime.startswith("openvino") and at_defaults(runtime, precision))
+    return at_defaults(runtime, precision)
 
 
 # `litevit bench --quick`: the smallest variant of each family's first version (timm has all but T2T-ViT)
