@@ -136,7 +136,6 @@ def test_quick_bench_times_the_candidates_and_puts_the_comparison_first(monkeypa
         return [], []
 
     monkeypatch.setattr(bench, "bench_group", fake_group)
-    monkeypatch.setattr(bench, "_build_jobs", lambda *args: [])
     monkeypatch.setattr(
         bench, "_subjects", lambda name, size, compare: [bench.Subject(name, "litevit", nn.Identity, None)]
     )
@@ -166,29 +165,6 @@ def test_cli_quick_flag_reaches_the_bench(monkeypatch) -> None:
     monkeypatch.setattr(bench, "run_bench", lambda models, **kw: seen.update(kw) or bench.BenchResult([], []))
     assert cli.main(["bench", "--quick", "--no-progress"]) == 0
     assert seen["quick"] is True
-
-
-@pytest.mark.slow  # spawned workers import torch, OpenVINO and NNCF: ~15 s
-def test_files_are_prebuilt_in_worker_processes_and_then_timed_without_rebuilding() -> None:
-    pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'litevit[export]'")
-    from litevit.deploy.fuse import fuse
-
-    ours = fuse(litevit.create_model("levit_128s", **TINY)).eval()
-    x = torch.randn(1, 3, 64, 64)
-    jobs = [
-        bench_runtimes.BuildJob(ours, ["onnxruntime"], x, "tiny", "litevit"),
-        bench_runtimes.BuildJob(_Plain().eval(), ["onnxruntime"], torch.randn(1, 3, 32, 32), "plain", "timm"),
-    ]
-    files = bench_runtimes.ExportedFiles()
-    files.prebuild(jobs, workers=2)
-    assert set(files.files) == {("litevit", "tiny", "onnxruntime", (64, 64), None),
-                                ("timm", "plain", "onnxruntime", (32, 32), None)}  # fmt: skip
-    built = dict(files.files)
-    batch = torch.randn(3, 3, 64, 64)
-    run = files.runner(ours, "onnxruntime", batch, 1, "tiny", "litevit")
-    assert files.files == built  # served by the prebuilt file, which computes the model
-    with torch.inference_mode():
-        torch.testing.assert_close(torch.as_tensor(run()), ours(batch), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variable, quick", [("BENCH_ARGS", True), ("BENCH_FULL_ARGS", False)])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import statistics
 from collections.abc import Callable, Iterable
@@ -31,7 +30,6 @@ from ..weights.loading import create_model
 from .runtimes import (
     DEFAULTS,
     EXPORT_RUNTIMES,
-    BuildJob,
     ExportedFiles,
     installed_runtimes,
     precision_label,
@@ -288,35 +286,6 @@ def _exports(runtime: str, source: str, fused: bool, device: str, dtype: str, sc
     return bool(precisions(runtime, source, scope))
 
 
-def _build_jobs(
-    tasks: list[tuple[list[Subject], int, int]], runtimes: list[str], img_size: Any, device: str, dtype: str, scope: str
-) -> list[BuildJob]:
-    """Every exported file the run's groups will time (ExecuTorch: at batch 1 only), a job per file, except timm's
-    OpenVINO pair (NNCF quantizes the plain conversion); the slowest kinds first, so the workers end together."""
-    jobs: list[BuildJob] = []
-    seen: set[tuple[str, str]] = set()
-    for subjects, _, _ in tasks:
-        for subject in subjects:
-            if (subject.source, subject.name) in seen:
-                continue
-            seen.add((subject.source, subject.name))
-            fused = subject.source == "litevit"
-            wanted = [
-                r for r in runtimes if r in EXPORT_RUNTIMES and _exports(r, subject.source, fused, device, dtype, scope)
-            ]
-            model = subject.build().eval()
-            height, width = to_2tuple(img_size) if img_size is not None else subject.img_size or model_input_size(model)
-            form, x = fuse(model) if fused else model, torch.randn(1, 3, height, width)
-            pair = [] if fused else [r for r in wanted if r.startswith("openvino")]
-            jobs += [BuildJob(form, pair, x, subject.name, subject.source)] if pair else []
-            jobs += [BuildJob(form, [r], x, subject.name, subject.source) for r in wanted if r not in pair]
-    return sorted(jobs, key=lambda job: -max(_BUILD_COST[r] for r in job.runtimes) if job.runtimes else 0)
-
-
-# relative export cost of each runtime's file, to start the slow ones first
-_BUILD_COST = {"openvino-int8": 4, "executorch": 3, "openvino": 2, "onnxruntime-int8": 2, "onnxruntime": 1}
-
-
 def _comparisons(
     times: dict[str, list[float]], meta: dict[str, dict[str, Any]], batch_size: int, threads: int
 ) -> list[Comparison]:
@@ -406,7 +375,6 @@ def run_bench(
     compare: str | None = None,
     progress: bool = True,
     quick: bool = False,
-    build_workers: int = 4,
 ) -> BenchResult:
     """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
 
@@ -418,8 +386,6 @@ def run_bench(
     model here and how that compares with timm: :data:`QUICK_MODELS`, litevit's ``--fastest`` candidates (fused;
     ONNX Runtime and OpenVINO at pinned precisions, :data:`QUICK_RUNTIMES`) against timm's routes at their
     defaults, without the reference CNNs and the FLOP-rate line.
-
-    ``build_workers``: processes that export the files before timing starts (at most one per core).
     """
     names = models or (list(QUICK_MODELS) if quick else default_models())
     scope = "fastest" if quick else "full"
@@ -448,9 +414,6 @@ def run_bench(
     comparisons: list[Comparison] = []
     exported_files = ExportedFiles()
     try:
-        if not gpu:  # export and quantize every file first, in parallel: each takes seconds, mostly in one thread
-            jobs = _build_jobs(tasks, runtimes, img_size, device, dtype, scope)
-            exported_files.prebuild(jobs, min(build_workers, len(os.sched_getaffinity(0))))
         for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
             group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
             group_records, group_comparisons = bench_group(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,26 +103,6 @@ def calibration_folder(height: int, width: int, count: int = CALIBRATION_IMAGES,
     return folder
 
 
-@dataclass
-class BuildJob:
-    """The exported files one bench subject needs: its model (litevit's fused), runtimes, an example input."""
-
-    model: nn.Module
-    runtimes: list[str]
-    x: torch.Tensor
-    name: str
-    source: str
-
-
-def _build_job(args: tuple[BuildJob, Path]) -> tuple[dict[tuple, Path], dict[str, str]]:
-    job, folder = args
-    torch.set_num_threads(1)
-    files = ExportedFiles(folder)
-    for runtime in job.runtimes:
-        files.build(job.model, runtime, job.x, job.name, job.source)
-    return files.files, files.delegations
-
-
 class ExportedFiles:
     """The exported files of one bench run, keyed by source, model, runtime, input size (and batch for ``.pte``)."""
 
@@ -157,25 +136,6 @@ class ExportedFiles:
             build = self._litevit if source == "litevit" else self._timm
             self.files[key] = build(model, runtime, x, stem, name)
         return key
-
-    def prebuild(self, jobs: list[BuildJob], workers: int) -> None:
-        """Build the files of ``jobs`` in ``workers`` processes (exporting and quantizing run mostly in one thread)
-        and keep them for this run; one job's runtimes are built in order in one process (timm's NNCF file reads
-        its plain conversion back)."""
-        jobs = [job for job in jobs if job.runtimes]
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                for runtime in job.runtimes:
-                    self.build(job.model, runtime, job.x, job.name, job.source)
-            return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP and OpenVINO threads
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            for files, delegations in pool.map(_build_job, [(job, self.folder) for job in jobs]):
-                self.files.update(files)
-                self.delegations.update(delegations)
 
     def _litevit(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path, name: str) -> Path:
         from ..deploy.export import export
