@@ -342,6 +342,28 @@ def checkpointed(seq: nn.Sequential, enable: bool) -> nn.Sequential:
     return kind(OrderedDict(seq.named_children())).train(seq.training)
 
 
+class StagedBlocks:
+    """``set_grad_checkpointing`` and ``group_matcher`` of a model whose ``stages`` each hold a ``downsample`` and
+    ``blocks`` (LeViT, EfficientViT)."""
+
+    stages: nn.ModuleList
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block while training: activations are recomputed during backward."""
+        for stage in self.stages:
+            stage.blocks = checkpointed(stage.blocks, enable)
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """timm's parameter groups (layer-wise lr decay): the stem, then each block; a downsample joins block 0."""
+        blocks = (
+            r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        )
+        return dict(stem=r"^stem", blocks=blocks)
+
+
 def set_img_size(model: nn.Module, img_size: int | tuple[int, int]) -> None:
     """Record a new input size in the model's frozen config and in ``model.model_info`` (if the loader set one)."""
     model.config = dataclasses.replace(model.config, img_size=img_size)

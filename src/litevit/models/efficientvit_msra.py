@@ -32,9 +32,9 @@ from torch import nn
 from ..layers import (
     BNLinear,
     ConvBN,
+    StagedBlocks,
     adapt_input_weights,
     check_images,
-    checkpointed,
     halve,
     resample_table,
     set_img_size,
@@ -65,7 +65,7 @@ class EfficientViTStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class EfficientViT(nn.Module):
+class EfficientViT(StagedBlocks, nn.Module):
     """EfficientViT (MSRA): overlapping patch embedding to 1/16, three stages of sandwich blocks, BN+Linear head."""
 
     family = "efficientvit_msra"
@@ -114,21 +114,6 @@ class EfficientViT(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of every block while training: activations are recomputed during backward."""
-        for stage in self.stages:
-            stage.blocks = checkpointed(stage.blocks, enable)
-        self.grad_checkpointing = enable
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
-        """timm's parameter groups (layer-wise lr decay): the stem, then each block; a downsample joins block 0."""
-        blocks = (
-            r"^stages\.(\d+)"
-            if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
-        )
-        return dict(stem=r"^stem", blocks=blocks)
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Rebuild in place for another input size, as loading these weights at ``img_size`` would: the attention

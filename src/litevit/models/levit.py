@@ -28,9 +28,9 @@ from ..layers import (
     ConvBN,
     LinearBN,
     Residual,
+    StagedBlocks,
     adapt_input_weights,
     check_images,
-    checkpointed,
     halve,
     resample_table,
     set_img_size,
@@ -214,7 +214,7 @@ class LeViTStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class LeViT(nn.Module):
+class LeViT(StagedBlocks, nn.Module):
     """LeViT: conv stem to 1/16, three attention stages on a 14 -> 7 -> 4 grid, average pool, BN+Linear heads."""
 
     family = "levit"
@@ -269,21 +269,6 @@ class LeViT(nn.Module):
     def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
         """The classifier; ``(head, head_dist)`` for a distilled LeViT, as timm's ``LevitDistilled``."""
         return self.head if self.head_dist is None else (self.head, self.head_dist)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of every block while training: activations are recomputed during backward."""
-        for stage in self.stages:
-            stage.blocks = checkpointed(stage.blocks, enable)
-        self.grad_checkpointing = enable
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
-        """timm's parameter groups (layer-wise lr decay): the stem, then each block; a downsample joins block 0."""
-        blocks = (
-            r"^stages\.(\d+)"
-            if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
-        )
-        return dict(stem=r"^stem", blocks=blocks)
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Rebuild in place for another input size, as loading these weights at ``img_size`` would: every
