@@ -82,19 +82,22 @@ def costs(name: str, runs: Path, data_root: Path, work: Path, seconds: float) ->
 
 
 def markdown(rows: list[dict]) -> str:
-    isa = ", ".join(cpu_isa()) or "unknown"
     n = rows[0]["images"] if rows else 0
     commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
     loads = ", ".join(f"{r['model']} {r['load']:.1f}" for r in rows)
     commits = ", ".join(f"{r['model']} {r.get('commit', 'not recorded')}" for r in rows)
+    machines: dict[str, list[str]] = {}
+    for r in rows:
+        machines.setdefault(r["cpu"], []).append(r["model"])
+    hardware = "; ".join(f"{cpu} for {', '.join(models)}" for cpu, models in machines.items())
+    notes = " ".join(f"{r['model']}: {r['note']}" for r in rows if r.get("note"))
     lines = [
-        f"Hardware: {cpu_model()} [{isa}] ({os.cpu_count()} cores, shared; 1-minute load average when each model "
-        f"started: {loads}); torch {torch.__version__}; commit when each model started: {commits}. "
-        f"Commands: {commands}.",
+        f"Hardware: {hardware} (2 cores, shared; 1-minute load average when each model started: {loads}); torch "
+        f"{torch.__version__}; commit when each model started: {commits}. Commands: {commands}. {notes}".rstrip(),
         "",
         f"Accuracy: each family's smallest variant trained at 64 px on scikit-learn's digits ({n} held-out images, "
         f"1 image = {100 / n if n else 0:.2f} points); drop = PyTorch fp32 top-1 - int8 .pte top-1. Speed: median "
-        "ms per image, batch 1, 1 thread, fp32 and int8 .pte interleaved, on this x86 CPU (XNNPACK's int8 kernels "
+        "ms per image, batch 1, 1 thread, fp32 and int8 .pte interleaved, on these x86 CPUs (XNNPACK's int8 kernels "
         "are tuned for ARM; no ARM device was measured).",
         "",
         "| model | PyTorch fp32 | fp32 .pte | int8 .pte | drop | agreement | XNNPACK share | float in XNNPACK | "
@@ -131,7 +134,8 @@ def main() -> int:
                 continue
             load, commit = os.getloadavg()[0], git_commit()  # as the model starts
             row = costs(name, args.runs, args.data, Path(tmp), args.seconds)
-            row = {**row, "load": load, "commit": commit, "command": command}
+            cpu = f"{cpu_model()} [{', '.join(cpu_isa()) or 'unknown'}]"
+            row = {**row, "cpu": cpu, "load": load, "commit": commit, "command": command}
             rows = [r for r in rows if r["model"] != name] + [row]
             records.write_text("".join(json.dumps(r) + "\n" for r in rows))
             Path(args.out + ".md").write_text(markdown(rows))

@@ -270,7 +270,9 @@ def export(
         save_onnx(data_bytes, path, metadata)
     elif format == "executorch" and calibration_batches is not None:
         batches = [torch.from_numpy(b) for b in calibration_batches]
-        report, quantized = save_pte_int8(fused, example, path, metadata.to_json(), batches)
+        report, quantized = save_pte_int8(
+            fused, example, path, metadata.to_json(), batches, settings or int8_settings_for(model)
+        )
         log.info("%s: %s", path, report.summary())
     elif format == "executorch":
         report = save_pte(fused, example, path, metadata.to_json())
