@@ -1,7 +1,7 @@
 """Per-layer OpenVINO CPU time of litevit's fp32 IR against its int8 IR (the family's settings), 1 thread, static
 shape, next to onnxruntime fp32's wall time: what bounds an int8 speed-up.
 
-Usage: OMP_NUM_THREADS=1 python tools/ov_profile.py efficientvit_m0 [batch] [runs]
+Usage: OMP_NUM_THREADS=1 python tools/ov_profile.py efficientvit_m0 [batch] [runs] [--precision bf16]
 Prints, per graph: wall time per call (median), the sum of the last call's layer times as OpenVINO reports them
 (wall minus that is per-call time outside the layers, roughly: OpenVINO's layer times are not exact and the
 difference can come out negative), the share of each layer type (OpenVINO's node type and the kernel it ran:
@@ -38,11 +38,11 @@ def wall_ms(run, runs: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def profile(path: str, x: np.ndarray, runs: int) -> tuple[float, float, list[tuple[str, float]]]:
+def profile(path: str, x: np.ndarray, runs: int, precision: str) -> tuple[float, float, list[tuple[str, float]]]:
     core = ov.Core()
     model = core.read_model(path)
     model.reshape(list(x.shape))
-    config = {**openvino_config(1), "PERF_COUNT": True}  # litevit's runner settings, with per-layer counters
+    config = {**openvino_config(1, precision), "PERF_COUNT": True}  # litevit's runner settings, per-layer counters
     request = core.compile_model(model, "CPU", config).create_infer_request()
     request.infer({0: x})  # warm-up
     wall = wall_ms(lambda: request.infer({0: x}), runs)
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("batch", type=int, nargs="?", default=1)
     parser.add_argument("runs", type=int, nargs="?", default=200)
+    parser.add_argument("--precision", choices=["f32", "bf16"], default="f32", help="OpenVINO inference precision")
     args = parser.parse_args()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(
@@ -77,8 +78,9 @@ def main() -> None:
     onnx_fp32 = ExportedModel(f"{folder}/fp32.onnx", threads=1)
     print(f"{args.name} batch {args.batch}: onnxruntime fp32 {wall_ms(lambda: onnx_fp32(x), args.runs):.2f} ms/call")
     for label in ("fp32", "int8"):
-        wall, layers, shares = profile(f"{folder}/{label}.xml", x.numpy(), args.runs)
-        print(f"OpenVINO {label}: {wall:.2f} ms/call, layers {layers:.2f} ms (wall - layers {wall - layers:.2f} ms); "
+        wall, layers, shares = profile(f"{folder}/{label}.xml", x.numpy(), args.runs, args.precision)
+        print(f"OpenVINO {label} at {args.precision}: {wall:.2f} ms/call, layers {layers:.2f} ms "
+              f"(wall - layers {wall - layers:.2f} ms); "
               + ", ".join(f"{kind} {share:.1f}%" for kind, share in shares))  # fmt: skip
 
 
