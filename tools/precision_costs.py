@@ -28,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _digits import accuracy, agreement, val_set
 from PIL import Image
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16, require
 from litevit.bench.timing import git_commit
-from litevit.data import eval_transform, image_folder
 from litevit.deploy.export import export
 from litevit.deploy.runtime import ExportedModel
-from litevit.predict import preprocessing
 from litevit.training import train as T
 
 FAMILY_MODELS = ["levit_128s", "efficientvit_m0", "mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "t2t_vit_7"]
@@ -83,13 +82,10 @@ def costs(name: str, root: Path, work: Path, epochs: int) -> list[dict]:
     T.train(config)
     train_s = time.perf_counter() - start
     fp32 = litevit.load(run / T.BEST_EXPORT).eval()
-    data, size, _ = preprocessing(fp32)
-    val = image_folder(root / "val", eval_transform(data, size))
-    images = torch.stack([x for x, _ in val])
-    targets = torch.tensor([y for _, y in val])
+    images, targets = val_set(fp32, root)
     with torch.inference_mode():
         reference = fp32(images)
-    top1_fp32 = float((reference.argmax(-1) == targets).float().mean()) * 100
+    top1_fp32 = accuracy(reference, targets)
     files = {
         "ov-fp32": export(fp32, work / f"{name}-fp32.xml").path,
         "ov-int8": export(fp32, work / f"{name}-int8.xml", int8=True, calibration=root / "train").path,
@@ -107,16 +103,16 @@ def costs(name: str, root: Path, work: Path, epochs: int) -> list[dict]:
         outputs["ov-int8-bf16"] = _ov_predict(files["ov-int8"], "bf16", images)
     rows = []
     for route, logits in outputs.items():
-        top1 = float((logits.argmax(-1) == targets).float().mean()) * 100
-        agreement = float((logits.argmax(-1) == reference.argmax(-1)).float().mean()) * 100
+        top1 = accuracy(logits, targets)
+        agreement_fp32 = agreement(logits, reference)
         rows.append(dict(
             model=name, route=route, top1_fp32=round(top1_fp32, 3), top1=round(top1, 3),
-            drop=round(top1_fp32 - top1, 3), agreement=round(agreement, 3), images=len(targets),
+            drop=round(top1_fp32 - top1, 3), agreement=round(agreement_fp32, 3), images=len(targets),
             epochs=epochs, train_s=round(train_s, 1),
         ))  # fmt: skip
         r = rows[-1]
         print(f"{name:18s} {route:14s} fp32 {top1_fp32:6.2f}  {top1:6.2f}  drop {r['drop']:+5.2f}  "
-              f"agreement {agreement:6.2f}", flush=True)  # fmt: skip
+              f"agreement {agreement_fp32:6.2f}", flush=True)  # fmt: skip
     return rows
 
 

@@ -24,22 +24,17 @@ import time
 from pathlib import Path
 
 import torch
+from _digits import accuracy, agreement, val_set
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model
 from litevit.bench.timing import git_commit
-from litevit.data import eval_transform, image_folder
 from litevit.deploy.executorch import set_threads
 from litevit.deploy.export import export
 from litevit.deploy.runtime import ExportedModel
-from litevit.predict import preprocessing
 from litevit.timing import time_interleaved
 
 FAMILY_MODELS = ["levit_128s", "efficientvit_m0", "mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "t2t_vit_7"]
-
-
-def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == targets).double().mean()) * 100
 
 
 def _run(model: ExportedModel, images: torch.Tensor) -> torch.Tensor:
@@ -49,10 +44,7 @@ def _run(model: ExportedModel, images: torch.Tensor) -> torch.Tensor:
 def costs(name: str, runs: Path, data_root: Path, work: Path, seconds: float) -> dict:
     """One family: accuracy of both files on the val images, the int8 export's checks, and their batch-1 times."""
     fp32 = litevit.load(runs / name / "best.safetensors").eval()
-    data, size, _ = preprocessing(fp32)
-    val = image_folder(data_root / "val", eval_transform(data, size))
-    images = torch.stack([x for x, _ in val])
-    targets = torch.tensor([y for _, y in val])
+    images, targets = val_set(fp32, data_root)
     with torch.inference_mode():
         reference = fp32(images)
     start = time.perf_counter()
@@ -67,9 +59,10 @@ def costs(name: str, runs: Path, data_root: Path, work: Path, seconds: float) ->
     median = {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
     check, reference_check, report = int8.check, int8.reference_check, int8.delegation
     row = dict(
-        model=name, images=len(targets), top1_pytorch=round(_top1(reference, targets), 3),
-        top1_pte_fp32=round(_top1(logits["fp32"], targets), 3), top1_pte_int8=round(_top1(logits["int8"], targets), 3),
-        agreement_int8=round(float((logits["int8"].argmax(-1) == reference.argmax(-1)).double().mean()) * 100, 3),
+        model=name, images=len(targets), top1_pytorch=round(accuracy(reference, targets), 3),
+        top1_pte_fp32=round(accuracy(logits["fp32"], targets), 3),
+        top1_pte_int8=round(accuracy(logits["int8"], targets), 3),
+        agreement_int8=round(agreement(logits["int8"], reference), 3),
         check_agreement=check.agreement, check_correlation=round(check.correlation, 4),
         reference_rel_diff=round(reference_check.max_rel_diff, 5), xnnpack_share=round(report.share, 4),
         quantized_ops=report.quantized, float_ops=report.float_ops, portable_ops=report.remaining,

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from _digits import accuracy, agreement, val_set
 
 import litevit
 from litevit._extras import cpu_model, require
 from litevit.bench.timing import git_commit
-from litevit.data import eval_transform, image_folder
 from litevit.deploy.fuse import fuse
 from litevit.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES, calibration_files, load_calibration
 from litevit.deploy.xnnpack_rewrite import rewrite_for_xnnpack
@@ -101,27 +101,22 @@ def main() -> int:
     model = litevit.load(args.runs / args.model / "best.safetensors").eval()
     fused = fuse(model).float()
     data, size, _ = preprocessing(model)
+    images, targets = val_set(model, args.data)
     files, _ = calibration_files(args.data / "train", DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES)
     calibration = [torch.from_numpy(b) for b in load_calibration(files, data, size, args.data / "train")]
-    val = image_folder(args.data / "val", eval_transform(data, size))
-    images = torch.stack([x for x, _ in val])
-    targets = torch.tensor([y for _, y in val])
     with torch.no_grad():
         fp32 = fused(images)
 
-    def top1(logits: torch.Tensor) -> float:
-        return float((logits.argmax(-1) == targets).double().mean()) * 100
-
-    common = dict(model=args.model, images=len(targets), fp32_top1=round(top1(fp32), 3), cpu=cpu_model(),
+    common = dict(model=args.model, images=len(targets), fp32_top1=round(accuracy(fp32, targets), 3), cpu=cpu_model(),
                   torch=torch.__version__, commit=git_commit(), command=" ".join(["python", *sys.argv]))  # fmt: skip
     for name in args.variants:
         start = time.perf_counter()
         module = reference(fused, images[:1].contiguous(), calibration, VARIANTS[name])
         with torch.no_grad():
             logits = torch.cat([module(images[i : i + 1]) for i in range(len(images))])
-        row = dict(variant=name, floats=VARIANTS[name][:4], top1=round(top1(logits), 3),
-                   drop=round(top1(fp32) - top1(logits), 3),
-                   agreement=round(float((logits.argmax(-1) == fp32.argmax(-1)).double().mean()) * 100, 2),
+        row = dict(variant=name, floats=VARIANTS[name][:4], top1=round(accuracy(logits, targets), 3),
+                   drop=round(accuracy(fp32, targets) - accuracy(logits, targets), 3),
+                   agreement=round(agreement(logits, fp32), 2),
                    seconds=round(time.perf_counter() - start, 1), load=round(os.getloadavg()[0], 2),
                    **common)  # fmt: skip
         print(json.dumps(row), flush=True)

@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 
 import torch
+from _digits import val_set
 from precision_costs import FAMILY_MODELS, SIZE, _ov_predict, make_digits
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model
 from litevit.bench.timing import git_commit
-from litevit.data import eval_transform, image_folder
 from litevit.deploy.export import export
 from litevit.deploy.runtime import ExportedModel
-from litevit.predict import preprocessing
 from litevit.training import train as T
 from litevit.training.config import QAT_EPOCHS
 from litevit.training.qat import INT8_ONNX, INT8_XML, qat_lr
@@ -64,13 +63,10 @@ def float_run(name: str, root: Path, runs: Path, epochs: int) -> tuple[Path, flo
 def measure(name: str, root: Path, runs: Path, work: Path, epochs: int, qat_epochs: int) -> list[dict]:
     best, train_s = float_run(name, root, runs, epochs)
     fp32 = litevit.load(best).eval()
-    data, size, _ = preprocessing(fp32)
-    val = image_folder(root / "val", eval_transform(data, size))
-    images = torch.stack([x for x, _ in val])
-    targets = torch.tensor([y for _, y in val])
+    images, targets = val_set(fp32, root)
     with torch.inference_mode():
         reference = fp32(images).argmax(-1)
-    top1_fp32 = float((reference == targets).float().mean()) * 100
+    top1_fp32 = float((reference == targets).double().mean()) * 100  # reference: fp32's classes
 
     ptq = {
         "ov-int8-f32": export(fp32, work / f"{name}-ptq.xml", int8=True, calibration=root / "train").path,
