@@ -193,7 +193,7 @@ class _Scaled(_Small):
         return self.head(x.mean((2, 3)))
 
 
-def test_pte_float_elementwise_leaves_adds_and_multiplies_float(calibration: Path) -> None:
+def test_pte_float_elementwise_leaves_adds_and_multiplies_float() -> None:
     """``Int8Settings.pte_float_elementwise`` (T2T-ViT's): XNNPACK's quantizer leaves the residual add and the
     scale multiply float; without it both read only dequantized int8."""
     model = _Scaled().eval()
@@ -206,7 +206,31 @@ def test_pte_float_elementwise_leaves_adds_and_multiplies_float(calibration: Pat
     assert not any(_float_elementwise(quantized).values())
     assert INT8_SETTINGS["t2t_vit"].pte_float_elementwise
     with torch.no_grad():  # the float parts compute the model
-        torch.testing.assert_close(kept(example), model(example), rtol=0.1, atol=0.1 * model(example).abs().max())
+        expected = model(example)
+        torch.testing.assert_close(kept(example), expected, rtol=0.1, atol=0.1 * expected.abs().max())
+
+
+def test_export_hands_the_familys_settings_to_the_pte_quantizer(calibration: Path, tmp_path: Path, monkeypatch) -> None:
+    """``litevit.export`` of an int8 ``.pte`` quantizes with the model's family settings (T2T-ViT: adds and
+    multiplies float), and with ``int8_settings`` when given."""
+
+    class Handed(Exception):
+        pass
+
+    seen = []
+
+    def capture(model, example, path, meta_json, batches, settings):
+        seen.append(settings)
+        raise Handed
+
+    monkeypatch.setattr(export_module, "save_pte_int8", capture)
+    model = litevit.create_model("t2t_vit_7", img_size=SIZE).eval()
+    own = Int8Settings(calibration="percentile")
+    for given in (None, own):
+        with pytest.raises(Handed):
+            litevit.export(model, tmp_path / "m.pte", precision="int8", calibration=calibration,
+                           calibration_images=8, int8_settings=given)  # fmt: skip
+    assert seen == [INT8_SETTINGS["t2t_vit"], own]
 
 
 def test_reference_check_fails_on_a_corrupted_scale(calibration: Path, tmp_path: Path, monkeypatch) -> None:

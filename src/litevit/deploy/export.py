@@ -199,7 +199,6 @@ def export(
     if recipe is not None:
         warnings.warn("export(recipe=...) is now export(int8_settings=...)", DeprecationWarning, stacklevel=2)
         int8_settings = int8_settings or recipe
-    settings = int8_settings
     path = Path(path)
     if int8 and format is None and not path.suffix:
         # the int8 route measured faster for every family (benchmarks/int8_settings.md, make bench): OpenVINO + NNCF
@@ -222,6 +221,7 @@ def export(
         raise ValueError(f"int8 ONNX (per-channel QDQ) needs opset >= {INT8_MIN_OPSET}, got {opset}")
     if isinstance(model, str):
         model = create_model(model)
+    settings = int8_settings or int8_settings_for(model)  # what the int8 routes keep float
     config = getattr(model, "config", None)
     model_size = getattr(config, "img_size", None)
     size = to_2tuple(img_size if img_size is not None else model_size if model_size is not None else 224)
@@ -254,9 +254,7 @@ def export(
         data_bytes, used_opset = onnx_model(fused, example, batch, opset, search_input, min_opset)
         if calibration_batches is not None:
             reduce_range = reduce_range_here()  # this CPU's choice, recorded in the file
-            data_bytes = onnx_int8(
-                data_bytes, calibration_batches, INPUT_NAME, settings or int8_settings_for(model), reduce_range
-            )
+            data_bytes = onnx_int8(data_bytes, calibration_batches, INPUT_NAME, settings, reduce_range)
             weight_bits = 7 if reduce_range else 8
     metadata = dataclasses.replace(
         metadata_for(model, size, batch, format, used_opset),
@@ -270,9 +268,7 @@ def export(
         save_onnx(data_bytes, path, metadata)
     elif format == "executorch" and calibration_batches is not None:
         batches = [torch.from_numpy(b) for b in calibration_batches]
-        report, quantized = save_pte_int8(
-            fused, example, path, metadata.to_json(), batches, settings or int8_settings_for(model)
-        )
+        report, quantized = save_pte_int8(fused, example, path, metadata.to_json(), batches, settings)
         log.info("%s: %s", path, report.summary())
     elif format == "executorch":
         report = save_pte(fused, example, path, metadata.to_json())
@@ -286,7 +282,7 @@ def export(
             batch == "dynamic",
             metadata.to_json(),
             calibration_batches,
-            settings or int8_settings_for(model),
+            settings,
         )
         save_openvino(ir, path)
     else:
