@@ -21,20 +21,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _digits import calibration_split
 
 import litevit
 from litevit._extras import cpu_model, require
 from litevit.bench.timing import git_commit
 from litevit.deploy.executorch import lower_pte, quantize_int8, reference_check
 from litevit.deploy.fuse import fuse
-from litevit.deploy.int8 import (
-    DEFAULT_CALIBRATION_IMAGES,
-    INT8_CHECK_IMAGES,
-    calibration_files,
-    int8_settings_for,
-    load_calibration,
-)
-from litevit.predict import preprocessing
+from litevit.deploy.int8 import INT8_CHECK_IMAGES, int8_settings_for
 
 
 def _run_pte(data: bytes, images: list[torch.Tensor]) -> torch.Tensor:
@@ -49,10 +43,7 @@ def _run_pte(data: bytes, images: list[torch.Tensor]) -> torch.Tensor:
 def ratios(name: str, runs: Path, data_root: Path) -> dict[str, float]:
     model = litevit.load(runs / name / "best.safetensors").eval()
     fused = fuse(model).float()
-    data, size, _ = preprocessing(model)
-    files, held = calibration_files(data_root / "train", DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES)
-    calibration = [torch.from_numpy(b) for b in load_calibration(files, data, size, data_root)]
-    images = [torch.from_numpy(b).contiguous() for b in load_calibration(held, data, size, data_root)]
+    calibration, images = calibration_split(model, data_root)
     reference, _ = quantize_int8(fused, images[0], calibration, int8_settings_for(model))
     with torch.no_grad():
         expected = torch.cat([reference(x) for x in images])

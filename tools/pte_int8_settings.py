@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-from _digits import accuracy, agreement, val_set
+from _digits import accuracy, agreement, calibration_split, val_set
 
 import litevit
 from litevit._extras import cpu_model, require
 from litevit.bench.timing import git_commit
 from litevit.deploy.fuse import fuse
-from litevit.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES, calibration_files, load_calibration
 from litevit.deploy.xnnpack_rewrite import rewrite_for_xnnpack
-from litevit.predict import preprocessing
 
 ADD, MUL = "aten.add.Tensor", "aten.mul.Tensor"
 BLOCKS = [f"blocks.{i}" for i in range(64)]
@@ -100,10 +98,8 @@ def main() -> int:
     torch.set_num_threads(1)
     model = litevit.load(args.runs / args.model / "best.safetensors").eval()
     fused = fuse(model).float()
-    data, size, _ = preprocessing(model)
     images, targets = val_set(model, args.data)
-    files, _ = calibration_files(args.data / "train", DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES)
-    calibration = [torch.from_numpy(b) for b in load_calibration(files, data, size, args.data / "train")]
+    calibration, _ = calibration_split(model, args.data)
     with torch.no_grad():
         fp32 = fused(images)
 
