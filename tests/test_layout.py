@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 # lower layers first; a module may import its own layer and the layers below it, never one above
 LAYERS = (
-    {"_version", "_extras", "layers", "registry", "flops", "data", "timing"},
+    {"_version", "_extras", "_files", "layers", "registry", "flops", "data", "timing"},
     {"models"},
     {"weights"},
     {"deploy"},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ..registry import DataConfig
 from ..weights.checkpoint import read_torch_file
 from ..weights.checks import load_exact, misfit
@@ -41,33 +41,6 @@ class TrainState:
     sampler: MultiScaleBatchSampler
     criterion: DistillationLoss
     mixer: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, fsync it, then rename over ``path``.
-
-    A reader (or a killed run) sees the old complete file or the new complete file, never a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def rng_state() -> dict[str, Any]:
