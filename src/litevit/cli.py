@@ -214,7 +214,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 3
     if result.rank == 0:  # under torchrun only rank 0 reports
         print(train.summary(result))
-    return 0
+    return QAT_OVER_BUDGET if result.qat is not None and not result.qat.within else 0
+
+
+QAT_OVER_BUDGET = 4  # exit status of a --qat run whose int8 drop exceeds --max-drop (its files are kept)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -71,6 +71,7 @@ class TrainConfig:
     progress: bool = True  # progress bar on rank 0
     recipe: str | None = None  # recorded for the log; its values are already applied (None: the short-run rule)
     qat: bool = False  # quantization-aware int8 fine-tuning of the --checkpoint model; writes int8.xml (:mod:`.qat`)
+    max_drop: float = 1.0  # --qat: the int8 top-1 drop (points) against the float model beyond which the run fails
 
 
 @dataclass
@@ -81,3 +82,32 @@ class TrainResult:
     finished: bool  # all ``epochs`` done (False when stopped by ``stop_after``)
     rank: int = 0  # this process's rank under torchrun
     best_files: tuple[str, ...] = (BEST_EXPORT,)  # what a new best validation top-1 writes, under ``out``
+    qat: QatOutcome | None = None  # a finished --qat run: the float model's top-1, the best int8 top-1, the drop
+
+
+@dataclass(frozen=True)
+class QatOutcome:
+    """Where a finished ``--qat`` run ended against the float model it started from, on ``images`` validation
+    images at ``img_size`` (1 image = 100 / images points)."""
+
+    float_top1: float
+    int8_top1: float
+    max_drop: float
+    images: int
+    img_size: int
+
+    @property
+    def drop(self) -> float:
+        return self.float_top1 - self.int8_top1
+
+    @property
+    def within(self) -> bool:
+        return self.drop <= self.max_drop
+
+    def line(self) -> str:
+        verdict = "within" if self.within else "OVER"
+        return (
+            f"--qat: float top-1 {self.float_top1:.2f}%, best int8 top-1 {self.int8_top1:.2f}%, drop "
+            f"{self.drop:+.2f} points ({self.images} validation images at {self.img_size} px, 1 image = "
+            f"{100 / self.images:.2f}); {verdict} the budget of {self.max_drop:g} (--max-drop)"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -49,3 +50,13 @@ def all_sum(values: list[float], device: torch.device, ranks: Dist) -> list[floa
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """sha256 of this rank's parameters (names, values) as they are, before any reduction: equal on every rank while
+    DDP keeps them in step, so a log of it shows a diverged rank."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from typing import Any
 
 from ..data import INTERPOLATIONS
 from ..weights.loading import as_tuples
 from .config import DISTILL_KINDS, QAT_EPOCHS, TrainConfig, TrainResult
+from .qat import QAT_OWNS
 from .recipes import RECIPES, SHORT_RUN_RULE, get_recipe
+
+log = logging.getLogger("litevit.training.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.epilog = SHORT_RUN_RULE
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("model", help="registered model name, e.g. levit_128s")
+    p.add_argument(
+        "model",
+        help="registered model name (e.g. levit_128s), or a litevit file to fine-tune (best.safetensors, last.pt, a "
+        "Hub folder): its resolution, data config and class names are taken unless given",
+    )
     p.add_argument("--data", required=True, help="ImageFolder root, or a folder holding train/ and val/ ImageFolders")
     p.add_argument("--val", help="validation ImageFolder (default: DATA/val, else a split of the training images)")
     p.add_argument("--val-split", type=float, help="fraction held out per class when there is no validation folder")
@@ -57,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-path", type=float, help="stochastic depth rate")
     p.add_argument("--multi-scale", action=argparse.BooleanOptionalAction, default=None, help="variable-batch sampler")
     p.add_argument("--multi-scale-sizes", type=int, nargs="+", help="explicit sizes for the multi-scale sampler")
-    p.add_argument("--checkpoint", help="initial weights (head replaced when the class count differs)")
+    p.add_argument(
+        "--checkpoint",
+        help="initial weights (head replaced when the class count differs); a litevit file's resolution, data config "
+        "and class order are taken unless given",
+    )
     p.add_argument(
         "--model-kwargs", type=json.loads, help="model config overrides as JSON, e.g. '{\"drop_path\": 0.1}'"
     )
@@ -71,10 +83,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="quantization-aware int8 fine-tuning of the --checkpoint model (NNCF, calibrated on training images, "
-        "low lr, BatchNorm statistics frozen after epoch 1, default 3 epochs); writes OUT/int8.xml (OpenVINO) and "
-        "OUT/int8.onnx (onnxruntime; not for MobileViT v1, whose graph keeps NNCF's own quantizer op) with the "
-        "family's float-kept layers; not with --teacher, --multi-scale, --ema, --amp or --layer-decay",
+        "low lr, BatchNorm statistics frozen after epoch 1, default 3 epochs); the float model is scored first and "
+        "each epoch logs float top-1, int8 top-1 and the drop; writes OUT/int8.xml (OpenVINO) and OUT/int8.onnx "
+        "(onnxruntime; not for MobileViT v1, whose graph keeps NNCF's own quantizer op) with the family's float-kept "
+        "layers; exits 4 when the final drop exceeds --max-drop; a --recipe's schedule is not taken (QAT keeps its "
+        "own); not with --teacher, --multi-scale, --ema, --amp or --layer-decay",
     )
+    p.add_argument(
+        "--max-drop", type=float,
+        help="--qat: the largest int8 top-1 drop against the float model, in points (default 1.0)",
+    )  # fmt: skip
     p.add_argument("--resume", nargs="?", const="auto", help="continue OUT/last.pt (or the given checkpoint)")
     p.add_argument(
         "--resume-override", nargs="+", metavar="SETTING", help="settings allowed to differ from the resumed run"
@@ -92,10 +110,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from the parsed options: defaults, then the recipe, then every option given explicitly."""
     values: dict[str, Any] = get_recipe(args.recipe) if args.recipe else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
+    explicit = {name for name in names if getattr(args, name, None) is not None}
+    if args.recipe and args.qat:  # QAT keeps its own schedule; the recipe's unsupported options are not "given"
+        dropped = sorted(n for n in QAT_OWNS if n in values and n not in explicit)
+        for name in dropped:
+            del values[name]
+        if dropped:
+            log.info("--qat: recipe %s's %s not taken (QAT's own schedule)", args.recipe, ", ".join(dropped))
+    if args.max_drop is not None and not args.qat:
+        raise ValueError("--max-drop bounds the int8 drop of a --qat run: add --qat, or leave --max-drop out")
+    for name in explicit:
+        values[name] = getattr(args, name)
     if values.get("rand_augment") is not None and values["rand_augment"] < 0:
         values["rand_augment"] = None
     if values.get("lr_ref_batch") == 0:
@@ -127,5 +152,10 @@ def summary(result: TrainResult) -> str:
     if result.best_top1 is not None:
         written = ", ".join(str(result.out / name) for name in result.best_files)
         lines.append(f"best val top-1 {result.best_top1:.2f}% -> {written}")
+    if result.qat is not None:
+        lines.append(result.qat.line())
+        if not result.qat.within:
+            lines.append(f"over budget: {', '.join(str(result.out / n) for n in result.best_files)} kept, not within "
+                         f"--max-drop {result.qat.max_drop:g}")  # fmt: skip
     lines.append(("finished" if result.finished else "stopped; continue with --resume") + f": {result.out}")
     return "\n".join(lines)

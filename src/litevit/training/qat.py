@@ -46,10 +46,9 @@ import copy
 import dataclasses
 import logging
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ import torch
 from torch import nn
 
 from .._extras import require
+from .._files import replace_together, stage
 from ..deploy.export import metadata_for
 from ..deploy.int8 import (
     CALIBRATION_SEED,
@@ -70,8 +70,9 @@ from ..deploy.int8 import (
 from ..deploy.onnx import onnx_model, save_onnx
 from ..deploy.openvino import RT_INFO, save_openvino
 from ..registry import DataConfig
-from .config import TrainConfig
+from .config import QatOutcome, TrainConfig
 from .data import DataSplit
+from .inherit import FileSettings
 
 log = logging.getLogger("litevit.training.train")
 
@@ -82,8 +83,17 @@ INT8_XML, INT8_ONNX = "int8.xml", "int8.onnx"
 WEIGHTED_OPS = ("conv1d", "conv2d", "linear", "matmul", "bmm")  # NNCF torch node types, as deploy.int8's _WEIGHTED_OV
 
 
+# the learning-rate regime and schedule --qat sets, and the options it does not support: a --recipe's values for
+# these are not taken with --qat (options given explicitly still are, and the unsupported ones are then refused)
+QAT_OWNS = ("epochs", "lr", "lr_ref_batch", "min_lr", "warmup_lr", "warmup_epochs", "ema", "ema_decay", "multi_scale",
+            "multi_scale_sizes", "distill", "layer_decay", "amp")  # fmt: skip
+FAR_BELOW_POINTS, FAR_BELOW_SE = 5.0, 3.0  # "far below the file's top-1": more than max(points, SE x binomial SE)
+
+
 def validate_qat(config: TrainConfig, distill: str) -> None:
     """One-line errors for a ``--qat`` run that cannot be honoured."""
+    if config.max_drop < 0:
+        raise ValueError(f"--max-drop is a top-1 drop in points, >= 0; got {config.max_drop:g}")
     if not config.checkpoint:
         raise ValueError("--qat fine-tunes a trained float model: pass it with --checkpoint FILE")
     unsupported = [
@@ -96,6 +106,54 @@ def validate_qat(config: TrainConfig, distill: str) -> None:
     named = [name for name, given in unsupported if given]
     if named:
         raise ValueError(f"--qat does not support {', '.join(named)}: leave them out for quantization-aware training")
+
+
+@dataclass(frozen=True)
+class QatBaseline:
+    """The float model a ``--qat`` run starts from, scored on the run's validation images before calibration."""
+
+    float_top1: float
+    images: int
+    img_size: int
+
+    def against(self, int8_top1: float) -> str:
+        return f"float {self.float_top1:.2f}%, drop {self.float_top1 - int8_top1:+.2f} points"
+
+    def record(self, int8_top1: float) -> dict[str, float]:
+        """The per-epoch log fields: the float top-1, this epoch's int8 top-1 and the drop."""
+        return {"float_top1": self.float_top1, "int8_top1": int8_top1, "drop": self.float_top1 - int8_top1}
+
+    def outcome(self, best_int8_top1: float, max_drop: float) -> QatOutcome:
+        return QatOutcome(self.float_top1, best_int8_top1, max_drop, self.images, self.img_size)
+
+
+def far_below(measured: float, recorded: float, images: int) -> bool:
+    """Whether ``measured`` top-1 (%) on ``images`` images is far below the ``recorded`` one: by more than
+    :data:`FAR_BELOW_POINTS`, and by more than :data:`FAR_BELOW_SE` binomial standard errors at the recorded rate."""
+    p = min(max(recorded / 100, 0.0), 1.0)
+    se = 100 * math.sqrt(max(p * (1 - p), 0.25 / max(images, 1)) / max(images, 1))
+    return recorded - measured > max(FAR_BELOW_POINTS, FAR_BELOW_SE * se)
+
+
+def qat_baseline(val: dict[str, float], file: FileSettings | None, config: TrainConfig, images: int) -> QatBaseline:
+    """The float model's validation top-1 here, checked against the top-1 its file records: far below it, the run
+    stops before calibration with one line (the resolution or the preprocessing differs from the file's)."""
+    size = int(config.img_size or 0)
+    top1 = val["top1"]
+    log.info("--qat: the float model scores %.2f%% top-1 on %d validation images at %d px", top1, images, size)
+    if file is not None and file.top1 is not None and far_below(top1, file.top1, images):
+        if file.img_size is not None and file.img_size != size:
+            cause = (f"the run is at {size} px but the file was trained at {file.img_size} px: leave --img-size out "
+                     f"(or pass --img-size {file.img_size})")  # fmt: skip
+        else:
+            cause = (f"the resolution ({size} px) and preprocessing are the file's, so these validation images are not "
+                     "like those it was scored on: fine-tune it in float on them first (litevit train FILE --data "
+                     "...), then run --qat from that file")  # fmt: skip
+        raise ValueError(
+            f"--qat: the float model {file.source} scores {top1:.2f}% here, far below the {file.top1:.2f}% it "
+            f"records; {cause}"
+        )
+    return QatBaseline(top1, images, size)
 
 
 def qat_lr(global_batch: int) -> float:
@@ -240,27 +298,23 @@ def save_int8(model: nn.Module, out: Path, classes: list[str], img_size: int) ->
     # PyTorch's fake-quantize ops in place of NNCF's hooks: OpenVINO 2026.4 fails to convert EfficientViT's hooked
     # graph (its SDPA reshape fusion), not the stripped one; both routes convert the same graph
     stripped = nncf.strip(cpu, do_copy=False, strip_format=nncf.StripFormat.NATIVE, example_input=example)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".int8-") as tmp:
-        with torch.no_grad(), _quiet_tracing():
-            ir = ov.convert_model(stripped, example_input=example, input=[ov.PartialShape([-1, in_chans, *size])])
-        ir.set_rt_info(dataclasses.replace(base, inference_precision="f32").to_json(), RT_INFO)
-        save_openvino(ir, Path(tmp, INT8_XML))
-        with _quiet_tracing():
-            data, opset = onnx_model(stripped, example, "dynamic", None, None, min_opset=QAT_ONNX_OPSET)
-        names = [Path(INT8_XML).with_suffix(".bin").name, INT8_XML]  # the .xml last: it names the .bin
-        foreign = _foreign_ops(data)
-        if foreign:
-            log.warning("--qat: %s not written: NNCF left %s in the stripped graph, which onnxruntime cannot run",
-                        INT8_ONNX, ", ".join(foreign))  # fmt: skip
-        else:
-            onnx_meta = dataclasses.replace(base, format="onnx", opset=opset, weight_bits=8)
-            save_onnx(data, Path(tmp, INT8_ONNX), onnx_meta)
-            names.insert(0, INT8_ONNX)
-        written = []
-        for name in names:
-            os.replace(Path(tmp, name), out / name)
-            written.append(out / name)
-    return written
+    tmp = stage(out, "int8")
+    with torch.no_grad(), _quiet_tracing():
+        ir = ov.convert_model(stripped, example_input=example, input=[ov.PartialShape([-1, in_chans, *size])])
+    ir.set_rt_info(dataclasses.replace(base, inference_precision="f32").to_json(), RT_INFO)
+    save_openvino(ir, tmp / INT8_XML)
+    with _quiet_tracing():
+        data, opset = onnx_model(stripped, example, "dynamic", None, None, min_opset=QAT_ONNX_OPSET)
+    names = [INT8_ONNX, Path(INT8_XML).with_suffix(".bin").name, INT8_XML]
+    foreign = _foreign_ops(data)
+    if foreign:
+        log.warning("--qat: %s not written: NNCF left %s in the stripped graph, which onnxruntime cannot run",
+                    INT8_ONNX, ", ".join(foreign))  # fmt: skip
+        names.remove(INT8_ONNX)
+    else:
+        save_onnx(data, tmp / INT8_ONNX, dataclasses.replace(base, format="onnx", opset=opset, weight_bits=8))
+    # the pair as one set: a killed run leaves the last complete pair, or a complete new one (_files.recover)
+    return replace_together(tmp, names, remove=[] if INT8_ONNX in names else [INT8_ONNX])
 
 
 def _foreign_ops(data: bytes) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -33,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._files import recover
 from ..data import default_workers
 from ..deploy.int8 import int8_settings_for
 from ..predict import batch_scores
@@ -59,7 +59,8 @@ from .config import (
     TrainResult,
 )
 from .data import batch_mixer, find_data, make_loaders
-from .distributed import Dist, all_sum, init_distributed
+from .distributed import Dist, all_sum, init_distributed, parameter_digest
+from .inherit import in_file_order, inherit, model_from_file, read_settings
 from .losses import DistillationLoss, build_teacher
 from .optim import ModelEma, WarmupCosine, param_groups
 from .options import add_arguments, config_from_args, summary
@@ -69,6 +70,7 @@ from .qat import (
     INT8_XML,
     calibration_images,
     freeze_batchnorm,
+    qat_baseline,
     qat_config,
     qat_param_groups,
     quantize_for_training,
@@ -84,6 +86,7 @@ log = logging.getLogger("litevit.training.train")  # also when run as ``python -
 
 def train(config: TrainConfig) -> TrainResult:
     """Train ``config.model`` on ``config.data``; see the module docstring. Works as one process or under torchrun."""
+    config = model_from_file(config)
     distill = _validate(config)
     ranks, device, created_group = init_distributed(config.device)
     try:
@@ -96,10 +99,11 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device) -> TrainResult:
     out = Path(config.out)
     variant = get_variant(config.model)
-    split = find_data(config)
+    file = read_settings(config.checkpoint) if config.checkpoint else None
+    config, data_config = inherit(config, variant, file)
+    img_size = data_config.img_size
+    split = in_file_order(find_data(config), file)
     num_classes = len(split.classes)
-    img_size = config.img_size or variant.data.img_size
-    data_config = dataclasses.replace(variant.data, img_size=img_size)
     # the settings as given: the rule's values follow from them (epochs, images, batch, size, lr), so a resume
     # that overrides one of those gets the rule's values for the new one
     settings = run_settings(config, split.classes, len(split.train_indices), ranks.world)
@@ -117,7 +121,16 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         config.model, checkpoint=config.checkpoint, num_classes=num_classes, img_size=img_size, **kwargs
     )
     model.to(device)
-    if config.qat:  # calibration before the first step (and before a resume loads the trained ranges)
+    sampler, train_loader, val_loader = make_loaders(
+        config, split, data_config, ranks.rank, ranks.world, workers, device
+    )
+    baseline = None
+    if config.qat:  # the float model scored, then calibrated, before the first step (and before a resume loads ranges)
+        if ranks.main:
+            recover(out)  # a pair of int8 files a killed run left half replaced
+        baseline = qat_baseline(
+            evaluate(model, val_loader, device, config.amp, ranks), file, config, len(split.val_indices)
+        )
         images = calibration_images(split, data_config, img_size)
         model = quantize_for_training(model, images, int8_settings_for(model), config.batch_size)
     net: nn.Module = model
@@ -143,10 +156,6 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
             model.set_distilled_training(True)
     criterion = DistillationLoss(teacher, distill, config.distill_alpha, config.distill_tau, config.label_smoothing)
     mixer = batch_mixer(config, num_classes)
-
-    sampler, train_loader, val_loader = make_loaders(
-        config, split, data_config, ranks.rank, ranks.world, workers, device
-    )
     state = TrainState(model, net, optimizer, scheduler, scaler, ema, sampler, criterion, mixer)
 
     start_epoch, best_top1 = 0, None
@@ -167,9 +176,10 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         "classes": split.classes,
     }
     history: list[dict[str, Any]] = []
-    if config.qat and start_epoch == 0:  # the calibrated graph is the int8 model to beat
+    if baseline is not None and start_epoch == 0:  # the calibrated graph is the int8 model to beat
         best_top1 = evaluate(model, val_loader, device, config.amp, ranks)["top1"]
-        log.info("--qat: calibrated int8 val top-1 %.2f%% (rank %d)", best_top1, ranks.rank)
+        log.info("--qat: calibrated int8 val top-1 %.2f%%, %s (rank %d)", best_top1, baseline.against(best_top1),
+                 ranks.rank)  # fmt: skip
         if ranks.main:
             save_int8(model, out, split.classes, img_size)
     epoch = start_epoch
@@ -190,9 +200,13 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
         improved = best_top1 is None or top1 > best_top1
         if improved:
             best_top1 = top1
+        if baseline is not None:
+            record.update(baseline.record(top1))
         record.update({"best_top1": best_top1, "epoch_time_s": time.perf_counter() - tic})
         history.append(record)
         log.info("rank %d epoch %d: %s", ranks.rank, epoch + 1, json.dumps(record, sort_keys=True))
+        if ranks.world > 1:  # this rank's own parameters, unreduced: a rank that diverged shows here
+            log.info("rank %d epoch %d parameters %s", ranks.rank, epoch + 1, parameter_digest(model))
         if ranks.main:
             if improved and config.qat:
                 save_int8(model, out, split.classes, img_size)
@@ -205,7 +219,8 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
             )
     finished = end == config.epochs
     best_files = tuple(n for n in (INT8_XML, INT8_ONNX) if (out / n).exists()) if config.qat else (BEST_EXPORT,)
-    return TrainResult(history, best_top1, out, finished, ranks.rank, best_files)
+    outcome = baseline.outcome(best_top1, config.max_drop) if baseline is not None and finished else None
+    return TrainResult(history, best_top1, out, finished, ranks.rank, best_files, outcome)
 
 
 # ----------------------------------------------------------------------------------------------- epochs and evaluation
@@ -339,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if result.rank == 0:
         print(summary(result))
-    return 0
+    return 4 if result.qat is not None and not result.qat.within else 0  # 4: a --qat run over its --max-drop
 
 
 if __name__ == "__main__":
