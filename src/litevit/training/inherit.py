@@ -1,11 +1,13 @@
 """What a fine-tuning run takes from the file it starts from: ``train FILE`` and ``train MODEL --checkpoint FILE``.
 
 A litevit file (``best.safetensors``, ``last.pt``, a Hub folder written by litevit) records the resolution it was
-trained at, its data config (mean, std, interpolation, channel order, crop) and its class names. A run that starts
-from it takes all three, with the rules ``eval`` and ``export`` follow (:mod:`litevit.weights.loading`):
+trained at, its data config (mean, std, interpolation, channel order, crop), its class names and the model options
+its weights build. A run that starts from it takes them, with the rules ``eval`` and ``export`` follow
+(:mod:`litevit.weights.loading`), and records them again in the files it writes:
 
 - the resolution and the data config come from the file unless ``--img-size`` / ``--interpolation`` are given; an
-  explicit value that differs from the file's is used, with a WARNING that names both;
+  explicit value that differs from the file's is used, with a WARNING that names both; ``--model-kwargs`` add to
+  the file's options;
 - where the data's classes are the file's (the same names), their labels follow the file's order, so its head is
   kept and class ``i`` stays class ``i``; other classes get a new head (a different count) or start from the file's
   head of the same size (a WARNING names both lists).
@@ -40,6 +42,7 @@ class FileSettings:
     data: DataConfig | None = None
     classes: tuple[str, ...] | None = None
     top1: float | None = None  # the validation top-1 the file was exported with (best.safetensors)
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # the options that build its model
 
 
 def read_settings(checkpoint: str | Checkpoint) -> FileSettings:
@@ -65,6 +68,7 @@ def read_settings(checkpoint: str | Checkpoint) -> FileSettings:
         data_config,
         tuple(classes) if classes else None,
         float(top1) if top1 is not None else None,
+        {k: as_tuples(v) for k, v in (meta.get("model_kwargs") or {}).items()},
     )
 
 
@@ -91,9 +95,11 @@ def model_from_file(config: TrainConfig) -> TrainConfig:
 
 
 def inherit(config: TrainConfig, variant: Variant, file: FileSettings | None) -> tuple[TrainConfig, DataConfig]:
-    """``config`` with the image size filled, and the run's data config: the file's where it records them, the
-    variant's otherwise; explicit options win, with a WARNING naming both values."""
+    """``config`` with the image size and the file's model options filled, and the run's data config: the file's
+    where it records them, the variant's otherwise; explicit options win, with a WARNING naming both values."""
     data = (file.data if file and file.data else None) or variant.data
+    if file is not None and file.model_kwargs:  # the model the file's weights build, recorded again in what it writes
+        config = dataclasses.replace(config, model_kwargs={**file.model_kwargs, **config.model_kwargs})
     size = config.img_size
     if file is not None and file.img_size is not None:
         if size is None:
