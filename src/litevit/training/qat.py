@@ -16,7 +16,14 @@ warning.
 
 The run, on top of float training (:mod:`.train`):
 
-- ``--checkpoint`` (the trained float model) is required; the model is built from it as for fine-tuning.
+- ``--checkpoint`` (the trained float model, or ``train FILE --qat``) is required; the model is built from it as for
+  fine-tuning, at the file's resolution and preprocessing (:mod:`.inherit`).
+- The run checks itself. Before calibration, the float model is scored on the validation images at the run's
+  resolution (:func:`qat_baseline`); when that top-1 is far below the one the file records (:func:`far_below`: by
+  more than 5 points and 3 binomial standard errors), the run stops with one line naming the resolution mismatch.
+  Each epoch's record carries the float top-1, the int8 top-1 and the drop; the run ends with one line (float top-1,
+  best int8 top-1, drop, N images) and exits 4 when the drop exceeds ``--max-drop`` (default 1.0), its files kept
+  and named as over budget.
 - Calibration before the first step: ``nncf.quantize`` on up to
   :data:`~litevit.deploy.int8.DEFAULT_CALIBRATION_IMAGES` training images (drawn alike from every class, fixed seed,
   the model's eval preprocessing), with the family's :class:`~litevit.deploy.int8.Int8Settings` as the OpenVINO
@@ -24,15 +31,18 @@ The run, on top of float training (:mod:`.train`):
   off, and ``float_ends`` / ``float_depthwise`` as an ignored scope named on NNCF's graph of the torch model.
 - A low learning rate (:data:`QAT_LR_SCALE` times the short-run rule's fine-tuning lr; 1.8e-5 at a batch of 32),
   no EMA, BatchNorm running statistics frozen from the second epoch (:data:`FREEZE_BN_AFTER`); 3 epochs by default
-  on the command line (:data:`.config.QAT_EPOCHS`).
+  on the command line (:data:`.config.QAT_EPOCHS`). With a ``--recipe``, the recipe's schedule and the options QAT
+  does not support (:data:`QAT_OWNS`) are not taken; options given explicitly are.
 - Validation scores the fake-quantized model, first as calibrated (before the first step: a run whose fine-tuning
   never beats it writes the calibrated graph) and after each epoch; on each new best, ``int8.xml`` (+ ``.bin``)
-  and ``int8.onnx`` are written with litevit's metadata (precision int8), in place of ``best.safetensors``.
+  and ``int8.onnx`` are written with litevit's metadata (precision int8), in place of ``best.safetensors``, as one
+  set (:func:`litevit._files.replace_together`: a killed run leaves the last complete set, and the next run
+  finishes a set whose writing had begun).
 - Resume calibrates the same way (the quantizer layout follows from the graph and the settings), then loads the
   quantizers' ranges with the weights from ``last.pt``. DDP and the progress bar are those of float training.
 
-Not supported with ``--qat`` (one-line errors): distillation, the multi-scale sampler, EMA, ``--amp``,
-``--layer-decay``.
+Not supported with ``--qat`` (one-line errors naming the option given): distillation, the multi-scale sampler, EMA,
+``--amp``, ``--layer-decay``.
 
 NNCF compiles a C++ extension for its CPU quantizer kernels at first use (a compiler and minutes; it did not finish
 within NNCF's 60 s limit on a 2-core machine); litevit runs NNCF's pure-PyTorch reference kernels instead
@@ -283,7 +293,7 @@ def qat_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 def save_int8(model: nn.Module, out: Path, classes: list[str], img_size: int) -> list[Path]:
     """The fake-quantized ``model`` as ``out/int8.xml`` (+ ``.bin``, OpenVINO) and ``out/int8.onnx`` (onnxruntime
-    QDQ), with litevit's metadata; each file replaced atomically."""
+    QDQ), with litevit's metadata, replaced as one set."""
     ov = require("openvino", "writing the int8 OpenVINO IR")
     nncf = require("nncf", "quantization-aware training")
     cpu = copy.deepcopy(model).cpu().eval()
