@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_train import CLASSES, TINY, TINY_JSON, tiny_config
+from test_train import CLASSES, TINY, TINY_JSON, assert_ranks_in_step, ddp_logs, tiny_config
 
 from litevit import cli
 from litevit.data import eval_transform, load_image
@@ -316,23 +316,11 @@ def test_qat_ddp_two_processes_gloo(float_run: Path, patterns: Path, tmp_path: P
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    records = {}
-    for line in run.stderr.splitlines():
-        if "litevit.training.train: rank " in line:
-            head, payload = line.split(": ", 2)[1:]
-            records[int(head.split()[1]), int(head.split()[3])] = json.loads(payload)
+    records, digests = ddp_logs(run.stderr)
     assert sorted(records) == [(0, 1), (0, 2), (1, 1), (1, 2)], run.stderr[-4000:]
-    # each rank's own parameters (weights and quantizer ranges), hashed before any reduction: the metrics above are
-    # summed across ranks before they are logged, so only these can show a rank that diverged
-    digests = {}
-    for line in run.stderr.splitlines():
-        if " parameters " in line and "litevit.training.train: rank " in line:
-            words = line.split(": ", 1)[1].split()
-            digests[int(words[1]), int(words[3])] = words[5]
-    assert sorted(digests) == [(0, 1), (0, 2), (1, 1), (1, 2)], run.stderr[-4000:]
-    for epoch in (1, 2):  # the same calibration and synchronised steps
-        assert digests[0, epoch] == digests[1, epoch]
-    assert digests[0, 1] != digests[0, 2]  # the digest moves with training: equal ranks are not a constant
+    # each rank's own parameters (weights and quantizer ranges), hashed before any reduction: the metrics records
+    # are summed across ranks before they are logged, so only these can show a rank that diverged
+    assert_ranks_in_step(digests, 2)
     assert ExportedModel(tmp_path / Q.INT8_XML).metadata.precision == "int8"
     assert run.stdout.count("finished") == 1
 

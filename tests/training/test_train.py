@@ -290,6 +290,31 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(patterns: Path, tmp
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def ddp_logs(stderr: str) -> tuple[dict[tuple[int, int], dict[str, Any]], dict[tuple[int, int], str]]:
+    """Each (rank, epoch)'s metrics record (reduced over the ranks before it is logged) and its parameter digest
+    (this rank's own parameters, before any reduction), from a torchrun run's log."""
+    records, digests = {}, {}
+    for line in stderr.splitlines():
+        if "litevit.training.train: rank " not in line:
+            continue
+        words = line.split(": ", 1)[1].split()
+        key = int(words[1]), int(words[3].rstrip(":"))
+        if words[4] == "parameters":
+            digests[key] = words[5]
+        else:
+            records[key] = json.loads(line.split(": ", 2)[2])
+    return records, digests
+
+
+def assert_ranks_in_step(digests: dict[tuple[int, int], str], epochs: int) -> None:
+    """Both ranks' own parameters equal after every epoch, and changing from epoch to epoch (so that equality is not
+    a constant: a rank that stepped differently, or not at all, fails here)."""
+    assert sorted(digests) == [(r, e) for r in (0, 1) for e in range(1, epochs + 1)]
+    for epoch in range(1, epochs + 1):
+        assert digests[0, epoch] == digests[1, epoch], epoch
+    assert len({digests[0, e] for e in range(1, epochs + 1)}) == epochs
+
+
 def test_ddp_two_processes_gloo_agree(patterns: Path, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -297,13 +322,9 @@ def test_ddp_two_processes_gloo_agree(patterns: Path, tmp_path: Path) -> None:
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, env=_subprocess_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    records: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in run.stderr.splitlines():
-        if "litevit.training.train: rank " in line:
-            head, payload = line.split(": ", 2)[1:]
-            rank, epoch = int(head.split()[1]), int(head.split()[3])
-            records[rank, epoch] = json.loads(payload)
+    records, digests = ddp_logs(run.stderr)
     assert sorted(records) == [(0, 1), (0, 2), (1, 1), (1, 2)], run.stderr[-4000:]
+    assert_ranks_in_step(digests, 2)  # the records below are reduced over the ranks: equal by construction
     timing = {"epoch_time_s", "images_per_s"}
     for epoch in (1, 2):
         rank0 = {k: v for k, v in records[0, epoch].items() if k not in timing}
