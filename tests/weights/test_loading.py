@@ -21,7 +21,7 @@ from reference import assert_logits_match, load_fixture, recipe_state_dict
 import litevit
 from litevit import cli
 from litevit.weights import records as weights
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from torch import nn
 from .._extras import require
 from .errors import ExportError
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings
-from .parity import ParityCheck
+from .parity import ParityCheck, flat_outputs
 from .xnnpack_rewrite import rewrite_for_xnnpack
 
 # what Int8Settings.pte_float_elementwise leaves float (the quantizer's filter; its cat annotator ignores filters)
@@ -218,16 +218,10 @@ def save_pte_int8(
     return dataclasses.replace(report, rewritten=rewritten), reference
 
 
-def _flat(output: Any) -> torch.Tensor:
-    """One ``(B, K)`` float64 matrix of all outputs (a features model's maps)."""
-    outputs = output if isinstance(output, (list, tuple)) else [output]
-    return torch.cat([o.double().flatten(1) for o in outputs], dim=1)
-
-
 def reference_check(output: Any, reference: Any, fp32: Any) -> ParityCheck:
     """The int8 ``.pte``'s ``output`` against its PT2E ``reference`` on a batch, measured against the quantization
     error ``reference - fp32``; ``max_rel_diff`` is the ratio of the two (:data:`PTE_INT8_MAX_RATIO` at most)."""
-    output, reference, fp32 = _flat(output), _flat(reference), _flat(fp32)
+    output, reference, fp32 = flat_outputs(output), flat_outputs(reference), flat_outputs(fp32)
     if output.shape != reference.shape:
         raise ExportError(f"the .pte returns shape {tuple(output.shape)}, its PT2E reference {tuple(reference.shape)}")
     diff, error = output - reference, reference - fp32

@@ -1,7 +1,7 @@
 """T2T-ViT checkpoint layout of yitu-opensource/T2T-ViT (``official``; timm has no port).
 
 The official checkpoints are ``{"state_dict": ..., "state_dict_ema": ...}`` (timm's CheckpointSaver) or a bare
-state dict; :func:`litevit.weights.checkpoint.read_checkpoint` unwraps the nesting and ``module.``. Only the performer's
+state dict; :func:`litevit.weights.reading.read_checkpoint` unwraps the nesting and ``module.``. Only the performer's
 keys differ from litevit's: ``w`` is ``random_features`` and the MLP's ``mlp.0``/``mlp.2`` are ``mlp.fc1``/``mlp.fc2``.
 The token-transformer (T2T-ViT_t) checkpoints already use litevit's key names. The frozen ``pos_embed`` table is kept:
 the model resamples it when the checkpoint was trained at another resolution.
