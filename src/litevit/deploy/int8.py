@@ -12,8 +12,10 @@ chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/int
 without VNNI: the weights use 7 bits (:func:`.onnx.reduce_range_here`), chosen by what the CPU running the export
 reports and recorded in the file's metadata (``weight_bits``).
 
-OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
-compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise run in bf16.
+OpenVINO files run at the inference precision their metadata records (``inference_precision``: f32, or bf16 on a
+CPU with native bf16; f32 for files that record none), set as ``INFERENCE_PRECISION_HINT``, so that an fp32 IR is
+compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise choose bf16
+(:func:`.openvino.openvino_runner`).
 """
 
 from __future__ import annotations
