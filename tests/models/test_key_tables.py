@@ -161,3 +161,5 @@ def test_a_row_must_name_the_same_placeholders_on_both_sides() -> None:
     assert table.to_litevit("a.3.x7.conv.weight") == "b.7.3.conv.weight"
     assert table.from_litevit("b.7.3.conv.weight") == "a.3.x7.conv.weight"
     assert table.to_litevit("a.b.idx") is None and table.read({"a.b.idx": 1}) == {}
+    with pytest.raises(ValueError, match="written in the timm layout only, not 'official'"):
+        table.write({"b.7.3.conv.weight": 1}, "official")

@@ -40,12 +40,12 @@ _ELEMENTWISE = (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor)
 _META_METHOD = "litevit_json"  # .pte constant method returning the metadata JSON as uint8
 # |.pte - PT2E reference| / |PT2E reference - fp32| (Frobenius norms over the checked images), at most. XNNPACK's
 # int8 kernels round differently from the reference's float-simulated quantization, and the differences grow with
-# depth. Measured on held-out images of digits-trained models: LeViT-128S 0.36, EfficientViT-M0 0.21, T2T-ViT-7
-# 0.38, MobileViTv3-XXS 0.70, MobileViTv2-050 0.71 and, in an earlier training run, 1.02 (benchmarks/mobile/pte_int8*.jsonl,
-# docs/mobile.md). One layer's weight scales planted 1.1x or 1.5x off at the first or last weighted layer of
-# MobileViTv2-050 and v3-XXS: 2.6-14 (tools/pte_int8_faults.py, benchmarks/mobile/pte_int8_faults.jsonl); in the middle,
-# where the next norm undoes a scale, 0.69-1.10: such a fault barely moves the outputs and no output check sees it.
-# The bound sits between the two.
+# depth. Measured on held-out images of digits-trained models: LeViT-128S 0.36, EfficientViT-M0 0.21, T2T-ViT-7 0.38,
+# MobileViTv3-XXS 0.70, MobileViTv2-050 0.71 and, in an earlier training run, 1.02
+# (benchmarks/mobile/pte_int8*.jsonl, docs/mobile.md). One layer's weight scales planted 1.1x or 1.5x off at the
+# first or last weighted layer of MobileViTv2-050 and v3-XXS: 2.6-14 (tools/pte_int8_faults.py,
+# benchmarks/mobile/pte_int8_faults.jsonl); in the middle, where the next norm undoes a scale, 0.69-1.10: such a
+# fault barely moves the outputs and no output check sees it. The bound sits between the two.
 PTE_INT8_MAX_RATIO = 2.0
 
 

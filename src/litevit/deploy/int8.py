@@ -8,9 +8,9 @@ Two int8 routes, both calibrated on images preprocessed with the model's own dat
   weights need opset 13.
 
 What stays float and how ranges are calibrated is a per-family :class:`Int8Settings` (:data:`INT8_SETTINGS`), each
-chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/accuracy/int8_settings.md``. onnxruntime on CPUs
-without VNNI: the weights use 7 bits (:func:`.onnx.reduce_range_here`), chosen by what the CPU running the export
-reports and recorded in the file's metadata (``weight_bits``).
+chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/accuracy/int8_settings.md``. onnxruntime
+on CPUs without VNNI: the weights use 7 bits (:func:`.onnx.reduce_range_here`), chosen by what the CPU running the
+export reports and recorded in the file's metadata (``weight_bits``).
 
 OpenVINO files run at the inference precision their metadata records (``inference_precision``: f32, or bf16 on a
 CPU with native bf16; f32 for files that record none), set as ``INFERENCE_PRECISION_HINT``, so that an fp32 IR is
@@ -132,12 +132,12 @@ class Int8Settings:
     pte_float_elementwise: bool = False
 
 
-# chosen per family by tools/int8_settings.py (benchmarks/accuracy/int8_settings.md: top-1 drops of models trained on drawn
-# textures; the rule is in the tool); MobileViT's three versions are measured and chosen apart
+# chosen per family by tools/int8_settings.py (benchmarks/accuracy/int8_settings.md: top-1 drops of models trained
+# on drawn textures; the rule is in the tool); MobileViT's three versions are measured and chosen apart
 INT8_SETTINGS: dict[str, Int8Settings] = {
-    # NNCF transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75, NNCF defaults 4.0);
-    # onnxruntime with float ends 1.0 (percentile 0.75, 11 % slower at batch 1). Re-measured with calibration drawn
-    # from every class folder (benchmarks/accuracy/int8_settings_levit.md): 0.75 on the textures, -0.19 on the digits; no other
+    # NNCF transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75, NNCF defaults 4.0); onnxruntime
+    # with float ends 1.0 (percentile 0.75, 11 % slower at batch 1). Re-measured with calibration drawn from every
+    # class folder (benchmarks/accuracy/int8_settings_levit.md): 0.75 on the textures, -0.19 on the digits; no other
     # NNCF setting tried beats it by more than 1 image (float ends at 300 images 0.5); SmoothQuant at alpha 0.15-0.95
     # costs 5-5.5 (textures) and 27 points (digits)
     "levit": Int8Settings(smooth_quant=False, onnx_float_ends=True),

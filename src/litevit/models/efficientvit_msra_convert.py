@@ -95,12 +95,7 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
 
 
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
-    """``state`` (litevit's keys) in timm's ``efficientvit_m*`` layout, bias tables flattened as timm keeps them."""
-    if layout != "timm":
-        raise ValueError(f"EfficientViT-MSRA state dicts are written in the timm layout only, not {layout!r}")
-    out = {}
-    for key, value in state.items():
-        if key.endswith("attention_biases"):
-            value = value.flatten(1)  # heads, window_h, window_w -> heads, window_h * window_w
-        out[TIMM.from_litevit(key)] = value
-    return out
+    """``state`` (litevit's keys) in timm's ``efficientvit_m*`` layout, bias tables flattened as timm keeps them
+    (heads, window_h, window_w -> heads, window_h * window_w)."""
+    flat = {key: value.flatten(1) if key.endswith("attention_biases") else value for key, value in state.items()}
+    return TIMM.write(flat, layout)

@@ -107,6 +107,4 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
 
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
     """``state`` (litevit's keys) in timm's ``levit_*`` layout (linear weights, as ``levit_*`` keeps them)."""
-    if layout != "timm":
-        raise ValueError(f"LeViT state dicts are written in the timm layout only, not {layout!r}")
-    return TIMM.write(state)
+    return TIMM.write(state, layout)

@@ -130,7 +130,4 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
 
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
     """``state`` (litevit's keys) in timm's ``mobilevit_*`` (v1) or ``mobilevitv2_*`` layout."""
-    if layout != "timm":
-        raise ValueError(f"MobileViT state dicts are written in the timm layout only, not {layout!r}")
-    table = TIMM_V2 if config.attention == "separable" else TIMM_V1
-    return table.write(state)
+    return (TIMM_V2 if config.attention == "separable" else TIMM_V1).write(state, layout)

@@ -53,7 +53,5 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
 
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
     """``state`` (litevit's keys) in the official layout of ``config``'s tokens-to-token module."""
-    if layout != "official":
-        raise ValueError(f"T2T-ViT state dicts are written in the official layout only, not {layout!r}")
     table = OFFICIAL_PERFORMER if config.tokens_type == "performer" else OFFICIAL_TRANSFORMER
-    return table.write(state)
+    return table.write(state, layout)
