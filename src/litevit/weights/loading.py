@@ -78,13 +78,19 @@ def model_info(model: nn.Module) -> ModelInfo:
 # ------------------------------------------------------------------------------------------ layouts and identification
 
 
-def _convert(variant: Variant, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-    """Rename a checkpoint into litevit's layout with the family's converter; returns it and the layout found."""
+def _convert(
+    variant: Variant, state: dict[str, torch.Tensor], source: str = "the checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a checkpoint into litevit's layout with the family's converter; returns it and the layout found. A key
+    the layout's key table does not know is a :class:`CheckpointError` naming ``source`` and the key."""
     converter = variant.converter
     layout = converter.detect(state) if converter is not None else None
     if layout is None:
         return dict(state), "litevit"
-    return converter.to_litevit(state, layout), layout
+    try:
+        return converter.to_litevit(state, layout), layout
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc} (a {variant.family} checkpoint in the {layout} layout)") from None
 
 
 def _head_classes(variant: Variant, state: dict[str, torch.Tensor]) -> int | None:
@@ -105,7 +111,10 @@ def identify(state: dict[str, torch.Tensor]) -> tuple[str, str] | None:
             variant = get_variant(name)
             if variant.family != family:
                 continue
-            converted, layout = _convert(variant, state)
+            try:
+                converted, layout = _convert(variant, state)
+            except CheckpointError:  # a key this family's layout does not have
+                continue
             with torch.device("meta"):
                 candidate = variant.build()
             skip = tuple(getattr(candidate, "head_prefixes", ()))
@@ -161,7 +170,7 @@ def _fit(
     ``keep_head=False`` leaves the model's own head as built. ``load=False`` checks only (``model`` may be on meta).
     """
     variant = get_variant(model.variant_name)
-    state, layout = converted if converted is not None else _convert(variant, ckpt.state)
+    state, layout = converted if converted is not None else _convert(variant, ckpt.state, ckpt.source)
     state = _adapt_input_channels(model, state, ckpt.source, load)
     whole = _whole(model)
     adapt = getattr(whole, "adapt_checkpoint", None)
@@ -312,7 +321,7 @@ def load_checkpoint(model: nn.Module, source: Source, *, use_ema: bool | None = 
         raise ValueError("load_checkpoint needs a model built by litevit.create_model")
     variant = get_variant(model.variant_name)
     ckpt = _checked(_read(source, use_ema), variant)
-    converted = _convert(variant, ckpt.state)
+    converted = _convert(variant, ckpt.state, ckpt.source)
     features = isinstance(model, FeatureExtractor)
     trained = _trained_classes(variant, ckpt, converted[0])
     keep_head = features or _keep_head(ckpt, trained, int(model.config.num_classes))
@@ -398,7 +407,7 @@ def create_model(
         checkpoint = folder.read_folder(folder.hub_folder(name))
         name = checkpoint.meta["variant"]
     variant, record, ckpt = _resolve(name, pretrained, weights, checkpoint, use_ema)
-    converted = _convert(variant, ckpt.state) if ckpt is not None else None
+    converted = _convert(variant, ckpt.state, ckpt.source) if ckpt is not None else None
     trained = _trained_classes(variant, ckpt, converted[0]) if ckpt is not None else None
     for key, value in _file_kwargs(variant, ckpt).items():
         overrides.setdefault(key, value)
