@@ -29,7 +29,7 @@ bench: $(STAMP)
 BENCH_FULL_ARGS ?= --runtime installed --compare timm --threads 1 all --seconds 2 --warmup 0.5
 bench-full: $(STAMP)
 	mkdir -p runs/bench-full && rm -f runs/bench-full/bench.jsonl
-	$(VENV)/bin/litevit bench $(BENCH_FULL_ARGS) --int8-costs benchmarks/int8_settings.jsonl \
+	$(VENV)/bin/litevit bench $(BENCH_FULL_ARGS) --int8-costs benchmarks/accuracy/int8_settings.jsonl \
 		--out runs/bench-full/bench.jsonl --markdown runs/bench-full/bench.md --plot runs/bench-full/bench.png
 
 lint: $(STAMP)
@@ -39,7 +39,8 @@ lint: $(STAMP)
 readme: $(STAMP)
 	$(PY) tools/update_readme.py
 
-# the site of docs/ (mkdocs, the docs extra) into site/; tests/test_docs.py checks every link of README and docs/
+# the site of docs/ (mkdocs, the docs extra) into site/, with the records it links (docs/_hooks/records.py);
+# --strict: any link the built site cannot serve fails it (tests/test_docs.py plants one)
 docs: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[docs]'
 	$(VENV)/bin/mkdocs build --strict

@@ -17,7 +17,7 @@ LAYERS = (
     {"weights"},
     {"deploy"},
     {"training", "bench", "backbone", "predict"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "train"},
 )
 MAX_LINES = 500
 MAX_TOP_LEVEL_MODULES = 14

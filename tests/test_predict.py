@@ -110,7 +110,8 @@ def test_pytorch_and_onnx_agree_on_real_images(files: dict[str, Path]) -> None:
         values, indices = probs.topk(5)
         assert [c for c, *_ in prediction.topk] == indices.tolist()
         np.testing.assert_allclose([p for *_, p in prediction.topk], values.numpy(), atol=1e-4)
-        assert [n for _, n, _ in prediction.topk] == [imagenet_classes()[i] for i in indices.tolist()]
+        # a bare state dict names no classes: 1000 rows alone do not make them ImageNet's
+        assert [n for _, n, _ in prediction.topk] == [f"class_{i}" for i in indices.tolist()]
 
 
 def test_bad_files_are_reported_and_the_rest_predicted(files: dict[str, Path]) -> None:

@@ -10,7 +10,7 @@ import torch
 
 import litevit
 from litevit import cli
-from litevit.weights.checkpoint import CheckpointError, read_checkpoint
+from litevit.weights.reading import CheckpointError, read_checkpoint
 
 
 def test_list_models_and_patterns() -> None:

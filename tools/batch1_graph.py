@@ -17,7 +17,7 @@ top-1 agreement with PyTorch fp32.
 
 ``--depthwise`` compares instead, in this tree only, each model's int8 IR with its family's settings ("old") against
 the same settings with ``float_depthwise=False`` ("new"): what keeping depthwise convolutions float costs in time.
-Output of the committed runs: ``benchmarks/batch1_graph.md`` (tables by ``--report JSONL``).
+Output of the committed runs: ``benchmarks/speed/batch1_graph.md`` (tables by ``--report JSONL``).
 """
 
 from __future__ import annotations

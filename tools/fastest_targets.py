@@ -9,7 +9,7 @@ defaults"). This tool sets them against the targets for the CPU it runs on (run 
 - VNNI without bf16: >= 2.0x and >= 1.5x;
 - everywhere: >= 1.2x OpenVINO at its defaults.
 
-    .venv/bin/python tools/fastest_targets.py runs/bench-full/bench.jsonl > benchmarks/fastest_targets.md
+    .venv/bin/python tools/fastest_targets.py runs/bench-full/bench.jsonl > benchmarks/speed/fastest_targets.md
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ images) and evaluated on the 400 held-out images: top-1 and top-1 agreement with
 Speed: at the variant's own resolution with random weights, every candidate file and onnxruntime fp32 are timed
 interleaved at batch 1 (and 16 with ``--batch 1 16``), 1 thread; ratios are onnxruntime fp32 time / candidate time.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/int8_settings.py --out benchmarks/int8_settings [--batch 1 16]
+    OMP_NUM_THREADS=1 .venv/bin/python tools/int8_settings.py --out benchmarks/accuracy/int8_settings [--batch 1 16]
 
 The rule that picks a family's settings (printed, then written into ``INT8_SETTINGS`` by hand), per route (OpenVINO,
 onnxruntime): among the candidates whose top-1 drop is within 0.5 points of the route's smallest, the smallest drop
@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, nargs="*", default=[], help="also time the candidates at these batches")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per file and batch size")
-    parser.add_argument("--out", default="benchmarks/int8_settings", help="writes OUT.jsonl and OUT.md")
+    parser.add_argument("--out", default="benchmarks/accuracy/int8_settings", help="writes OUT.jsonl and OUT.md")
     parser.add_argument("--rechoose", nargs="+", metavar="JSONL", help="no run: choose again from these records")
     args = parser.parse_args()
     if args.rechoose:

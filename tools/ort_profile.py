@@ -4,7 +4,7 @@ with ``--int8``, of litevit's fp32 export against its QDQ int8 export instead.
 Usage: OMP_NUM_THREADS=1 python tools/ort_profile.py levit_128s [batch] [runs] [--int8]
 Prints a header line (the command, commit, CPU and instruction sets, package versions, the load average when it
 started: kernel times on a shared machine are noisy), then for each graph the kernel time per run and the share of
-each operator type. Save the output under ``benchmarks/`` when the README quotes it.
+each operator type. Save the output under ``benchmarks/speed/`` (and list it in ``benchmarks/README.md``) when the README quotes it.
 """
 
 import argparse

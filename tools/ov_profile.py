@@ -5,7 +5,7 @@ Usage: OMP_NUM_THREADS=1 python tools/ov_profile.py efficientvit_m0 [batch] [run
 Prints, per graph: wall time per call (median), the sum of the last call's layer times as OpenVINO reports them
 (wall minus that is per-call time outside the layers, roughly: OpenVINO's layer times are not exact and the
 difference can come out negative), the share of each layer type (OpenVINO's node type and the kernel it ran:
-``..._I8`` / ``..._i8`` int8, ``..._f32`` float). Output of the README's run: ``benchmarks/ov_profile.txt``.
+``..._I8`` / ``..._i8`` int8, ``..._f32`` float). Output of the README's run: ``benchmarks/speed/ov_profile.txt``.
 """
 
 import argparse

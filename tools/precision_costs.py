@@ -14,7 +14,7 @@ Each row gives top-1, the drop against PyTorch fp32 top-1, and top-1 agreement w
 only measured on a CPU with native bf16 (AVX512_BF16 or AMX-BF16): elsewhere OpenVINO runs them in f32 and the tool
 skips them. The drops are what ``litevit.deploy.precision.PRECISION_COSTS`` records.
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/precision_costs.py --out benchmarks/precision_costs [--epochs 20]
+    OMP_NUM_THREADS=2 .venv/bin/python tools/precision_costs.py --out benchmarks/accuracy/precision_costs [--epochs 20]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=FAMILY_MODELS)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", default="benchmarks/precision_costs", help="writes OUT.jsonl and OUT.md")
+    parser.add_argument("--out", default="benchmarks/accuracy/precision_costs", help="writes OUT.jsonl and OUT.md")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows: list[dict] = []

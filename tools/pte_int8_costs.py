@@ -9,7 +9,7 @@ PyTorch fp32, the XNNPACK share and the operators left float. Speed: the two fil
 (``litevit.timing.time_interleaved``), batch 1, ExecuTorch's threadpool at 1 thread, on this CPU only: XNNPACK's
 int8 kernels are tuned for ARM; no ARM device was measured.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/pte_int8_costs.py --runs RUNS --data DATA --out benchmarks/pte_int8
+    OMP_NUM_THREADS=1 .venv/bin/python tools/pte_int8_costs.py --runs RUNS --data DATA --out benchmarks/mobile/pte_int8
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, required=True, help="RUNS/<model>/best.safetensors")
     parser.add_argument("--data", type=Path, required=True, help="the digits folder with train/ and val/")
     parser.add_argument("--seconds", type=float, default=20.0, help="timing budget of the two files together")
-    parser.add_argument("--out", default="benchmarks/pte_int8", help="writes OUT.jsonl and OUT.md")
+    parser.add_argument("--out", default="benchmarks/mobile/pte_int8", help="writes OUT.jsonl and OUT.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = " ".join(["python", *sys.argv])

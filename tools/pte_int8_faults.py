@@ -8,7 +8,7 @@ held out), lowered as is, and lowered again with one layer's per-channel weight 
 ``PTE_INT8_MAX_RATIO`` bounds. One JSON line per model.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/pte_int8_faults.py mobilevitv2_050 mobilevitv3_xxs --runs RUNS \
-        --data DATA >> benchmarks/pte_int8_faults.jsonl
+        --data DATA >> benchmarks/mobile/pte_int8_faults.jsonl
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ best.safetensors`` trained with those settings). Then, on the held-out images:
 Both the float run and the QAT run keep the epoch with the best top-1 on the held-out images (as ``litevit train``
 does with a validation folder), so the QAT figures are of the same kind as the fp32 figure they are compared with.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/qat_costs.py --runs /tmp/litevit/digits-runs --out benchmarks/qat
+    OMP_NUM_THREADS=1 .venv/bin/python tools/qat_costs.py --runs /tmp/litevit/digits-runs --out benchmarks/accuracy/qat
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--data", help="the digits folder (train/, val/) the runs were trained on; else written")
     parser.add_argument("--epochs", type=int, default=20, help="float training epochs (when not reused)")
     parser.add_argument("--qat-epochs", type=int, default=QAT_EPOCHS)
-    parser.add_argument("--out", default="benchmarks/qat", help="writes OUT.jsonl and OUT.md")
+    parser.add_argument("--out", default="benchmarks/accuracy/qat", help="writes OUT.jsonl and OUT.md")
     args = parser.parse_args()
     torch.manual_seed(0)
     out = Path(args.out + ".jsonl")

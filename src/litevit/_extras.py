@@ -3,15 +3,19 @@
 :func:`require` imports an optional dependency or raises one line naming the ``litevit[extra]`` that installs it.
 :func:`cpu_isa` reads the vector and matrix instruction sets the CPU reports (``/proc/cpuinfo``), so that code
 paths are chosen by what the running CPU has, never by the machine that wrote the code.
+:func:`quiet_nncf` keeps NNCF's per-layer log lines out of the output.
 :func:`printable` escapes the control characters of text from outside before it is printed or logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import logging
 import platform
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,18 @@ def has_vnni(flags: frozenset[str] | None = None) -> bool:
 
 class MissingExtraError(ImportError):
     """An optional dependency that is not installed; the message names the extra that installs it."""
+
+
+@contextlib.contextmanager
+def quiet_nncf() -> Iterator[None]:
+    """NNCF's log held at WARNING and above for the block: NNCF logs a line per layer an ignored scope keeps float."""
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def require(module: str, purpose: str) -> Any:

@@ -52,6 +52,9 @@ class Converter(Protocol):
 
     def to_litevit(self, state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]: ...
 
+    # litevit's keys written in ``layout``: the same key table read backwards (models/key_table.py)
+    def from_litevit(self, state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]: ...
+
 
 @dataclass(frozen=True)
 class Variant:

@@ -213,8 +213,8 @@ def _int8_weights(ir, kind: str) -> list[bool]:
 @pytest.mark.parametrize("float_depthwise", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_float_depthwise_keeps_grouped_convolutions_float(tmp_path, float_depthwise: bool) -> None:
     """EfficientViT's and MobileViT v1/v3's settings: depthwise convolutions stay float (NNCF's int8 ones cost
-    EfficientViT-M0 4.25 and MobileViT-XXS 12 points, benchmarks/int8_settings.md); the other convolutions and the
-    MatMuls stay int8."""
+    EfficientViT-M0 4.25 and MobileViT-XXS 12 points, benchmarks/accuracy/int8_settings.md); the other convolutions
+    and the MatMuls stay int8."""
     import openvino as ov
 
     from litevit.deploy.int8 import INT8_SETTINGS, Int8Settings

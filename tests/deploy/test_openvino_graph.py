@@ -1,4 +1,4 @@
-"""The structure of exported OpenVINO graphs that batch-1 speed depends on (benchmarks/batch1_graph.md): one
+"""The structure of exported OpenVINO graphs that batch-1 speed depends on (benchmarks/speed/batch1_graph.md): one
 attention node per EfficientViT head, no channel split in MobileViTv2/v3's separable attention."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from litevit.deploy import fastest as F
 from litevit.deploy import precision as P
 from litevit.registry import family_line, list_models
 
-RECORD = Path(__file__).resolve().parents[2] / "benchmarks" / "precision_costs.jsonl"
+RECORD = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "precision_costs.jsonl"
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})  # AMD EPYC Zen 4: AVX512_BF16 and VNNI
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16", "amx_tile"})
@@ -60,7 +60,7 @@ def test_every_family_has_a_measured_cost_for_every_route() -> None:
 
 
 def test_precision_costs_are_the_committed_measurement() -> None:
-    """The table in the code is benchmarks/precision_costs.jsonl, the output of tools/precision_costs.py."""
+    """The table in the code is benchmarks/accuracy/precision_costs.jsonl, the output of tools/precision_costs.py."""
     records = [json.loads(line) for line in RECORD.read_text().splitlines()]
     measured: dict[str, dict[str, float]] = {}
     for r in records:

@@ -4,6 +4,7 @@ one line naming the field (the ``.pte`` case is in test_mobile.py, next to the E
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from litevit import _extras
+from litevit._extras import quiet_nncf
 from litevit.cli import main
 from litevit.deploy.export import export
 from litevit.deploy.metadata import META_KEY, ExportMetadata, MetadataError
+from litevit.deploy.onnx import weight_bits_mismatch
 from litevit.deploy.openvino import RT_INFO
 from litevit.deploy.runtime import ExportedModel
 
@@ -153,6 +157,49 @@ def test_untampered_files_load_and_run(exported: dict[str, Path]) -> None:
         outputs = [ExportedModel(path)(x) for path in exported.values()]
     assert all(out.shape == (2, CLASSES) for out in outputs)
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
+NO_VNNI, AVX512_VNNI, AVX_VNNI = (
+    frozenset({"avx2", "avx512f"}),
+    frozenset({"avx2", "avx512_vnni"}),
+    frozenset({"avx_vnni"}),
+)
+
+
+def test_weight_bits_suit_the_cpu_that_runs_them() -> None:
+    assert "has no VNNI" in (weight_bits_mismatch(8, NO_VNNI) or "")
+    assert weight_bits_mismatch(8, AVX512_VNNI) is None and weight_bits_mismatch(8, AVX_VNNI) is None
+    assert weight_bits_mismatch(7, NO_VNNI) is None and weight_bits_mismatch(7, AVX512_VNNI) is None  # 7 bits: safe
+    assert weight_bits_mismatch(None, NO_VNNI) is None  # not an onnxruntime int8 file
+
+
+@pytest.mark.parametrize(
+    ("bits", "flags", "warned"), [(8, NO_VNNI, True), (8, AVX512_VNNI, False), (7, NO_VNNI, False)]
+)
+def test_the_runner_warns_when_a_files_weight_bits_do_not_suit_this_cpu(
+    bits: int, flags: frozenset[str], warned: bool, exported: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    raw = json.loads(_read_json(exported["onnx"]))
+    path = tmp_path / f"int8_{bits}.onnx"
+    _write_json(exported["onnx"], path, json.dumps({**raw, "precision": "int8", "weight_bits": bits}))
+    monkeypatch.setattr(_extras, "cpu_flags", lambda: flags)  # the CPU the file runs on
+    with caplog.at_level(logging.WARNING, logger="litevit"):
+        ExportedModel(path)
+    assert (f"{path}: its int8 weights take 8 bits" in caplog.text) is warned
+
+
+def test_quiet_nncf_holds_nncf_at_warning_and_restores_its_level(caplog: pytest.LogCaptureFixture) -> None:
+    nncf_log = logging.getLogger("nncf")
+    nncf_log.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO, logger="nncf"), quiet_nncf():
+            nncf_log.info("a line per layer")
+            nncf_log.warning("kept")
+        assert "a line per layer" not in caplog.text and "kept" in caplog.text
+        assert nncf_log.level == logging.INFO
+    finally:
+        nncf_log.setLevel(logging.NOTSET)
 
 
 def test_cli_refuses_a_tampered_file_in_one_line(

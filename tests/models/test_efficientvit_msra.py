@@ -14,7 +14,7 @@ from test_contract import randomise_for_fuse_test
 import litevit
 from litevit.layers import resample_table
 from litevit.models.efficientvit_msra import CascadedGroupAttention, LocalWindowAttention
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 FIXTURES = fixture_files("official/EfficientViT_M*.json") + fixture_files("timm/efficientvit_m*.json")
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import litevit
 from litevit.models.levit import LeViTAttention
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 LEVIT_FIXTURES = fixture_files("official/LeViT_*.json") + fixture_files("timm/levit_*.json")
 

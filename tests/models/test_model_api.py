@@ -18,7 +18,7 @@ import litevit
 from litevit.layers import CheckpointSequential
 from litevit.training.optim import WarmupCosine, layer_ids, param_groups
 from litevit.training.options import add_arguments, config_from_args
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 # one variant per family and MobileViT version, at a small input size so that every test stays fast
 MODELS = {

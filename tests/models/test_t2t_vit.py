@@ -12,7 +12,7 @@ from reference import assert_logits_match, fixture_files, load_fixture, recipe_s
 import litevit
 from litevit.models import t2t_vit_convert as convert_t2t
 from litevit.models.t2t_vit_blocks import sinusoid_table
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 MAIN = [
     "t2t_vit_7",

@@ -50,8 +50,8 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_every_family_but_levit_is_unverified() -> None:
     assert set(NAMES) - set(UNHASHED) == {"levit_128s"}
-    assert all(not hub.verified(weights.get_weights(n)) for n in UNHASHED)
-    assert hub.verified(weights.get_weights("levit_128s"))
+    assert {hub.verification(weights.get_weights(n)) for n in UNHASHED} == {"first-use"}
+    assert hub.verification(weights.get_weights("levit_128s")) == "sha256-prefix"  # 8 hex digits published
 
 
 @pytest.mark.parametrize("name", UNHASHED)
@@ -138,6 +138,7 @@ def test_a_read_only_cache_filled_by_hand_still_loads(
     cached.write_bytes(checkpoint())
     denied = OSError(errno.EROFS, os.strerror(errno.EROFS), str(cached.parent))
     monkeypatch.setattr(download.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(denied))  # as root, too
+    monkeypatch.setattr(Path, "write_text", lambda *a, **kw: (_ for _ in ()).throw(denied))  # the sha256 record
     with caplog.at_level(logging.WARNING):
         assert hub.fetch(record, progress=False) == cached
     (message,) = _warnings(caplog)

@@ -20,8 +20,8 @@ import litevit
 from litevit._extras import MissingExtraError
 from litevit.cli import main
 from litevit.registry import get_variant, list_models
-from litevit.weights.checkpoint import CheckpointError
 from litevit.weights.folder import TIMM_FAMILIES
+from litevit.weights.reading import CheckpointError
 from litevit.weights.timm_layout import timm_architecture, to_timm
 
 timm = pytest.importorskip("timm")

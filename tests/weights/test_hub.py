@@ -32,7 +32,7 @@ import litevit
 from litevit import cli
 from litevit.weights import hub
 from litevit.weights import records as weights
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 
 class Mirror:
@@ -176,7 +176,9 @@ def test_pretrained_downloads_verifies_caches_and_reproduces(
     info = model.model_info
     assert info.weights == record.name and info.num_classes == 1000 and len(info.class_names) == 1000
     assert info.data == record.data
-    assert info.weights_verified is (record.hash is not None)  # only LeViT publishes a hash
+    assert info.verification == ("sha256-prefix" if name == "levit_128s" else "first-use")  # LeViT: 8 hex digits
+    with pytest.warns(DeprecationWarning, match="verification"):
+        assert info.weights_verified is (name == "levit_128s")  # the deprecated reading of the same fact
     # the second call reads the cache: no request
     again = litevit.create_model(f"{name}.{record.tag}")
     assert mirror.requests == [path]

@@ -21,7 +21,7 @@ from reference import assert_logits_match, load_fixture, recipe_state_dict
 import litevit
 from litevit import cli
 from litevit.weights import records as weights
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +133,9 @@ def _bad_files(tmp_path: Path, state: dict[str, torch.Tensor]) -> dict[str, tupl
         "corrupt safetensors": (corrupt, r"corrupt\.safetensors is not a readable \.safetensors file"),
         "not a checkpoint": (text, r"notes\.pth is truncated or corrupt, or not a PyTorch checkpoint"),
         "no dict": (tensors, r"list\.pth is not a checkpoint: expected a dict of tensors, got list"),
-        "stray timm key": (
+        "stray timm key": (  # an unknown key is an error that names it (the family's key table has no row for it)
             stray,
-            r"\(timm layout\) does not fit levit_128s; .*unexpected keys \(1\): stages\.0\.mystery",
+            r"stray_timm\.pth: unknown timm-layout checkpoint key 'stages\.0\.mystery\.weight'.*\(a levit checkpoint",
         ),
         "other variant": (other_variant, r"does not fit levit_128s; it looks like levit_192 \(litevit layout\)"),
         "other family": (other_family, r"it looks like mobilevit_xxs \(official layout, a mobilevit model\)"),

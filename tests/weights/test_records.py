@@ -11,7 +11,7 @@ import litevit
 from litevit import cli
 from litevit.registry import get_variant
 from litevit.weights import records as weights
-from litevit.weights.checkpoint import _CONTAINERS
+from litevit.weights.reading import _CONTAINERS
 
 ALL = litevit.list_weights()
 # official hosts and file-name patterns, per family

@@ -32,7 +32,7 @@ from torch import nn
 from .._extras import require
 from .errors import ExportError
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings
-from .parity import ParityCheck
+from .parity import ParityCheck, flat_outputs
 from .xnnpack_rewrite import rewrite_for_xnnpack
 
 # what Int8Settings.pte_float_elementwise leaves float (the quantizer's filter; its cat annotator ignores filters)
@@ -40,12 +40,12 @@ _ELEMENTWISE = (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor)
 _META_METHOD = "litevit_json"  # .pte constant method returning the metadata JSON as uint8
 # |.pte - PT2E reference| / |PT2E reference - fp32| (Frobenius norms over the checked images), at most. XNNPACK's
 # int8 kernels round differently from the reference's float-simulated quantization, and the differences grow with
-# depth. Measured on held-out images of digits-trained models: LeViT-128S 0.36, EfficientViT-M0 0.21, T2T-ViT-7
-# 0.38, MobileViTv3-XXS 0.70, MobileViTv2-050 0.71 and, in an earlier training run, 1.02 (benchmarks/pte_int8*.jsonl,
-# docs/mobile.md). One layer's weight scales planted 1.1x or 1.5x off at the first or last weighted layer of
-# MobileViTv2-050 and v3-XXS: 2.6-14 (tools/pte_int8_faults.py, benchmarks/pte_int8_faults.jsonl); in the middle,
-# where the next norm undoes a scale, 0.69-1.10: such a fault barely moves the outputs and no output check sees it.
-# The bound sits between the two.
+# depth. Measured on held-out images of digits-trained models: LeViT-128S 0.36, EfficientViT-M0 0.21, T2T-ViT-7 0.38,
+# MobileViTv3-XXS 0.70, MobileViTv2-050 0.71 and, in an earlier training run, 1.02
+# (benchmarks/mobile/pte_int8*.jsonl, docs/mobile.md). One layer's weight scales planted 1.1x or 1.5x off at the
+# first or last weighted layer of MobileViTv2-050 and v3-XXS: 2.6-14 (tools/pte_int8_faults.py,
+# benchmarks/mobile/pte_int8_faults.jsonl); in the middle, where the next norm undoes a scale, 0.69-1.10: such a
+# fault barely moves the outputs and no output check sees it. The bound sits between the two.
 PTE_INT8_MAX_RATIO = 2.0
 
 
@@ -218,16 +218,10 @@ def save_pte_int8(
     return dataclasses.replace(report, rewritten=rewritten), reference
 
 
-def _flat(output: Any) -> torch.Tensor:
-    """One ``(B, K)`` float64 matrix of all outputs (a features model's maps)."""
-    outputs = output if isinstance(output, (list, tuple)) else [output]
-    return torch.cat([o.double().flatten(1) for o in outputs], dim=1)
-
-
 def reference_check(output: Any, reference: Any, fp32: Any) -> ParityCheck:
     """The int8 ``.pte``'s ``output`` against its PT2E ``reference`` on a batch, measured against the quantization
     error ``reference - fp32``; ``max_rel_diff`` is the ratio of the two (:data:`PTE_INT8_MAX_RATIO` at most)."""
-    output, reference, fp32 = _flat(output), _flat(reference), _flat(fp32)
+    output, reference, fp32 = flat_outputs(output), flat_outputs(reference), flat_outputs(fp32)
     if output.shape != reference.shape:
         raise ExportError(f"the .pte returns shape {tuple(output.shape)}, its PT2E reference {tuple(reference.shape)}")
     diff, error = output - reference, reference - fp32

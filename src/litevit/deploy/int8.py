@@ -8,12 +8,14 @@ Two int8 routes, both calibrated on images preprocessed with the model's own dat
   weights need opset 13.
 
 What stays float and how ranges are calibrated is a per-family :class:`Int8Settings` (:data:`INT8_SETTINGS`), each
-chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/int8_settings.md``. onnxruntime on CPUs
-without VNNI: the weights use 7 bits (:func:`.onnx.reduce_range_here`), chosen by what the CPU running the export
-reports and recorded in the file's metadata (``weight_bits``).
+chosen by the measurement of ``tools/int8_settings.py`` kept in ``benchmarks/accuracy/int8_settings.md``. onnxruntime
+on CPUs without VNNI: the weights use 7 bits (:func:`.onnx.reduce_range_here`), chosen by what the CPU running the
+export reports and recorded in the file's metadata (``weight_bits``).
 
-OpenVINO files run with inference precision pinned to f32 (``INFERENCE_PRECISION_HINT``), so that an fp32 IR is
-compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise run in bf16.
+OpenVINO files run at the inference precision their metadata records (``inference_precision``: f32, or bf16 on a
+CPU with native bf16; f32 for files that record none), set as ``INFERENCE_PRECISION_HINT``, so that an fp32 IR is
+compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would otherwise choose bf16
+(:func:`.openvino.openvino_runner`).
 """
 
 from __future__ import annotations
@@ -130,12 +132,12 @@ class Int8Settings:
     pte_float_elementwise: bool = False
 
 
-# chosen per family by tools/int8_settings.py (benchmarks/int8_settings.md: top-1 drops of models trained on drawn
-# textures; the rule is in the tool); MobileViT's three versions are measured and chosen apart
+# chosen per family by tools/int8_settings.py (benchmarks/accuracy/int8_settings.md: top-1 drops of models trained
+# on drawn textures; the rule is in the tool); MobileViT's three versions are measured and chosen apart
 INT8_SETTINGS: dict[str, Int8Settings] = {
-    # NNCF transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75, NNCF defaults 4.0);
-    # onnxruntime with float ends 1.0 (percentile 0.75, 11 % slower at batch 1). Re-measured with calibration drawn
-    # from every class folder (benchmarks/int8_settings_levit.md): 0.75 on the textures, -0.19 on the digits; no other
+    # NNCF transformer type without SmoothQuant: drop 1.25 (with SmoothQuant 32.75, NNCF defaults 4.0); onnxruntime
+    # with float ends 1.0 (percentile 0.75, 11 % slower at batch 1). Re-measured with calibration drawn from every
+    # class folder (benchmarks/accuracy/int8_settings_levit.md): 0.75 on the textures, -0.19 on the digits; no other
     # NNCF setting tried beats it by more than 1 image (float ends at 300 images 0.5); SmoothQuant at alpha 0.15-0.95
     # costs 5-5.5 (textures) and 27 points (digits)
     "levit": Int8Settings(smooth_quant=False, onnx_float_ends=True),
@@ -153,11 +155,12 @@ INT8_SETTINGS: dict[str, Int8Settings] = {
     # (agreement with fp32 97.5 %, NNCF defaults 95.2 %). The rule would take NNCF defaults, 5.2 % faster at batch 1
     # (2.50x against 2.37x, within the run's spread); at 224 px with random backbones and linear probes NNCF
     # defaults agreed with fp32 on 46-64 % of images against the transformer type's 61-80 % (T2T-ViT 7/10/12/14, two
-    # runs with different random draws: benchmarks/int8_agreement*.jsonl), so T2T keeps the transformer type.
+    # runs with different random draws: benchmarks/accuracy/int8_agreement*.jsonl), so T2T keeps the transformer type.
     # onnxruntime percentile -1.5. int8 .pte (T2T-ViT-7 trained on digits, 76.25 %, PT2E reference on 539 images):
     # XNNPACK's quantizer as is 1.48 (agreement 90.9 %), adds and multiplies float 0.37 (98.3 %), multiplies alone
     # 1.67 (95.2 %), adds alone 14.84 (68.8 %); blocks, T2T module, head or class-token concat float alone 1.11-2.78
-    # (90.7-91.8 %) (tools/pte_int8_settings.py)
+    # (90.7-91.8 %) (tools/pte_int8_settings.py, a one-off search
+    # since removed: benchmarks/mobile/pte_int8_settings_t2t.jsonl)
     "t2t_vit": Int8Settings(calibration="percentile", pte_float_elementwise=True),
 }
 DEFAULT_INT8_SETTINGS = Int8Settings()

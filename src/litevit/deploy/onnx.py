@@ -46,11 +46,22 @@ def calibration_reader(batches: list[np.ndarray], input_name: str) -> Any:
     return Reader()
 
 
-def reduce_range_here() -> bool:
-    """Whether onnxruntime int8 weights exported on this CPU take 7 bits: yes without VNNI, where onnxruntime's
-    AVX2/AVX-512 kernels add pairs of u8 x s8 products in 16 bits, which 8-bit weights can saturate (onnxruntime's
-    advice for such CPUs). Chosen by what the CPU reports, at export time."""
-    return not has_vnni()
+def reduce_range_here(flags: frozenset[str] | None = None) -> bool:
+    """Whether onnxruntime int8 weights exported on a CPU with ``flags`` (default: this one's) take 7 bits: yes
+    without VNNI, where onnxruntime's AVX2/AVX-512 kernels add pairs of u8 x s8 products in 16 bits, which 8-bit
+    weights can saturate (onnxruntime's advice for such CPUs). Chosen by what the CPU reports, at export time."""
+    return not has_vnni(flags)
+
+
+def weight_bits_mismatch(weight_bits: int | None, flags: frozenset[str] | None = None) -> str | None:
+    """Why an onnxruntime int8 file with ``weight_bits`` (its metadata) does not suit a CPU with ``flags`` (default:
+    this one's), or None when it does: 8-bit weights, exported on a CPU with VNNI, can saturate on one without."""
+    if weight_bits == 8 and reduce_range_here(flags):
+        return (
+            "its int8 weights take 8 bits (exported on a CPU with VNNI) and this CPU has no VNNI, where onnxruntime's "
+            "u8 x s8 pair sums can saturate and the outputs drift: export it again on this CPU (7-bit weights)"
+        )
+    return None
 
 
 def onnx_int8(

@@ -7,7 +7,6 @@ sees as a static graph, with the compile settings of :func:`openvino_config`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._extras import require
+from .._extras import quiet_nncf, require
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings, nncf_options, openvino_ends
 from .precision import runnable
 
@@ -38,13 +37,8 @@ def openvino_ir(
         model = ov.convert_model(fused, example_input=example, input=[ov.PartialShape(shape)])
     if calibration is not None:
         nncf = require("nncf", "int8 quantization for OpenVINO")
-        nncf_log = logging.getLogger("nncf")
-        level = nncf_log.level
-        nncf_log.setLevel(max(level, logging.WARNING))  # NNCF logs a line per layer an ignored scope keeps float
-        try:
+        with quiet_nncf():
             model = _nncf_quantize(nncf, model, calibration, settings)
-        finally:
-            nncf_log.setLevel(level)
     model.set_rt_info(metadata_json, RT_INFO)
     return model
 

@@ -64,7 +64,7 @@ def _same_shape(exported: torch.Tensor, reference: torch.Tensor) -> None:
         raise ExportError(f"exported model returns shape {tuple(exported.shape)}, PyTorch {tuple(reference.shape)}")
 
 
-def _flat(output: Any) -> torch.Tensor:
+def flat_outputs(output: Any) -> torch.Tensor:
     """One ``(B, K)`` float64 matrix of everything the model returns per image (a features model: all its maps)."""
     outputs = output if isinstance(output, (list, tuple)) else [output]
     return torch.cat([o.double().flatten(1) for o in outputs], dim=1)
@@ -83,7 +83,7 @@ def int8_check(exported: Any, reference: Any) -> ParityCheck:
             _same_shape(e, r)
     else:
         _same_shape(exported, reference)
-    out, ref = _flat(exported), _flat(reference)
+    out, ref = flat_outputs(exported), flat_outputs(reference)
     batch = ref.shape[0]
     diff = (out - ref).abs().max().item() if out.isfinite().all() else float("inf")
     scale = max(ref.abs().max().item(), 1e-12)

@@ -7,6 +7,7 @@ a :class:`MetadataError` naming the field.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,9 +20,10 @@ from .._extras import require
 from .coreml import coreml_runner
 from .executorch import pte_runner
 from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, MetadataError, format_from
-from .onnx import ort_session, run_onnx
+from .onnx import ort_session, run_onnx, weight_bits_mismatch
 from .openvino import openvino_runner
 
+log = logging.getLogger(__name__)
 Shape = tuple[int | None, ...]  # a graph's tensor shape, None for a dynamic dim
 
 
@@ -69,6 +71,8 @@ class ExportedModel:
                 check_graph(self.metadata, *graph)
         except MetadataError as exc:
             raise MetadataError(f"{self.path}: {exc}") from None
+        if self.format == "onnx" and (mismatch := weight_bits_mismatch(self.metadata.weight_bits)):
+            log.warning("%s: %s", self.path, mismatch)
 
     def _load_torch(self) -> tuple[str, Callable[[torch.Tensor], torch.Tensor], tuple[Shape, list[Shape]] | None]:
         """A TorchScript or pt2 file's metadata JSON, module and (pt2 only) graph shapes."""

@@ -118,7 +118,8 @@ class CascadedGroupAttention(nn.Module):
         if self.tokens_first:
             # the fused form: tokens first, B, d, h, w -> B, h, w, d -> B, N, d, which is the memory order of
             # OpenVINO's channels-last convolutions, and one attention op, which OpenVINO runs as one node (no
-            # MatMul and Softmax nodes, fewer layout reorders: benchmarks/batch1_graph.md). The scale is in the keys.
+            # MatMul and Softmax nodes, fewer layout reorders: benchmarks/speed/batch1_graph.md). The scale is in the
+            # keys.
             q, k, v = (t.permute(0, 2, 3, 1).reshape(B, H * W, -1) for t in (q, k, v))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # B, N, d
             return out.view(B, H, W, self.val_dim).permute(0, 3, 1, 2)  # B, N, d -> B, h, w, d -> B, d, h, w

@@ -10,15 +10,35 @@ flattened, ``(heads, window ** 2)``; litevit keeps ``(heads, window_h, window_w)
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
 from ..layers import square_side
+from .key_table import KeyTable
 
 LAYOUTS = ("official", "timm")
 
 _SUBSAMPLE_PARTS = {"0.0": "pre.dw", "0.1": "pre.ffn", "2.0": "post.dw", "2.1": "post.ffn"}
 _TIMM_SUBSAMPLE = {"res1.0": "pre.dw", "res1.1": "pre.ffn", "res2.0": "post.dw", "res2.1": "post.ffn"}
+
+# timm's keys against litevit's (both directions: models/key_table.py); timm's patch_embed.conv{1..4} are our
+# stem.{0,2,4,6}, and timm's block projection is Sequential(ReLU, ConvNorm)
+TIMM = KeyTable(
+    "timm",
+    (
+        ("{rest}.attention_bias_idxs", None),  # rebuilt by the model
+        *((f"patch_embed.conv{n}.{{rest}}", f"stem.{2 * n - 2}.{{rest}}") for n in range(1, 5)),
+        *(
+            (f"stages.{{s}}.downsample.{theirs}.{{rest}}", f"stages.{{s}}.downsample.{ours}.{{rest}}")
+            for theirs, ours in _TIMM_SUBSAMPLE.items()
+        ),
+        ("stages.{s}.downsample.patchmerge.{rest}", "stages.{s}.downsample.merge.{rest}"),
+        ("stages.{s}.blocks.{b}.mixer.m.attn.proj.1.{rest}", "stages.{s}.blocks.{b}.mixer.m.attn.proj.{rest}"),
+        ("stages.{s}.blocks.{b}.{rest}", "stages.{s}.blocks.{b}.{rest}"),
+        ("head.{part}.{rest}", "head.{part}.{rest}"),
+    ),
+)
 
 
 def detect(state: dict[str, torch.Tensor]) -> str | None:
@@ -53,30 +73,18 @@ def _official_key(key: str, stages_with_subsample: set[int]) -> str:
     return key
 
 
-def _timm_key(key: str) -> str:
-    if m := re.match(r"^patch_embed\.conv(\d)\.(.*)$", key):
-        return f"stem.{2 * (int(m[1]) - 1)}.{m[2]}"
-    if m := re.match(r"^(stages\.\d+\.downsample)\.(res[12]\.\d)\.(.*)$", key):
-        return f"{m[1]}.{_TIMM_SUBSAMPLE[m[2]]}.{m[3]}"
-    if m := re.match(r"^(stages\.\d+\.downsample)\.patchmerge\.(.*)$", key):
-        return f"{m[1]}.merge.{m[2]}"
-    if m := re.match(r"^(stages\.\d+\.blocks\.\d+)\.(.*)$", key):
-        return f"{m[1]}.{_inside_block(m[2])}"
-    return key
-
-
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     if layout == "official":
         # blocks{n}.1 is the patch merging of stage n - 1 when that stage opens with a subsample block
         subsampled = {int(m[1]) - 1 for k in state if (m := re.match(r"^blocks(\d+)\.1\.conv1\.", k))}
-        rename = lambda k: _official_key(k, subsampled)  # noqa: E731
+        rename = lambda k: None if k.endswith("attention_bias_idxs") else _official_key(k, subsampled)  # noqa: E731
     else:
-        rename = _timm_key
+        rename = TIMM.to_litevit
     out = {}
     for key, value in state.items():
-        if key.endswith("attention_bias_idxs"):
-            continue  # rebuilt by the model
         new = rename(key)
+        if new is None:
+            continue  # rebuilt by the model
         if new.endswith("attention_biases") and value.ndim == 2:
             side = square_side(value.shape[1], key)
             value = value.reshape(value.shape[0], side, side)  # heads, window ** 2 -> heads, |dy|, |dx|
@@ -84,3 +92,10 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
             value = value[:, :, None, None]  # 1x1 convolutions saved as linear weights
         out[new] = value
     return out
+
+
+def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
+    """``state`` (litevit's keys) in timm's ``efficientvit_m*`` layout, bias tables flattened as timm keeps them
+    (heads, window_h, window_w -> heads, window_h * window_w)."""
+    flat = {key: value.flatten(1) if key.endswith("attention_biases") else value for key, value in state.items()}
+    return TIMM.write(flat, layout)

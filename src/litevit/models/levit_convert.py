@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
+from .key_table import KeyTable
+
 LAYOUTS = ("official", "timm")
 
-# timm: stem.conv{1..4} -> our stem.{0,2,4,6}
-_TIMM_STEM = {"1": "0", "2": "2", "3": "4", "4": "6"}
-_TIMM_RULES = [
-    (re.compile(r"^stem\.conv(\d)\.linear\.(.*)$"), lambda m: f"stem.{_TIMM_STEM[m[1]]}.conv.{m[2]}"),
-    (re.compile(r"^stem\.conv(\d)\.bn\.(.*)$"), lambda m: f"stem.{_TIMM_STEM[m[1]]}.bn.{m[2]}"),
+# timm's keys against litevit's (both directions: models/key_table.py); timm's stem.conv{1..4} are our stem.{0,2,4,6}
+TIMM = KeyTable(
+    "timm",
     (
-        re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.q\.ln\.(.*)$"),
-        lambda m: f"{m[1]}.downsample.attn.q.{m[2]}",
+        ("{rest}.attention_bias_idxs", None),  # rebuilt by the model
+        *((f"stem.conv{n}.linear.{{rest}}", f"stem.{2 * n - 2}.conv.{{rest}}") for n in range(1, 5)),
+        *((f"stem.conv{n}.bn.{{rest}}", f"stem.{2 * n - 2}.bn.{{rest}}") for n in range(1, 5)),
+        ("stages.{s}.downsample.attn_downsample.q.ln.{rest}", "stages.{s}.downsample.attn.q.{rest}"),
+        ("stages.{s}.downsample.attn_downsample.proj.ln.{rest}", "stages.{s}.downsample.attn.proj.{rest}"),
+        ("stages.{s}.downsample.attn_downsample.{rest}", "stages.{s}.downsample.attn.{rest}"),
+        ("stages.{s}.downsample.mlp.ln{n}.{rest}", "stages.{s}.downsample.mlp.m.fc{n}.{rest}"),
+        ("stages.{s}.blocks.{b}.attn.proj.ln.{rest}", "stages.{s}.blocks.{b}.attn.m.proj.{rest}"),
+        ("stages.{s}.blocks.{b}.attn.{rest}", "stages.{s}.blocks.{b}.attn.m.{rest}"),
+        ("stages.{s}.blocks.{b}.mlp.ln{n}.{rest}", "stages.{s}.blocks.{b}.mlp.m.fc{n}.{rest}"),
+        ("head.{part}.{rest}", "head.{part}.{rest}"),
+        ("head_dist.{part}.{rest}", "head_dist.{part}.{rest}"),
     ),
-    (
-        re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.proj\.ln\.(.*)$"),
-        lambda m: f"{m[1]}.downsample.attn.proj.{m[2]}",
-    ),
-    (re.compile(r"^(stages\.\d+)\.downsample\.attn_downsample\.(.*)$"), lambda m: f"{m[1]}.downsample.attn.{m[2]}"),
-    (
-        re.compile(r"^(stages\.\d+)\.downsample\.mlp\.ln(\d)\.(.*)$"),
-        lambda m: f"{m[1]}.downsample.mlp.m.fc{m[2]}.{m[3]}",
-    ),
-    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.proj\.ln\.(.*)$"), lambda m: f"{m[1]}.attn.m.proj.{m[2]}"),
-    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.(.*)$"), lambda m: f"{m[1]}.attn.m.{m[2]}"),
-    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.mlp\.ln(\d)\.(.*)$"), lambda m: f"{m[1]}.mlp.m.fc{m[2]}.{m[3]}"),
-    (re.compile(r"^(head(?:_dist)?\.(?:bn|linear)\..*)$"), lambda m: m[1]),
-]
+)
 
 # official sub-module names -> ours, inside one attention / MLP / stem entry
 _OFFICIAL_SUB = [
@@ -89,21 +87,12 @@ def _official_key(key: str, prefixes: dict[int, str]) -> str | None:
     return key  # unknown: kept, so that loading lists it among the unexpected keys
 
 
-def _timm_key(key: str) -> str | None:
-    if key.endswith("attention_bias_idxs"):
-        return None
-    for pattern, rename in _TIMM_RULES:
-        if m := pattern.match(key):
-            return rename(m)
-    return key  # unknown: kept, so that loading lists it among the unexpected keys
-
-
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     if layout == "official":
         prefixes = _official_block_prefixes(state)
         rename = lambda k: _official_key(k, prefixes)  # noqa: E731
     else:
-        rename = _timm_key
+        rename = TIMM.to_litevit
     out = {}
     for key, value in state.items():
         new = rename(key)
@@ -114,3 +103,8 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
             value = value.flatten(1)
         out[new] = value
     return out
+
+
+def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
+    """``state`` (litevit's keys) in timm's ``levit_*`` layout (linear weights, as ``levit_*`` keeps them)."""
+    return TIMM.write(state, layout)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
+
+from .key_table import KeyTable
 
 LAYOUTS = ("official", "timm")
 
@@ -75,31 +78,32 @@ _OFFICIAL: list[_Rule] = [
 ]
 
 _TIMM_CONV = {"conv1_1x1": "expand", "conv2_kxk": "dw", "conv3_1x1": "project", "conv_kxk": "local_conv"}
-_TIMM: list[_Rule] = [
-    (re.compile(r"^stem\.(?P<t>conv|bn)\.(?P<r>.+)$"), lambda m: f"stem.0.{m['t']}.{m['r']}"),
-    (
-        re.compile(
-            r"^(?P<s>stages\.\d\.\d+)\.(?P<c>conv1_1x1|conv2_kxk|conv3_1x1|conv_kxk)\.(?P<t>conv|bn)\.(?P<r>.+)$"
+
+
+def timm_table(separable: bool) -> KeyTable:
+    """timm's keys against litevit's (both directions: models/key_table.py) for MobileViT v2 (``separable``
+    attention: timm's ``qkv_proj``/``out_proj``) or v1 (``qkv``/``proj``)."""
+    qkv, proj = ("qkv_proj", "out_proj") if separable else ("qkv", "proj")
+    block, layer = "stages.{s}.{j}", "stages.{s}.{j}.transformer.{k}"
+    return KeyTable(
+        "timm",
+        (
+            ("stem.{t}.{rest}", "stem.0.{t}.{rest}"),
+            *((f"{block}.{theirs}.{{rest}}", f"{block}.{ours}.0.{{rest}}") for theirs, ours in _TIMM_CONV.items()),
+            (f"{block}.conv_1x1.weight", f"{block}.local_proj.weight"),
+            (f"{layer}.attn.{qkv}.{{rest}}", f"{layer}.attn.qkv.{{rest}}"),
+            (f"{layer}.attn.{proj}.{{rest}}", f"{layer}.attn.proj.{{rest}}"),
+            *((f"{layer}.{part}.{{rest}}", f"{layer}.{part}.{{rest}}") for part in ("norm1", "norm2", "mlp")),
+            (f"{block}.norm.{{rest}}", f"{block}.norm.{{rest}}"),
+            (f"{block}.conv_proj.{{rest}}", f"{block}.conv_proj.0.{{rest}}"),
+            (f"{block}.conv_fusion.{{rest}}", f"{block}.fusion.0.{{rest}}"),
+            ("final_conv.{rest}", "final_conv.0.{rest}"),
+            ("head.fc.{rest}", "head.{rest}"),
         ),
-        lambda m: f"{m['s']}.{_TIMM_CONV[m['c']]}.0.{m['t']}.{m['r']}",
-    ),
-    (re.compile(r"^(?P<s>stages\.\d\.\d+)\.conv_1x1\.weight$"), lambda m: f"{m['s']}.local_proj.weight"),
-    (
-        re.compile(r"^(?P<s>stages\.\d\.\d+\.transformer\.\d+)\.attn\.(?P<p>qkv|qkv_proj|proj|out_proj)\.(?P<r>.+)$"),
-        lambda m: f"{m['s']}.attn.{'qkv' if m['p'].startswith('qkv') else 'proj'}.{m['r']}",
-    ),
-    (
-        re.compile(r"^(?P<s>stages\.\d\.\d+\.transformer\.\d+\.(?:norm1|norm2|mlp\.fc1|mlp\.fc2)\..+)$"),
-        lambda m: m["s"],
-    ),
-    (re.compile(r"^(?P<s>stages\.\d\.\d+)\.norm\.(?P<r>.+)$"), lambda m: f"{m['s']}.norm.{m['r']}"),
-    (
-        re.compile(r"^(?P<s>stages\.\d\.\d+)\.(?P<c>conv_proj|conv_fusion)\.(?P<t>conv|bn)\.(?P<r>.+)$"),
-        lambda m: f"{m['s']}.{'fusion' if m['c'] == 'conv_fusion' else 'conv_proj'}.0.{m['t']}.{m['r']}",
-    ),
-    (re.compile(r"^final_conv\.(?P<t>conv|bn)\.(?P<r>.+)$"), lambda m: f"final_conv.0.{m['t']}.{m['r']}"),
-    (re.compile(r"^head\.fc\.(?P<r>weight|bias)$"), lambda m: f"head.{m['r']}"),
-]
+    )
+
+
+TIMM_V1, TIMM_V2 = timm_table(separable=False), timm_table(separable=True)
 
 
 def detect(state: dict[str, torch.Tensor]) -> str | None:
@@ -110,13 +114,20 @@ def detect(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _rename(key: str, rules: list[_Rule]) -> str:
-    for pattern, rename in rules:
+def _official_key(key: str) -> str:
+    for pattern, rename in _OFFICIAL:
         if m := pattern.match(key):
             return rename(m)
     return key  # unknown: kept, so that loading lists it among the unexpected keys
 
 
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    rules = _OFFICIAL if layout == "official" else _TIMM
-    return {_rename(key, rules): value for key, value in state.items()}
+    if layout == "official":
+        return {_official_key(key): value for key, value in state.items()}
+    table = TIMM_V2 if any(".attn.qkv_proj." in key for key in state) else TIMM_V1
+    return table.read(state)
+
+
+def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
+    """``state`` (litevit's keys) in timm's ``mobilevit_*`` (v1) or ``mobilevitv2_*`` layout."""
+    return (TIMM_V2 if config.attention == "separable" else TIMM_V1).write(state, layout)

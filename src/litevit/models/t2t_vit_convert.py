@@ -1,7 +1,7 @@
 """T2T-ViT checkpoint layout of yitu-opensource/T2T-ViT (``official``; timm has no port).
 
 The official checkpoints are ``{"state_dict": ..., "state_dict_ema": ...}`` (timm's CheckpointSaver) or a bare
-state dict; :func:`litevit.weights.checkpoint.read_checkpoint` unwraps the nesting and ``module.``. Only the performer's
+state dict; :func:`litevit.weights.reading.read_checkpoint` unwraps the nesting and ``module.``. Only the performer's
 keys differ from litevit's: ``w`` is ``random_features`` and the MLP's ``mlp.0``/``mlp.2`` are ``mlp.fc1``/``mlp.fc2``.
 The token-transformer (T2T-ViT_t) checkpoints already use litevit's key names. The frozen ``pos_embed`` table is kept:
 the model resamples it when the checkpoint was trained at another resolution.
@@ -10,13 +10,32 @@ the model resamples it when the checkpoint was trained at another resolution.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
+from .key_table import KeyTable
+
 LAYOUTS = ("official",)
 
-_PERFORMER = re.compile(r"^(tokens_to_token\.attention\d)\.(w|mlp\.0\.(?:weight|bias)|mlp\.2\.(?:weight|bias))$")
-_RENAME = {"w": "random_features", "mlp.0": "mlp.fc1", "mlp.2": "mlp.fc2"}
+_PERFORMER = re.compile(r"^tokens_to_token\.attention\d\.(?:w|mlp\.[02]\.(?:weight|bias))$")
+_SAME = (
+    *((f"{part}.{{rest}}", f"{part}.{{rest}}") for part in ("tokens_to_token", "blocks", "norm", "head")),
+    ("cls_token", "cls_token"),
+    ("pos_embed", "pos_embed"),
+)
+# the official keys against litevit's (both directions: models/key_table.py): with the performer tokens-to-token,
+# and with the token transformer (T2T-ViT_t), whose keys are litevit's
+OFFICIAL_PERFORMER = KeyTable(
+    "official",
+    (
+        ("tokens_to_token.attention{n}.w", "tokens_to_token.attention{n}.random_features"),
+        ("tokens_to_token.attention{n}.mlp.0.{rest}", "tokens_to_token.attention{n}.mlp.fc1.{rest}"),
+        ("tokens_to_token.attention{n}.mlp.2.{rest}", "tokens_to_token.attention{n}.mlp.fc2.{rest}"),
+        *_SAME,
+    ),
+)
+OFFICIAL_TRANSFORMER = KeyTable("official", _SAME)
 
 
 def detect(state: dict[str, torch.Tensor]) -> str | None:
@@ -26,17 +45,13 @@ def detect(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _official_key(key: str) -> str:
-    m = _PERFORMER.match(key)
-    if m is None:
-        return key
-    rest = m[2]
-    if rest == "w":
-        return f"{m[1]}.{_RENAME['w']}"
-    return f"{m[1]}.{_RENAME[rest[:5]]}{rest[5:]}"
-
-
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     if layout != "official":
         raise ValueError(f"unknown T2T-ViT checkpoint layout {layout!r}; expected one of {LAYOUTS}")
-    return {_official_key(key): value for key, value in state.items()}
+    return OFFICIAL_PERFORMER.read(state)
+
+
+def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
+    """``state`` (litevit's keys) in the official layout of ``config``'s tokens-to-token module."""
+    table = OFFICIAL_PERFORMER if config.tokens_type == "performer" else OFFICIAL_TRANSFORMER
+    return table.write(state, layout)

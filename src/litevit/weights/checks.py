@@ -11,7 +11,7 @@ from collections.abc import Set
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError
+from .reading import CheckpointError
 
 
 def _listing(title: str, keys: list[str]) -> str:

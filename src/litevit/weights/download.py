@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO
 
 from .._extras import printable
-from .checkpoint import CheckpointError
+from .reading import CheckpointError
 from .records import Weights, param_millions
 
 CHUNK = 1 << 20

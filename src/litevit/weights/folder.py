@@ -23,8 +23,8 @@ import torch
 
 from .._extras import require
 from ..registry import find_variant, get_variant
-from .checkpoint import Checkpoint, CheckpointError, check_meta, read_checkpoint
 from .hub import DownloadError
+from .reading import Checkpoint, CheckpointError, check_meta, read_checkpoint
 
 log = logging.getLogger(__name__)
 

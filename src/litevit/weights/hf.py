@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .._extras import require
+from .._files import atomic_write
 from .._version import __version__
 from ..registry import get_variant
 from .folder import CONFIG_NAME, WEIGHTS_NAME, split_hub_name
@@ -65,16 +66,6 @@ def _check_savable(model: nn.Module) -> dict[str, torch.Tensor]:
             "model?): save the classifier as create_model returns it, and fuse or prune after loading"
         )
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, layout: str = "auto") -> Path:
@@ -123,9 +114,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, layout: str 
     }
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     log.info("saved %s to %s (%s layout)", model.variant_name, path, config["litevit"]["layout"])
     return path
 

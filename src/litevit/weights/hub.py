@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from .._files import atomic_write
 from .download import (
     CHUNK,
     CacheError,
@@ -151,14 +152,8 @@ def _recorded(path: Path) -> str | None:
 
 def _record(path: Path, digest: str) -> None:
     record = recorded_hash_path(path)
-    fd, tmp = temporary(record)
-    try:
-        with writing(tmp), os.fdopen(fd, "w") as out:
-            out.write(f"{digest}  {path.name}\n")
-        with writing(record):
-            os.replace(tmp, record)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(record):
+        atomic_write(record, lambda tmp: tmp.write_text(f"{digest}  {path.name}\n"))
 
 
 def _download(weights: Weights, target: Path, member: Path | None, progress: bool, bounds: Limits) -> None:
@@ -237,9 +232,10 @@ def _trust(weights: Weights, path: Path, digest: str | None) -> None:
     )
 
 
-def verified(weights: Weights) -> bool:
-    """Whether :func:`fetch` checks ``weights`` against a published hash (else only against its first download)."""
-    return weights.hash is not None
+def verification(weights: Weights) -> str:
+    """How :func:`fetch` verifies ``weights``: against the published hash (``"sha256"``) or a published prefix of it
+    (``"sha256-prefix"``), else against the sha256 recorded at its first download (``"first-use"``)."""
+    return weights.hash_kind if weights.hash is not None and weights.hash_kind is not None else "first-use"
 
 
 def fetch(weights: Weights, progress: bool = True) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from ..models.features import FeatureExtractor
 from ..models.features import features_only as feature_extractor
 from ..registry import DataConfig, Variant, families, get_variant, list_models
 from . import folder, hub
-from .checkpoint import Checkpoint, CheckpointError, _one_line, _short, read_checkpoint
 from .checks import check_values, misfit
+from .reading import Checkpoint, CheckpointError, _one_line, _short, read_checkpoint
 from .records import Weights, get_weights, split_name
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,16 @@ class ModelInfo:
     data: DataConfig  # preprocessing the weights expect
     weights: str | None = None  # "variant.tag", a file path, "<state dict>", or None for random weights
     taken: str | None = None  # which weights of the file were loaded
-    # published weights: True when checked against a published hash, False when only against the sha256 recorded at
-    # their first download (trust on first use: nothing published to verify them against); None for other sources
-    weights_verified: bool | None = None
+    # published weights: how the file was verified: "sha256" (the published hash), "sha256-prefix" (a published
+    # prefix of it: LeViT's 8 hex digits), "first-use" (the sha256 recorded at the first download: nothing published
+    # to verify it against); None for other sources
+    verification: str | None = None
+
+    @property
+    def weights_verified(self) -> bool | None:
+        """Deprecated: whether the weights were checked against a published hash (read :attr:`verification`)."""
+        warnings.warn("ModelInfo.weights_verified is deprecated; read ModelInfo.verification", DeprecationWarning, 2)
+        return None if self.verification is None else self.verification != "first-use"
 
 
 def model_info(model: nn.Module) -> ModelInfo:
@@ -70,13 +78,19 @@ def model_info(model: nn.Module) -> ModelInfo:
 # ------------------------------------------------------------------------------------------ layouts and identification
 
 
-def _convert(variant: Variant, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-    """Rename a checkpoint into litevit's layout with the family's converter; returns it and the layout found."""
+def _convert(
+    variant: Variant, state: dict[str, torch.Tensor], source: str = "the checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a checkpoint into litevit's layout with the family's converter; returns it and the layout found. A key
+    the layout's key table does not know is a :class:`CheckpointError` naming ``source`` and the key."""
     converter = variant.converter
     layout = converter.detect(state) if converter is not None else None
     if layout is None:
         return dict(state), "litevit"
-    return converter.to_litevit(state, layout), layout
+    try:
+        return converter.to_litevit(state, layout), layout
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc} (a {variant.family} checkpoint in the {layout} layout)") from None
 
 
 def _head_classes(variant: Variant, state: dict[str, torch.Tensor]) -> int | None:
@@ -97,7 +111,10 @@ def identify(state: dict[str, torch.Tensor]) -> tuple[str, str] | None:
             variant = get_variant(name)
             if variant.family != family:
                 continue
-            converted, layout = _convert(variant, state)
+            try:
+                converted, layout = _convert(variant, state)
+            except CheckpointError:  # a key this family's layout does not have
+                continue
             with torch.device("meta"):
                 candidate = variant.build()
             skip = tuple(getattr(candidate, "head_prefixes", ()))
@@ -153,7 +170,7 @@ def _fit(
     ``keep_head=False`` leaves the model's own head as built. ``load=False`` checks only (``model`` may be on meta).
     """
     variant = get_variant(model.variant_name)
-    state, layout = converted if converted is not None else _convert(variant, ckpt.state)
+    state, layout = converted if converted is not None else _convert(variant, ckpt.state, ckpt.source)
     state = _adapt_input_channels(model, state, ckpt.source, load)
     whole = _whole(model)
     adapt = getattr(whole, "adapt_checkpoint", None)
@@ -243,12 +260,13 @@ def _keep_head(ckpt: Checkpoint, trained: int | None, wanted: int | None) -> boo
     return False
 
 
-def _class_names(ckpt: Checkpoint, count: int, official: bool) -> tuple[str, ...] | None:
-    """The names of a loaded head: the file's own, or ImageNet-1k's for a 1000-class published or official head."""
+def _class_names(ckpt: Checkpoint, count: int, record: Weights | None) -> tuple[str, ...] | None:
+    """The names of a loaded head: the file's own, or ImageNet-1k's for published weights whose record says they
+    are ImageNet-1k's (a file without names, of any class count, has none)."""
     listed = ckpt.meta.get("classes")
     if listed is not None and len(listed) == count:
         return tuple(listed)
-    if count == 1000 and (official or not ckpt.meta):
+    if record is not None and record.classes == "imagenet-1k" and count == record.num_classes:
         return _imagenet_names()
     return None
 
@@ -303,14 +321,14 @@ def load_checkpoint(model: nn.Module, source: Source, *, use_ema: bool | None = 
         raise ValueError("load_checkpoint needs a model built by litevit.create_model")
     variant = get_variant(model.variant_name)
     ckpt = _checked(_read(source, use_ema), variant)
-    converted = _convert(variant, ckpt.state)
+    converted = _convert(variant, ckpt.state, ckpt.source)
     features = isinstance(model, FeatureExtractor)
     trained = _trained_classes(variant, ckpt, converted[0])
     keep_head = features or _keep_head(ckpt, trained, int(model.config.num_classes))
     _fit(model, ckpt, keep_head, converted)
     before = model_info(model)
     data = _sized(_file_data(ckpt, before.data), model.config.img_size)
-    names = _class_names(ckpt, int(model.config.num_classes), not ckpt.meta) if keep_head else before.class_names
+    names = _class_names(ckpt, int(model.config.num_classes), None) if keep_head else before.class_names
     model.model_info = dataclasses.replace(before, class_names=names, data=data, weights=ckpt.source, taken=ckpt.taken)
     log.info("loaded %s into %s (%s)", ckpt.source, variant.name, ckpt.taken)
     return model
@@ -389,7 +407,7 @@ def create_model(
         checkpoint = folder.read_folder(folder.hub_folder(name))
         name = checkpoint.meta["variant"]
     variant, record, ckpt = _resolve(name, pretrained, weights, checkpoint, use_ema)
-    converted = _convert(variant, ckpt.state) if ckpt is not None else None
+    converted = _convert(variant, ckpt.state, ckpt.source) if ckpt is not None else None
     trained = _trained_classes(variant, ckpt, converted[0]) if ckpt is not None else None
     for key, value in _file_kwargs(variant, ckpt).items():
         overrides.setdefault(key, value)
@@ -404,7 +422,7 @@ def create_model(
     model = variant.build(num_classes=classes, img_size=size, **overrides)
     names = None
     if ckpt is not None and keep_head:
-        names = _class_names(ckpt, int(model.config.num_classes), record is not None)
+        names = _class_names(ckpt, int(model.config.num_classes), record)
     source = record.name if record is not None else (ckpt.source if ckpt is not None else None)
     model.model_info = ModelInfo(
         variant.name,
@@ -414,7 +432,7 @@ def create_model(
         data,
         source,
         ckpt.taken if ckpt is not None else None,
-        hub.verified(record) if record is not None else None,
+        hub.verification(record) if record is not None else None,
     )
     if features_only:
         model = feature_extractor(model, out_indices)

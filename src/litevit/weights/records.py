@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from ..registry import DataConfig, get_variant
 
-# how the official training scripts wrote the released file (see litevit.weights.checkpoint)
+# how the official training scripts wrote the released file (see litevit.weights.reading)
 RELEASES = {
     "deit": "DeiT-style main.py checkpoint: model (+ model_ema, optimizer, lr_scheduler, epoch, scaler, args)",
     "timm": "timm CheckpointSaver: state_dict, state_dict_ema, args, metric, ...",

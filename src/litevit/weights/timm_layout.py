@@ -1,9 +1,10 @@
 """litevit models in timm's key layout and ``config.json`` fields, for the families timm also implements.
 
 timm builds LeViT (``levit_*``), EfficientViT-MSRA (``efficientvit_m0..m5``) and MobileViT v1 and v2
-(``mobilevit_*``, ``mobilevitv2_*``) under the same names as litevit. The families' converters
-(``models/*_convert.py``) read timm's keys; :func:`to_timm` writes them, and is their inverse (the tests check
-``to_litevit(to_timm(state)) == state`` and that timm loads the result with equal logits).
+(``mobilevit_*``, ``mobilevitv2_*``) under the same names as litevit. Each family's converter
+(``models/*_convert.py``) holds one key table that reads timm's keys and, read backwards, writes them:
+:func:`to_timm` (the tests check ``to_litevit(to_timm(state)) == state`` against the reference fixtures' timm keys,
+and that timm loads the result with equal logits).
 
 MobileViTv3 and T2T-ViT have no timm implementation, nor has a model whose config differs from its registered
 variant in anything but ``num_classes``, ``img_size``, ``in_chans`` and the training-only drop rates (a LeViT
@@ -13,8 +14,6 @@ without distillation head, other widths, ...): :func:`timm_architecture` returns
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,70 +30,6 @@ _TIMM_CFG: dict[str, tuple[str, str | list[str], bool]] = {
     "efficientvit_msra": ("patch_embed.conv1.conv", "head.linear", True),
     "mobilevit": ("stem.conv", "head.fc", False),
 }
-_Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
-
-
-def _levit_stem(m: re.Match[str]) -> str:
-    return f"stem.conv{int(m[1]) // 2 + 1}.{'linear' if m[2] == 'conv' else 'bn'}.{m[3]}"
-
-
-_LEVIT: list[_Rule] = [
-    (re.compile(r"^stem\.(\d)\.(conv|bn)\.(.*)$"), _levit_stem),
-    (
-        re.compile(r"^(stages\.\d+\.downsample)\.attn\.(q|proj)\.(.*)$"),
-        lambda m: f"{m[1]}.attn_downsample.{m[2]}.ln.{m[3]}",
-    ),
-    (re.compile(r"^(stages\.\d+\.downsample)\.attn\.(.*)$"), lambda m: f"{m[1]}.attn_downsample.{m[2]}"),
-    (re.compile(r"^(stages\.\d+\.downsample)\.mlp\.m\.fc(\d)\.(.*)$"), lambda m: f"{m[1]}.mlp.ln{m[2]}.{m[3]}"),
-    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.m\.proj\.(.*)$"), lambda m: f"{m[1]}.attn.proj.ln.{m[2]}"),
-    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.attn\.m\.(.*)$"), lambda m: f"{m[1]}.attn.{m[2]}"),
-    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.mlp\.m\.fc(\d)\.(.*)$"), lambda m: f"{m[1]}.mlp.ln{m[2]}.{m[3]}"),
-]
-
-_EFFICIENTVIT_SUBSAMPLE = {"pre.dw": "res1.0", "pre.ffn": "res1.1", "post.dw": "res2.0", "post.ffn": "res2.1"}
-_EFFICIENTVIT: list[_Rule] = [
-    (re.compile(r"^stem\.(\d)\.(.*)$"), lambda m: f"patch_embed.conv{int(m[1]) // 2 + 1}.{m[2]}"),
-    (
-        re.compile(r"^(stages\.\d+\.downsample)\.(pre|post)\.(dw|ffn)\.(.*)$"),
-        lambda m: f"{m[1]}.{_EFFICIENTVIT_SUBSAMPLE[f'{m[2]}.{m[3]}']}.{m[4]}",
-    ),
-    (re.compile(r"^(stages\.\d+\.downsample)\.merge\.(.*)$"), lambda m: f"{m[1]}.patchmerge.{m[2]}"),
-    (
-        re.compile(r"^(stages\.\d+\.blocks\.\d+\.mixer\.m\.attn)\.proj\.(.*)$"),
-        lambda m: f"{m[1]}.proj.1.{m[2]}",  # timm's projection is Sequential(ReLU, ConvNorm)
-    ),
-]
-
-_MOBILEVIT_CONV = {"expand": "conv1_1x1", "dw": "conv2_kxk", "project": "conv3_1x1", "local_conv": "conv_kxk"}
-
-
-def _mobilevit_rules(separable: bool) -> list[_Rule]:
-    qkv, proj = ("qkv_proj", "out_proj") if separable else ("qkv", "proj")  # timm's v2 / v1 attention names
-    return [
-        (re.compile(r"^stem\.0\.(conv|bn)\.(.*)$"), lambda m: f"stem.{m[1]}.{m[2]}"),
-        (
-            re.compile(r"^(stages\.\d\.\d+)\.(expand|dw|project|local_conv)\.0\.(conv|bn)\.(.*)$"),
-            lambda m: f"{m[1]}.{_MOBILEVIT_CONV[m[2]]}.{m[3]}.{m[4]}",
-        ),
-        (re.compile(r"^(stages\.\d\.\d+)\.local_proj\.weight$"), lambda m: f"{m[1]}.conv_1x1.weight"),
-        (
-            re.compile(r"^(stages\.\d\.\d+\.transformer\.\d+\.attn)\.(qkv|proj)\.(.*)$"),
-            lambda m: f"{m[1]}.{qkv if m[2] == 'qkv' else proj}.{m[3]}",
-        ),
-        (
-            re.compile(r"^(stages\.\d\.\d+)\.(conv_proj|fusion)\.0\.(conv|bn)\.(.*)$"),
-            lambda m: f"{m[1]}.{'conv_fusion' if m[2] == 'fusion' else 'conv_proj'}.{m[3]}.{m[4]}",
-        ),
-        (re.compile(r"^final_conv\.0\.(conv|bn)\.(.*)$"), lambda m: f"final_conv.{m[1]}.{m[2]}"),
-        (re.compile(r"^head\.(weight|bias)$"), lambda m: f"head.fc.{m[1]}"),
-    ]
-
-
-def _rename(key: str, rules: list[_Rule]) -> str:
-    for pattern, rename in rules:
-        if m := pattern.match(key):
-            return rename(m)
-    return key  # the same name in both layouts (heads, norms, block internals)
 
 
 def timm_architecture(model: nn.Module) -> str | None:
@@ -112,20 +47,12 @@ def timm_architecture(model: nn.Module) -> str | None:
 
 
 def to_timm(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` (litevit's keys for ``model``) in timm's key layout for :func:`timm_architecture`'s network."""
-    family = get_variant(model.variant_name).family
-    if family == "levit":
-        rules = _LEVIT
-    elif family == "efficientvit_msra":
-        rules = _EFFICIENTVIT
-    else:
-        rules = _mobilevit_rules(model.config.attention == "separable")
-    out = {}
-    for key, value in state.items():
-        if family == "efficientvit_msra" and key.endswith("attention_biases"):
-            value = value.flatten(1)  # heads, window_h, window_w -> heads, window_h * window_w (timm's table)
-        out[_rename(key, rules)] = value
-    return out
+    """``state`` (litevit's keys for ``model``) in timm's key layout for :func:`timm_architecture`'s network: the
+    inverse of the family converter's timm key table (``models/<family>_convert.py``)."""
+    converter = get_variant(model.variant_name).converter
+    if converter is None or "timm" not in converter.LAYOUTS:
+        raise ValueError(f"timm has no layout for {model.variant_name}")
+    return converter.from_litevit(state, "timm", model.config)
 
 
 def timm_config(model: nn.Module, data: DataConfig, class_names: tuple[str, ...] | None) -> dict[str, Any]:
