@@ -6,7 +6,7 @@ values, and with one or two of them changed, and appends one JSON line per run (
 rule chose, wall time) to ``--out``.
 
     python tools/short_run_search.py levit_128s efficientvit_m0 mobilevit_xxs --configs rule lr2 crop05 \
-        --out benchmarks/short_run_search.jsonl
+        --out benchmarks/accuracy/short_run_search.jsonl
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ CONFIGS: dict[str, dict] = {
     "warm0": {"rule.WARMUP_SHARE": 0.0},
     "lr2_warm10": {"rule.BASE_LR": 2e-3, "rule.WARMUP_SHARE": 0.1},
     "ema_w3": {"rule.EMA_WINDOW": 3},
+    "b32_lr2_crop05": {"batch_size": 32, "rule.BASE_LR": 2e-3, "rule.MIN_CROP": 0.5},
+    "b32_lr4_crop05": {"batch_size": 32, "rule.BASE_LR": 4e-3, "rule.MIN_CROP": 0.5},
 }
 
 

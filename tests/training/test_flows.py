@@ -21,7 +21,7 @@ from litevit.deploy.runtime import ExportedModel
 from litevit.registry import family_line
 from litevit.training import qat as Q
 from litevit.training import train as T
-from litevit.weights.checkpoint import read_checkpoint
+from litevit.weights.reading import read_checkpoint
 
 FAMILY_SMALLEST = ["levit_128s", "efficientvit_m0", "mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "t2t_vit_7"]
 SIZE = 64

@@ -21,7 +21,7 @@ from litevit.training import inherit as I
 from litevit.training import train as T
 from litevit.training.checkpoint import export_safetensors
 from litevit.training.data import DataSplit
-from litevit.weights.checkpoint import read_checkpoint
+from litevit.weights.reading import read_checkpoint
 
 PLANTED = DataConfig(img_size=32, crop_pct=0.9, interpolation="bilinear", mean=(0.5, 0.4, 0.3),
                      std=(0.2, 0.25, 0.3), channel_order="BGR")  # fmt: skip

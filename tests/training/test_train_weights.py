@@ -16,7 +16,7 @@ from litevit import cli
 from litevit.training import train as T
 from litevit.training.losses import build_teacher
 from litevit.training.recipes import short_run_rule
-from litevit.weights.checkpoint import CheckpointError
+from litevit.weights.reading import CheckpointError
 
 
 def test_fine_tune_an_official_mobilevit_file_on_other_classes(patterns: Path, tmp_path: Path, capsys) -> None:

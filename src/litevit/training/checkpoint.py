@@ -18,8 +18,8 @@ from torch import nn
 
 from .._files import atomic_write
 from ..registry import DataConfig
-from ..weights.checkpoint import read_torch_file
 from ..weights.checks import load_exact, misfit
+from ..weights.reading import read_torch_file
 from .config import TrainConfig
 from .losses import DistillationLoss
 from .optim import ModelEma, WarmupCosine

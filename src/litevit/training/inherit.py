@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import DataConfig, Variant, list_models
-from ..weights.checkpoint import Checkpoint, read_checkpoint
 from ..weights.folder import read_folder
 from ..weights.loading import as_tuples
+from ..weights.reading import Checkpoint, read_checkpoint
 from .config import TrainConfig
 from .data import DataSplit
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import DataConfig, list_models
-from ..weights.checkpoint import read_checkpoint
 from ..weights.checks import load_exact
 from ..weights.loading import ModelInfo, create_model, load
+from ..weights.reading import read_checkpoint
 from ..weights.records import split_name
 from .config import DISTILL_KINDS
 

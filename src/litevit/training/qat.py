@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._extras import require
+from .._extras import quiet_nncf, require
 from .._files import replace_together, stage
 from ..deploy.export import metadata_for
 from ..deploy.int8 import (
@@ -255,16 +255,11 @@ def quantize_for_training(model: nn.Module, images: torch.Tensor, settings: Int8
     was_training = model.training
     model.eval()
     ignored = nncf.IgnoredScope(names=float_kept_nodes(model, batches[0], settings), validate=False)
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(max(level, logging.WARNING))  # a line per layer an ignored scope keeps float
-    try:
+    with quiet_nncf():
         quantized = nncf.quantize(
             model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=ignored,
             **nncf_options(nncf, settings),
         )  # fmt: skip
-    finally:
-        nncf_log.setLevel(level)
     log.info("--qat: calibrated on %d training images, %d layers kept float", len(images), len(ignored.names))
     return quantized.train(was_training)
 
