@@ -26,7 +26,7 @@ class TrainConfig:
     val: str | None = None  # validation ImageFolder; default: ``data/val`` if present, else a split of the training set
     val_split: float = 0.1  # fraction of every class held out when there is no validation folder
     out: str = "runs/train"  # output folder: last.pt, best.safetensors, metrics.jsonl
-    epochs: int = 10
+    epochs: int | None = None  # None: the short-run rule's (recipes.rule_epochs), QAT_EPOCHS with --qat
     batch_size: int = 64  # per process, at ``img_size`` (the multi-scale sampler scales it per batch)
     # None in the fields below (lr ... ema_decay): the short-run rule's value (recipes.SHORT_RUN_RULE)
     lr: float | None = None  # peak learning rate at the global batch ``lr_ref_batch`` (absolute when that is None)

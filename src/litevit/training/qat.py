@@ -80,7 +80,7 @@ from ..deploy.int8 import (
 from ..deploy.onnx import onnx_model, save_onnx
 from ..deploy.openvino import RT_INFO, save_openvino
 from ..registry import DataConfig
-from .config import QatOutcome, TrainConfig
+from .config import QAT_EPOCHS, QatOutcome, TrainConfig
 from .data import DataSplit
 from .inherit import FileSettings
 
@@ -168,15 +168,15 @@ def qat_baseline(val: dict[str, float], file: FileSettings | None, config: Train
 
 def qat_lr(global_batch: int) -> float:
     """The default QAT learning rate: :data:`QAT_LR_SCALE` times the short-run rule's fine-tuning lr."""
-    from .recipes import BASE_BATCH, BASE_LR, FINE_TUNE_LR_SCALE
+    from .recipes import BASE_BATCH, FINE_TUNE_LR
 
-    return BASE_LR * math.sqrt(global_batch / BASE_BATCH) * FINE_TUNE_LR_SCALE * QAT_LR_SCALE
+    return FINE_TUNE_LR * math.sqrt(global_batch / BASE_BATCH) * QAT_LR_SCALE
 
 
 def qat_config(config: TrainConfig, world: int) -> TrainConfig:
-    """``config`` with the QAT defaults where left open: the low lr and no EMA."""
+    """``config`` with the QAT defaults where left open: the low lr, :data:`.config.QAT_EPOCHS` and no EMA."""
     lr = config.lr if config.lr is not None or config.lr_ref_batch is not None else qat_lr(config.batch_size * world)
-    return dataclasses.replace(config, lr=lr, ema=False)
+    return dataclasses.replace(config, lr=lr, ema=False, epochs=config.epochs or QAT_EPOCHS)
 
 
 def calibration_images(

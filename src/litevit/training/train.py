@@ -322,7 +322,7 @@ def _effective_lrs(config: TrainConfig, world: int) -> tuple[float, float, float
 
 
 def _validate(config: TrainConfig) -> str:
-    if config.epochs < 1:
+    if config.epochs is not None and config.epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {config.epochs}")
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
