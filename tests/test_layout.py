@@ -16,7 +16,7 @@ LAYERS = (
     {"models"},
     {"weights"},
     {"deploy"},
-    {"training", "bench", "backbone", "predict"},
+    {"training", "bench", "backbone", "predict", "bulk"},
     {"cli", "__main__"},
 )
 MAX_LINES = 500

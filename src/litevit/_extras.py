@@ -23,6 +23,8 @@ _EXTRAS = {
     "executorch": "executorch",
     "coremltools": "coreml",
     "huggingface_hub": "hub",
+    "pyarrow": "parquet",
+    "ray": "ray",
 }
 
 
