@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import itertools
 import logging
 import os
@@ -73,7 +73,7 @@ def check_sources(sources: Sequence[str], missing_files: bool = False) -> None:
             if not os.path.isfile(source[1:]):
                 raise FileNotFoundError(f"path list not found: {source[1:]} (from {source})")
         elif _GLOB.search(source):
-            if next(glob.iglob(source, recursive=True), None) is None:
+            if next(_glob(source), None) is None:
                 raise FileNotFoundError(f"the glob {source} matches no file")
         elif not missing_files:
             raise FileNotFoundError(
@@ -101,15 +101,55 @@ def _walk_images(root: str) -> Iterator[str]:
         yield from (os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS))
 
 
+def _glob(pattern: str) -> Iterator[str]:
+    """Files matching the shell pattern (``*``, ``?``, ``[...]``; ``**``: any folders, at the end: every file below),
+    in a stable order; a name starting with ``.`` is matched only by a pattern part starting with ``.``, as in
+    :mod:`glob`. Unlike :mod:`glob`, ``**`` enters a folder once (a link back up is not followed: glob repeats it until
+    the path is too long, 2^depth paths with two such links), and folders are not matches."""
+    parts = pattern.split(os.sep) + (["*"] if pattern.endswith("**") else [])
+    first = next(i for i, part in enumerate(parts) if _GLOB.search(part))
+    root = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
+    entered: set[tuple[int, int]] = set()
+
+    def entries(folder: str) -> list[str]:
+        try:
+            return sorted(os.listdir(folder or "."))
+        except OSError:
+            return []
+
+    def match(folder: str, rest: list[str]) -> Iterator[str]:
+        if rest[0] == "**":
+            stat = os.stat(folder or ".")
+            entered.add((stat.st_dev, stat.st_ino))
+            yield from match(folder, rest[1:])
+            for name in entries(folder):
+                path = os.path.join(folder, name)
+                if not name.startswith(".") and os.path.isdir(path):
+                    stat = os.stat(path)
+                    if (stat.st_dev, stat.st_ino) not in entered:
+                        entered.add((stat.st_dev, stat.st_ino))
+                        yield from match(path, rest)
+            return
+        for name in entries(folder):
+            if fnmatch.fnmatchcase(name, rest[0]) and (rest[0].startswith(".") or not name.startswith(".")):
+                path = os.path.join(folder, name)
+                if len(rest) == 1 and os.path.isfile(path):
+                    yield path
+                elif len(rest) > 1 and os.path.isdir(path):
+                    yield from match(path, rest[1:])
+
+    return match(root, parts[first:])
+
+
 def _lines(stream: Iterable[str]) -> Iterator[str]:
     return (line.rstrip("\r\n") for line in stream if line.strip())
 
 
 def iter_sources(sources: Sequence[str]) -> Iterator[str]:
     """The image paths that ``sources`` name, in a stable order, streamed: an image file as given, a folder's image
-    files recursively (:func:`_walk_images`), a glob's matches sorted, the lines of ``@list.txt``, ``-``: the lines
-    of standard input; a path that does not exist as given (its prediction reports it). Call :func:`check_sources`
-    first for one-line errors on sources that name nothing."""
+    files recursively (:func:`_walk_images`), a glob's matching files (:func:`_glob`), the lines of ``@list.txt``,
+    ``-``: the lines of standard input; a path that does not exist as given (its prediction reports it). Call
+    :func:`check_sources` first for one-line errors on sources that name nothing."""
     for source in sources:
         if source == "-":
             yield from _lines(sys.stdin)
@@ -121,8 +161,7 @@ def iter_sources(sources: Sequence[str]) -> Iterator[str]:
         elif os.path.exists(source) or not _GLOB.search(source):
             yield source
         else:
-            for match in sorted(glob.glob(source, recursive=True)):
-                yield from _walk_images(match) if os.path.isdir(match) else [match]
+            yield from _glob(source)
 
 
 def is_exported(model: str | os.PathLike) -> bool:
