@@ -24,8 +24,6 @@ from litevit.cli import main
 from litevit.data import eval_transform
 from litevit.predict import check_sources, iter_sources, load_classifier, predict
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
