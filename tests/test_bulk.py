@@ -208,6 +208,10 @@ def test_full_disk_keeps_the_finished_parts(collection: dict[str, Path], tmp_pat
     assert len(parts) == 2 and all(len(_read(p)) == 4 for p in parts)  # readable, whole
     assert not list((tmp_path / "r.parquet.parts").glob(".*tmp"))
     monkeypatch.setattr(bulk, "atomic_write", real)
+    other = litevit.create_model(NAME)  # other weights: the interrupted run's parts are not its rows
+    with pytest.raises(bulk.ResultsError, match=r"^--resume: .*r.parquet.parts was written by .*write a new --out$"):
+        bulk.predict_files(other, [collection["images"]], out, batch_size=4, part_rows=4, workers=0, progress=False,
+                           resume=True)  # fmt: skip
     summary = bulk.predict_files(model, [collection["images"]], out, batch_size=4, part_rows=4, workers=0,
                                  progress=False, resume=True)  # fmt: skip
     assert (summary.rows, summary.resumed, summary.errors) == (17, 8, 3)
