@@ -83,8 +83,9 @@ def main() -> None:
                        "--workers", str(args.workers), "--quiet"]  # fmt: skip
             result = run(command, folder / f"rows-{count}.parquet.parts")
             records.append({
-                "cpu": cpu_model(), "isa": list(cpu_isa()), "torch": torch.__version__, "python": platform.python_version(),
-                "litevit": litevit.__version__, "tool": "python " + shlex.join(sys.argv),
+                "cpu": cpu_model(), "isa": list(cpu_isa()), "torch": torch.__version__,
+                "python": platform.python_version(), "litevit": litevit.__version__,
+                "tool": "python " + shlex.join(sys.argv),
                 "measured": "litevit " + shlex.join(command[3:]), "images": count, "model": args.model,
                 "route": "openvino int8 (random weights)", "note": "machine shared with other jobs", **result,
             })  # fmt: skip
