@@ -3,11 +3,14 @@ constant batch) and against decoding alone, on generated JPEGs of mixed sizes ab
 
 For each model: export an int8 OpenVINO IR (random weights: speed does not depend on their values; calibrated on 32
 of the images), then time in interleaved rounds, in this process:
-  model      the IR on a constant batch, ``--threads`` threads (images/s, as ``litevit bench`` measures it);
-  decode     the images through predict's decoding (``--workers`` processes) and nothing else;
-  predict    ``litevit.predict_files`` into a Parquet file, the same IR, batch and threads, ``--workers`` decoders.
-Then the decoders on one process: PIL (predict's ``load_image`` + transform), PIL with JPEG draft mode where the crop
-allows it, torchvision's ``decode_jpeg``. One JSON line per measurement into ``--out``.
+  model            the IR on a constant batch, ``--threads`` threads (images/s, as ``litevit bench`` measures it);
+  decode_<dec>     the images through predict's decoding (``--workers`` processes) and nothing else;
+  predict_<dec>    ``litevit.predict_files`` into a Parquet file, the same IR, batch and threads, ``--workers``
+                   decoders;
+for both decoders (``pil``, ``torchvision``), with the CPU seconds each took per image (this process and its
+workers): on a shared machine the wall-clock rates depend on the other jobs, the CPU time much less. Then the
+decoders on one process: PIL (predict's ``load_image`` + transform), PIL with JPEG draft mode where the crop allows it,
+torchvision's ``decode_jpeg``. One JSON line per model and measure into ``--out``.
 
     python tools/bulk_throughput.py --images runs/bulk/jpegs --count 2000 --out benchmarks/bulk_throughput.jsonl
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -30,8 +35,8 @@ from PIL import Image
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model
-from litevit.bulk import predict_files
-from litevit.data import eval_transform, load_image
+from litevit.bulk import decoded, predict_files
+from litevit.data import DECODERS, eval_transform, load_image
 from litevit.deploy.runtime import ExportedModel
 from litevit.predict import preprocessing
 
@@ -58,34 +63,42 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def time_model(model: ExportedModel, batch: int, seconds: float) -> float:
-    """Images/s of the file on a constant batch (bench's measure)."""
+def time_model(model: ExportedModel, batch: int, seconds: float) -> tuple[float, float]:
+    """Images/s of the file on a constant batch (bench's measure); CPU s per image."""
     data, img_size, _ = preprocessing(model)
     x = torch.randn(batch, 3, *img_size)
     model(x)
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), cpu_seconds()
     while time.perf_counter() - start < seconds:
         model(x)
         calls += 1
-    return calls * batch / (time.perf_counter() - start)
+    return calls * batch / (time.perf_counter() - start), (cpu_seconds() - cpu) / (calls * batch)
 
 
-def time_decode(paths: list[str], model: ExportedModel, batch: int, workers: int) -> float:
-    """Images/s of predict's decoding alone (its worker processes, its batches), results dropped."""
-    from litevit.bulk import _decoded
+def cpu_seconds() -> float:
+    """CPU time of this process and of its ended children (the decoding workers, joined at the end of a run)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
+
+def time_decode(paths: list[str], model: ExportedModel, batch: int, workers: int, decoder: str) -> tuple[float, float]:
+    """Images/s of predict's decoding alone (its worker processes, its batches), results dropped; CPU s per image."""
     data, img_size, _ = preprocessing(model)
-    start = time.perf_counter()
-    count = sum(len(chunk) for chunk, _, _ in _decoded(iter(paths), data, img_size, batch, workers))
-    return count / (time.perf_counter() - start)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    count = sum(len(chunk) for chunk, _, _ in decoded(iter(paths), data, img_size, batch, workers, decoder))
+    return count / (time.perf_counter() - start), (cpu_seconds() - cpu) / count
 
 
-def time_predict(paths: list[str], model: ExportedModel, batch: int, workers: int, folder: Path) -> float:
+def time_predict(
+    paths: list[str], model: ExportedModel, batch: int, workers: int, folder: Path, decoder: str
+) -> tuple[float, float]:
     out = folder / f"rows-{time.monotonic_ns()}.parquet"
-    summary = predict_files(model, paths, out, batch_size=batch, workers=workers, progress=False)
+    cpu = cpu_seconds()
+    summary = predict_files(model, paths, out, batch_size=batch, workers=workers, progress=False, decoder=decoder)
+    used = (cpu_seconds() - cpu) / summary.rows
     out.unlink()
     assert summary.rows == len(paths) and summary.errors == 0
-    return summary.images_per_s
+    return summary.images_per_s, used
 
 
 def draft_load(path: str, size: tuple[int, int]) -> Image.Image:
@@ -127,7 +140,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="model threads (the IR's and torch's)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the 5 measures, each round in a new order")
     parser.add_argument("--seconds", type=float, default=10.0, help="model-alone timing per round")
     parser.add_argument("--decoder-images", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
@@ -135,7 +148,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     paths = [str(p) for p in make_jpegs(args.images, args.count)]
     base = {
-        "cpu": cpu_model(), "isa": list(cpu_isa()), "cores": len(__import__("os").sched_getaffinity(0)),
+        "cpu": cpu_model(), "isa": list(cpu_isa()), "cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__, "openvino": __import__("openvino").__version__, "python": platform.python_version(),
         "litevit": litevit.__version__, "command": "python " + shlex.join(sys.argv), "images": len(paths),
         "batch": args.batch, "threads": args.threads, "workers": args.workers,
@@ -152,21 +165,31 @@ def main() -> None:
             ir = folder / f"{name}_int8.xml"
             litevit.export(name, ir, precision="int8", calibration=calib.parent, calibration_images=32)
             model = ExportedModel(ir, threads=args.threads)
-            rates: dict[str, list[float]] = {"model": [], "decode": [], "predict": []}
+            kinds = ["model", *(f"{what}_{dec}" for dec in DECODERS for what in ("decode", "predict"))]
+            rates: dict[str, list[float]] = {k: [] for k in kinds}
+            cpu: dict[str, list[float]] = {k: [] for k in kinds}
+            loads: list[float] = []
             for r in range(args.rounds):
-                order = ["model", "decode", "predict"][r % 3 :] + ["model", "decode", "predict"][: r % 3]
-                for what in order:
+                for what in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+                    loads.append(os.getloadavg()[0])
                     if what == "model":
-                        rates[what].append(time_model(model, args.batch, args.seconds))
-                    elif what == "decode":
-                        rates[what].append(time_decode(paths, model, args.batch, args.workers))
+                        rate, used = time_model(model, args.batch, args.seconds)
+                    elif what.startswith("decode"):
+                        rate, used = time_decode(paths, model, args.batch, args.workers, what.split("_", 1)[1])
                     else:
-                        rates[what].append(time_predict(paths, model, args.batch, args.workers, folder))
+                        rate, used = time_predict(paths, model, args.batch, args.workers, folder, what.split("_", 1)[1])
+                    rates[what].append(rate)
+                    cpu[what].append(used)
                 print(name, {k: [round(v, 1) for v in vs] for k, vs in rates.items()}, flush=True)
             median = {k: statistics.median(v) for k, v in rates.items()}
+            ratios = {
+                f"predict_{dec}_over_{base_}": [p / b for p, b in zip(rates[f"predict_{dec}"], rates[ref], strict=True)]
+                for dec in DECODERS
+                for base_, ref in (("model", "model"), ("decode", f"decode_{dec}"))
+            }  # per round: each pair measured back to back
             records.append({**base, "model": name, "route": f"openvino int8 {ir.name}", "images_per_s": rates,
-                            "median": median, "predict_over_model": median["predict"] / median["model"],
-                            "predict_over_decode": median["predict"] / median["decode"]})  # fmt: skip
+                            "median": median, "cpu_ms_per_image": {k: [1e3 * v for v in vs] for k, vs in cpu.items()},
+                            "ratios_per_round": ratios, "load_average_1min": loads})  # fmt: skip
             decoders = time_decoders(paths[: args.decoder_images], name, args.rounds)
             records.append({**base, "model": name, "measure": "decoders, 1 process", **decoders})
             print(json.dumps(records[-2]["median"]), json.dumps(decoders), flush=True)

@@ -32,7 +32,7 @@ from torch import nn
 from ._extras import require
 from ._files import atomic_write
 from ._version import __version__
-from .data import default_workers
+from .data import DECODERS, default_workers
 from .deploy.runtime import ExportedModel
 from .predict import (
     PREDICT_BATCH_SIZE,
@@ -100,8 +100,9 @@ def _fingerprint(model: Classifier) -> str:
     return digest.hexdigest()
 
 
-def describe(model: Classifier, topk: int, embeddings: bool) -> dict[str, Any]:
-    """The run's metadata: model, weights (and their sha256), route, preprocessing size, options, litevit version."""
+def describe(model: Classifier, topk: int, embeddings: bool, decoder: str = "pil") -> dict[str, Any]:
+    """The run's metadata: model, weights (and their sha256), route, preprocessing (size, decoder), options, litevit
+    version."""
     _, img_size, num_classes = preprocessing(model)
     if isinstance(model, ExportedModel):
         name, weights, route = model.metadata.variant, str(model.path), f"{model.format} {model.metadata.precision}"
@@ -111,23 +112,21 @@ def describe(model: Classifier, topk: int, embeddings: bool) -> dict[str, Any]:
     return {
         "model": name, "weights": weights, "weights_sha256": _fingerprint(model), "route": route,
         "img_size": list(img_size), "num_classes": num_classes, "topk": min(topk, num_classes),
-        "embeddings": embeddings, "litevit_version": __version__,
+        "embeddings": embeddings, "decoder": decoder, "litevit_version": __version__,
     }  # fmt: skip
 
 
-_SAME_RUN = ("weights_sha256", "route", "img_size", "topk", "embeddings")  # what a resumed run must share
+_SAME_RUN = ("weights_sha256", "route", "img_size", "topk", "embeddings", "decoder")  # what a resumed run must share
 
 
 def _check_same_run(found: dict[str, Any], wanted: dict[str, Any], where: Path) -> None:
-    for key in _SAME_RUN:
-        if found.get(key) != wanted[key]:
-            raise ResultsError(
-                f"--resume: {where} was written by {found.get('model')} ({found.get('route')}, weights sha256 "
-                f"{str(found.get('weights_sha256'))[:12]}, topk {found.get('topk')}, embeddings "
-                f"{found.get('embeddings')}), not by {wanted['model']} ({wanted['route']}, weights sha256 "
-                f"{wanted['weights_sha256'][:12]}, topk {wanted['topk']}, embeddings {wanted['embeddings']}); "
-                "write a new --out"
-            )
+    def what(meta: dict[str, Any]) -> str:
+        options = ", ".join(f"{key} {meta.get(key)}" for key in _SAME_RUN[2:])
+        weights = str(meta.get("weights_sha256"))[:12]
+        return f"{meta.get('model')} ({meta.get('route')}, weights sha256 {weights}, {options})"
+
+    if any(found.get(key) != wanted[key] for key in _SAME_RUN):
+        raise ResultsError(f"--resume: {where} was written by {what(found)}, not by {what(wanted)}; write a new --out")
 
 
 # ------------------------------------------------------------------------------------------------------------ rows
@@ -242,14 +241,14 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # a decoding process leaves the cores to the model
 
 
-def _decoded(
-    paths: Iterator[str], data: DataConfig, img_size: tuple[int, int], batch_size: int, workers: int
+def decoded(
+    paths: Iterator[str], data: DataConfig, img_size: tuple[int, int], batch_size: int, workers: int, decoder: str
 ) -> Iterator[tuple[list[str], np.ndarray | None, list[str | None]]]:
     """Batches of paths with their decoded images, in order; with ``workers`` processes, at most ``2 * workers``
     batches decoded ahead of the model (memory does not grow with the number of paths)."""
     chunks = iter(lambda: list(itertools.islice(paths, batch_size)), [])
     if workers == 0:
-        yield from ((chunk, *decode(chunk, data, img_size)) for chunk in chunks)
+        yield from ((chunk, *decode(chunk, data, img_size, decoder)) for chunk in chunks)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: as DataLoader on Linux
     context = multiprocessing.get_context(method)
@@ -257,7 +256,7 @@ def _decoded(
     try:
         pending: deque[tuple[list[str], futures.Future]] = deque()
         for chunk in chunks:
-            pending.append((chunk, pool.submit(decode, chunk, data, img_size)))
+            pending.append((chunk, pool.submit(decode, chunk, data, img_size, decoder)))
             if len(pending) > 2 * workers:
                 chunk_done, future = pending.popleft()
                 yield (chunk_done, *future.result())
@@ -295,6 +294,7 @@ def predict_files(
     part_rows: int = PART_ROWS,
     engine: str = "local",
     ray_address: str | None = None,
+    decoder: str = "pil",
 ) -> Summary:
     """Predict every image that ``sources`` name (files, folders, globs, ``@list.txt``, ``-``:
     :func:`litevit.predict.iter_sources`) into ``out`` (``.csv``, ``.jsonl`` or ``.parquet``), one row per image:
@@ -304,7 +304,9 @@ def predict_files(
     or ``pretrained``). ``workers``: decoding processes (default :func:`litevit.data.default_workers`; 0 decodes in
     this process); with ``engine="ray"``, the model actors. ``resume``: go on from the parts of an interrupted run
     into the same ``out`` (see the module's description); without it an existing ``out`` or unfinished run is an
-    error. ``engine="ray"`` runs on Ray Data (:func:`predict_ray`), ``ray_address`` naming a cluster.
+    error. ``decoder``: ``"pil"``, predict's own preprocessing (rows equal :func:`litevit.predict.predict`'s), or
+    ``"torchvision"``, JPEGs through libjpeg-turbo and torch's resizing (:func:`litevit.data.load_image_decoder`).
+    ``engine="ray"`` runs on Ray Data (:func:`predict_ray`), ``ray_address`` naming a cluster.
     """
     fmt = out_format(out)
     if engine not in ENGINES:
@@ -312,6 +314,8 @@ def predict_files(
     if batch_size < 1 or part_rows < 1 or topk < 1 or (workers is not None and workers < 0):
         raise ValueError(f"batch_size, part_rows and topk must be >= 1 and workers >= 0, got {batch_size}, "
                          f"{part_rows}, {topk}, {workers}")  # fmt: skip
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
     sources = [str(s) for s in sources]
     check_sources(sources)
     if engine == "ray":
@@ -319,7 +323,7 @@ def predict_files(
             raise ValueError("--resume applies to the local engine; Ray retries failed work within its run")
         return predict_ray(
             model, sources, out, checkpoint=checkpoint, pretrained=pretrained, topk=topk, batch_size=batch_size,
-            actors=workers, embeddings=embeddings, address=ray_address,
+            actors=workers, embeddings=embeddings, address=ray_address, decoder=decoder,
         )  # fmt: skip
     started = time.perf_counter()
     classifier = _load(model, checkpoint, pretrained)
@@ -327,7 +331,7 @@ def predict_files(
         raise ValueError(
             f"{classifier.path}: an exported file gives class logits only; --embeddings needs the eager model"
         )
-    meta = describe(classifier, topk, embeddings)
+    meta = describe(classifier, topk, embeddings, decoder)
     out, cols = Path(out), columns(meta["topk"], embeddings)
     parts_dir = out.with_name(out.name + ".parts")
     if out.exists():
@@ -367,7 +371,7 @@ def predict_files(
         parts.append(path)
 
     try:
-        for chunk, images, chunk_errors in _decoded(paths, data, img_size, batch_size, workers):
+        for chunk, images, chunk_errors in decoded(paths, data, img_size, batch_size, workers, decoder):
             buffer += batch_rows(classifier, chunk, images, chunk_errors, names, meta["topk"], embeddings)
             errors += sum(e is not None for e in chunk_errors)
             done += len(chunk)
@@ -400,16 +404,17 @@ def _count(out: Path, fmt: str) -> tuple[int, int]:
 class _RayPredictor:
     """One model per Ray actor: a batch of paths in, its results rows out (an Arrow table)."""
 
-    def __init__(self, model: Classifier | str, checkpoint: str | None, pretrained: bool, topk: int, embeddings: bool,
-                 meta: dict[str, Any]) -> None:  # fmt: skip
-        self.model = _load(model, checkpoint, pretrained)
+    def __init__(
+        self, model: Classifier | str, topk: int, embeddings: bool, meta: dict[str, Any], decoder: str
+    ) -> None:
+        self.model, self.decoder = _load(model, None, False), decoder
         self.data, self.img_size, _ = preprocessing(self.model)
         self.names, self.topk, self.embeddings, self.meta = class_names(self.model), topk, embeddings, meta
         self.cols = columns(topk, embeddings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         chunk = [str(p) for p in batch["path"]]
-        images, errors = decode(chunk, self.data, self.img_size)
+        images, errors = decode(chunk, self.data, self.img_size, self.decoder)
         rows = batch_rows(self.model, chunk, images, errors, self.names, self.topk, self.embeddings)
         return arrow_table(rows, self.cols, self.meta)
 
@@ -426,6 +431,7 @@ def predict_ray(
     actors: int | None = None,
     embeddings: bool = False,
     address: str | None = None,
+    decoder: str = "pil",
 ) -> Summary:
     """The rows of :func:`predict_files` on Ray Data, written as a Parquet dataset (a folder ``out`` of ``.parquet``
     files, rows in no particular order, the run's description in each file's schema metadata).
@@ -446,7 +452,7 @@ def predict_ray(
     local = _load(model, checkpoint, pretrained)  # the description, and one line for a bad model before Ray starts
     if embeddings and not isinstance(local, nn.Module):
         raise ValueError(f"{local.path}: an exported file gives class logits only; --embeddings needs a model")
-    meta = describe(local, topk, embeddings)
+    meta = describe(local, topk, embeddings, decoder)
     shipped: Classifier | str = str(local.path) if isinstance(local, ExportedModel) else local  # sessions don't pickle
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -455,8 +461,8 @@ def predict_ray(
     dataset = ray.data.from_items([{"path": path} for path in iter_sources(sources)])
     rows = dataset.map_batches(
         _RayPredictor,
-        fn_constructor_kwargs={"model": shipped, "checkpoint": None, "pretrained": False, "topk": meta["topk"],
-                               "embeddings": embeddings, "meta": meta},
+        fn_constructor_kwargs={"model": shipped, "topk": meta["topk"], "embeddings": embeddings, "meta": meta,
+                               "decoder": decoder},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
     )  # fmt: skip

@@ -11,7 +11,7 @@ import sys
 from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
 from .bulk import ENGINES, PART_ROWS
-from .data import MAX_DEFAULT_WORKERS
+from .data import DECODERS, MAX_DEFAULT_WORKERS
 from .deploy.executorch import PTE_INT8_MAX_RATIO
 from .deploy.fastest import DEFAULT_MAX_DROP
 from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES
@@ -363,6 +363,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             _load(args, _img_size(args.img_size)), args.sources, args.out, topk=args.topk,
             batch_size=args.batch_size, workers=args.workers, embeddings=args.embeddings, resume=args.resume,
             progress=not args.quiet, part_rows=args.part_rows, engine=args.engine, ray_address=args.ray_address,
+            decoder=args.decoder,
         )  # fmt: skip
         resumed = f", {summary.resumed} from the interrupted run" if summary.resumed else ""
         print(
@@ -416,6 +417,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--part-rows", type=int, default=PART_ROWS, help=f"rows per atomically written part (default {PART_ROWS})"
     )
+    p.add_argument(
+        "--decoder", choices=DECODERS, default="pil",
+        help="with --out: pil (default: rows equal predict's) or torchvision (JPEGs by libjpeg-turbo, torch's resize)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--engine", choices=ENGINES, default="local",

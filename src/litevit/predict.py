@@ -22,7 +22,15 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ._extras import printable
-from .data import ImageLoadError, default_workers, eval_transform, image_folder, imagenet_synsets, load_image
+from .data import (
+    ImageLoadError,
+    default_workers,
+    eval_transform,
+    image_folder,
+    imagenet_synsets,
+    load_image,
+    load_image_decoder,
+)
 from .deploy.metadata import SUFFIXES
 from .deploy.runtime import ExportedModel
 from .layers import to_2tuple
@@ -277,10 +285,11 @@ _transform_cache: dict[tuple[DataConfig, tuple[int, int]], Any] = {}
 
 
 def decode(
-    chunk: Sequence[str], data: DataConfig, img_size: tuple[int, int]
+    chunk: Sequence[str], data: DataConfig, img_size: tuple[int, int], decoder: str = "pil"
 ) -> tuple[np.ndarray | None, list[str | None]]:
     """Preprocessed images of the readable files of ``chunk`` (``B, C, H, W`` float32, None if none is readable)
-    and each file's error (None when read): the preprocessing of :func:`litevit.predict.predict`."""
+    and each file's error (None when read): the preprocessing of :func:`predict` (``decoder="pil"``), or with JPEGs
+    decoded by torchvision (:func:`litevit.data.load_image_decoder`)."""
     key = (data, img_size)
     if key not in _transform_cache:
         _transform_cache.clear()
@@ -289,7 +298,7 @@ def decode(
     images, errors = [], []
     for path in chunk:
         try:
-            images.append(transform(load_image(path)).numpy())
+            images.append(transform(load_image_decoder(path, decoder)).numpy())
             errors.append(None)
         except ImageLoadError as exc:
             errors.append(str(exc))
