@@ -277,3 +277,53 @@ def test_killed_run_resumes_with_every_image_once(collection: dict[str, Path], t
         }
         np.testing.assert_allclose([row[f"top{r}_prob"] or 0 for r in range(1, 6)],
                                    [ref[f"top{r}_prob"] or 0 for r in range(1, 6)], rtol=1e-6)  # fmt: skip
+
+
+def test_torchvision_decoder_reads_jpegs_as_pil_does(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from litevit.data import ImageLoadError, load_image, load_image_decoder
+
+    picture = _picture(7, (120, 160))
+    picture.save(tmp_path / "rgb.jpg", quality=90)
+    picture.convert("L").save(tmp_path / "grey.jpg")
+    picture.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # to be turned 90 degrees clockwise
+    picture.save(tmp_path / "rotated.jpg", exif=exif)
+    for name in ("rgb", "grey", "cmyk", "rotated"):
+        path = tmp_path / f"{name}.jpg"
+        tensor = load_image_decoder(path, "torchvision")
+        assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.uint8, name
+        np.testing.assert_array_equal(tensor.permute(1, 2, 0).numpy(), np.asarray(load_image(path)), err_msg=name)
+    assert tensor.shape[1:] == (160, 120)  # rotated: width and height swapped
+    picture.save(tmp_path / "image.png")
+    assert isinstance(load_image_decoder(tmp_path / "image.png", "torchvision"), Image.Image)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "rgb.jpg").read_bytes()[:900])
+    with pytest.raises(ImageLoadError, match=r"cut.jpg: cannot decode image .*truncated"):
+        load_image_decoder(tmp_path / "cut.jpg", "torchvision")
+    with pytest.raises(ValueError, match="unknown decoder 'x'"):
+        load_image_decoder(tmp_path / "rgb.jpg", "x")
+
+
+def test_torchvision_decoder_rows_within_evals_tolerance(collection: dict[str, Path], tmp_path: Path) -> None:
+    model = load_classifier(NAME, collection["ckpt"])
+    kw = {"topk": 3, "workers": 0, "progress": False}
+    by_pil = _read(Path(bulk.predict_files(model, [collection["images"]], tmp_path / "pil.jsonl", **kw).out))
+    fast = bulk.predict_files(model, [collection["images"]], tmp_path / "tv.jsonl", decoder="torchvision", **kw)
+    by_torchvision = _read(Path(fast.out))
+    assert bulk.read_meta(fast.out)["decoder"] == "torchvision" and fast.errors == 3
+    transform = eval_transform(litevit.get_variant(NAME).data)
+    from litevit.data import load_image, load_image_decoder
+
+    for pil_row, tv_row in zip(by_pil, by_torchvision, strict=True):
+        assert pil_row["path"] == tv_row["path"] and (pil_row["error"] is None) == (tv_row["error"] is None)
+        if pil_row["error"] is None:
+            path = pil_row["path"]
+            difference = transform(load_image_decoder(path, "torchvision")) - transform(load_image(path))
+            if path.endswith(".jpg"):  # torch's resizing: close to PIL's, within what test_data accepts for tensors
+                assert 0 < difference.abs().mean() < 0.05, path
+            else:  # other formats go through PIL
+                assert difference.abs().max() == 0, path
+            assert tv_row["top1_index"] == pil_row["top1_index"], path
+            assert abs(tv_row["top1_prob"] - pil_row["top1_prob"]) < 0.01, path
