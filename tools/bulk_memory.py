@@ -1,8 +1,9 @@
 """Peak memory of ``litevit predict --out`` against the number of images: the resident memory of the whole process
 tree (the command and its decoding workers; PSS, and summed RSS), sampled every 0.2 s, for each ``--counts`` over
-generated JPEGs (tools/bulk_throughput.py's make_jpegs, about 500x375): ``--distinct`` image files, each path of the run a link to one
-of them in turn (20,000 distinct JPEGs take hours to generate on a shared 2-core machine; rows and memory depend on
-the paths, not on how many distinct files lie behind them). Flat means the peak does not grow with the count.
+generated JPEGs (tools/bulk_throughput.py's make_jpegs, about 500x375): ``--distinct`` image files, each path of the
+run a link to one of them in turn (20,000 distinct JPEGs take hours to generate on a shared 2-core machine; rows and
+memory depend on the paths, not on how many distinct files lie behind them). Flat: the peak does not grow with the
+count.
 
     python tools/bulk_memory.py --images runs/bulk/jpegs --counts 2000 20000 --out benchmarks/bulk_memory.jsonl
 """
