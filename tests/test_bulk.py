@@ -239,8 +239,13 @@ def test_resume_checks_the_sources_did_not_change(collection: dict[str, Path], t
                                  resume=True)  # fmt: skip
     assert (summary.rows, summary.resumed) == (6, 3)
     assert _read(out) == done
+    parts.mkdir()  # as if killed after the join, before the parts were removed
     again = bulk.predict_files(model, everything[:6], out, workers=0, progress=False, resume=True)  # complete
-    assert (again.rows, again.resumed) == (6, 6)
+    assert (again.rows, again.resumed) == (6, 6) and not parts.exists() and _read(out) == done
+    out.unlink()
+    parts.mkdir()  # as if killed before run.json was written: nothing to resume, a fresh run
+    fresh = bulk.predict_files(model, everything[:6], out, batch_size=3, workers=0, progress=False)
+    assert (fresh.rows, fresh.resumed) == (6, 0) and _read(out) == done
 
 
 def test_killed_run_resumes_with_every_image_once(collection: dict[str, Path], tmp_path: Path) -> None:

@@ -338,12 +338,13 @@ def predict_files(
         if not resume:
             raise ResultsError(f"{out} exists; choose another --out, remove it, or --resume to check it is complete")
         _check_same_run(read_meta(out, fmt), meta, out)
+        shutil.rmtree(parts_dir, ignore_errors=True)  # left by a kill after the join
         rows, errors = _count(out, fmt)
         return Summary(str(out), rows, errors, rows, time.perf_counter() - started)
     paths = iter_sources(sources)
     done = errors = 0
     parts: list[Path] = []
-    if parts_dir.is_dir():
+    if (parts_dir / RUN_FILE).is_file():  # written first: without it, no part was written
         if not resume:
             raise ResultsError(f"{parts_dir} holds an interrupted run: --resume continues it (or remove the folder)")
         _check_same_run(json.loads((parts_dir / RUN_FILE).read_text()), meta, parts_dir)
