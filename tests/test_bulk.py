@@ -248,6 +248,15 @@ def test_resume_checks_the_sources_did_not_change(collection: dict[str, Path], t
     assert (fresh.rows, fresh.resumed) == (6, 0) and _read(out) == done
 
 
+def _running(pid: str) -> bool:
+    """Whether a process exists and has not ended (a zombie waiting for its parent to reap it has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 def test_killed_run_resumes_with_every_image_once(collection: dict[str, Path], tmp_path: Path) -> None:
     images = tmp_path / "many"
     images.mkdir()
@@ -265,9 +274,15 @@ def test_killed_run_resumes_with_every_image_once(collection: dict[str, Path], t
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*"))) < 3 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert run.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(workers) == 1  # --workers 1: the decoding process, which must not outlive the run
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers)), "a decoding worker outlived the killed run"
     assert not out.exists()
     finished = len(list(parts.glob("part-*")))
     assert 3 <= finished < 13

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -237,8 +238,17 @@ def _csv_header(cols: Sequence[str]) -> bytes:
 # ------------------------------------------------------------------------------------------------ decode and predict
 
 
-def _worker_init() -> None:
-    torch.set_num_threads(1)  # a decoding process leaves the cores to the model
+def _worker_init(parent: int) -> None:
+    """A decoding process: one torch thread (the cores are the model's), and it ends when the process that started
+    it is gone (a killed run would otherwise leave it waiting for work, holding its memory)."""
+    torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def decoded(
@@ -252,7 +262,7 @@ def decoded(
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: as DataLoader on Linux
     context = multiprocessing.get_context(method)
-    pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         pending: deque[tuple[list[str], futures.Future]] = deque()
         for chunk in chunks:
