@@ -347,3 +347,17 @@ def test_torchvision_decoder_rows_within_evals_tolerance(collection: dict[str, P
                 assert difference.abs().max() == 0, path
             assert tv_row["top1_index"] == pil_row["top1_index"], path
             assert abs(tv_row["top1_prob"] - pil_row["top1_prob"]) < 0.01, path
+
+
+def test_subcommand_help_says_what_each_does_now(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "unfused vs fused" not in text and "ONNX, TorchScript or torch.export (pt2)" not in text
+    for said in ("ONNX Runtime, OpenVINO, ExecuTorch", "ONNX, OpenVINO IR, ExecuTorch .pte, Core ML", "--fastest",
+                 "CSV/JSONL/Parquet results file", "on Ray"):  # fmt: skip
+        assert said in text, said
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "@list.txt" in text and ".xml" in text and "--resume" in text and "--decoder" in text
