@@ -218,6 +218,25 @@ def test_full_disk_keeps_the_finished_parts(collection: dict[str, Path], tmp_pat
     _check_rows(_read(out), _all_images(collection["images"]), model, 5)
 
 
+def _decode_or_die(chunk: list[str], *args: object) -> object:
+    if any(path.endswith("11.jpg") for path in chunk):
+        os._exit(3)  # the decoding process dies, as when the kernel kills it for memory
+    from litevit.predict import decode
+
+    return decode(chunk, *args)
+
+
+def test_a_dead_decoding_worker_ends_in_one_line(collection: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    model = load_classifier(NAME, collection["ckpt"])
+    monkeypatch.setattr(bulk, "decode", _decode_or_die)
+    with pytest.raises(bulk.ResultsError, match="decoding worker process ended unexpectedly") as caught:
+        bulk.predict_files(model, [collection["images"]], tmp_path / "r.csv", batch_size=2, part_rows=2, workers=1,
+                           progress=False)  # fmt: skip
+    assert "\n" not in str(caught.value)
+    first = tmp_path / "r.csv.parts" / "part-00000000.csv"  # the batch before the death, written whole
+    assert [r["path"] for r in _read(first)] == _all_images(collection["images"])[:2]
+
+
 def test_resume_checks_the_sources_did_not_change(collection: dict[str, Path], tmp_path: Path) -> None:
     model = load_classifier(NAME, collection["ckpt"])
     out = tmp_path / "r.csv"

@@ -267,12 +267,17 @@ def decoded(
         pending: deque[tuple[list[str], futures.Future]] = deque()
         for chunk in chunks:
             pending.append((chunk, pool.submit(decode, chunk, data, img_size, decoder)))
-            if len(pending) > 2 * workers:
+            while len(pending) > 2 * workers or (pending and pending[0][1].done()):
                 chunk_done, future = pending.popleft()
                 yield (chunk_done, *future.result())
         while pending:
             chunk_done, future = pending.popleft()
             yield (chunk_done, *future.result())
+    except futures.process.BrokenProcessPool:
+        raise ResultsError(
+            "a decoding worker process ended unexpectedly (killed, or out of memory); the finished parts stay "
+            "readable and --resume goes on from them"
+        ) from None
     finally:
         pool.shutdown(cancel_futures=True)
 
