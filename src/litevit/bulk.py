@@ -464,6 +464,8 @@ def predict_ray(
         raise ValueError(f"--engine ray writes a Parquet dataset: give an --out ending in .parquet, not {out.name}")
     if out.exists():
         raise ResultsError(f"{out} exists; choose another --out or remove it")
+    if actors is not None and actors < 1:
+        raise ValueError(f"--engine ray needs at least one model actor (--workers), got {actors}")
     started = time.perf_counter()
     local = _load(model, checkpoint, pretrained)  # the description, and one line for a bad model before Ray starts
     if embeddings and not isinstance(local, nn.Module):
