@@ -267,6 +267,19 @@ def test_resume_checks_the_sources_did_not_change(collection: dict[str, Path], t
     assert (fresh.rows, fresh.resumed) == (6, 0) and _read(out) == done
 
 
+def _children(pid: int) -> list[str]:
+    """The processes whose parent is ``pid`` (from /proc: each process's stat names its parent)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(entry.name)
+    return found
+
+
 def _running(pid: str) -> bool:
     """Whether a process exists and has not ended (a zombie waiting for its parent to reap it has ended)."""
     try:
@@ -293,7 +306,7 @@ def test_killed_run_resumes_with_every_image_once(collection: dict[str, Path], t
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*"))) < 3 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+    workers = _children(run.pid)
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert run.returncode == -signal.SIGKILL, "the run finished before it could be killed"
