@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,openvino,executorch,coreml]' timm
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,openvino,executorch,coreml,parquet,ray]' timm
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -16,11 +16,11 @@ LAYERS = (
     {"models"},
     {"weights"},
     {"deploy"},
-    {"training", "bench", "backbone", "predict"},
+    {"training", "bench", "backbone", "predict", "bulk"},
     {"cli", "__main__", "train"},
 )
 MAX_LINES = 500
-MAX_TOP_LEVEL_MODULES = 14
+MAX_TOP_LEVEL_MODULES = 15  # bulk.py (issue 32) and train.py (the old entry point's one-line pointer) joined
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

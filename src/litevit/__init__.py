@@ -3,6 +3,7 @@
 from . import models  # noqa: F401  (registers every family)
 from ._version import __version__
 from .backbone import backbone
+from .bulk import predict_files
 from .deploy import FuseError, export, fuse, quantize
 from .models.features import FeatureInfo, features_only
 from .registry import DataConfig, Paper, Variant, get_variant, list_models
@@ -43,6 +44,7 @@ __all__ = [
     "list_weights",
     "load",
     "load_checkpoint",
+    "predict_files",
     "push_to_hub",
     "read_checkpoint",
     "save_pretrained",

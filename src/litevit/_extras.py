@@ -27,6 +27,8 @@ _EXTRAS = {
     "executorch": "executorch",
     "coremltools": "coreml",
     "huggingface_hub": "hub",
+    "pyarrow": "parquet",
+    "ray": "ray",
 }
 
 

@@ -10,11 +10,12 @@ import sys
 
 from ._extras import MissingExtraError, printable
 from .bench.run import RUNTIMES
-from .data import MAX_DEFAULT_WORKERS
+from .bulk import ENGINES, PART_ROWS
+from .data import DECODERS, MAX_DEFAULT_WORKERS
 from .deploy.executorch import PTE_INT8_MAX_RATIO
 from .deploy.fastest import DEFAULT_MAX_DROP
 from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES
-from .deploy.metadata import FORMATS
+from .deploy.metadata import FORMATS, SUFFIXES
 from .deploy.parity import INT8_MIN_AGREEMENT, INT8_MIN_CORRELATION, INT8_MIN_SIGNAL, RTOL
 from .deploy.precision import PRECISIONS
 from .flops import count_params
@@ -121,7 +122,8 @@ def _add_model_source(p: argparse.ArgumentParser, exported: bool = True) -> None
         "registered name (MODEL or MODEL.TAG for published weights), a litevit file (best.safetensors, last.pt), "
         "a Hub folder (config.json + model.safetensors, timm's or litevit's) or hf-hub:ORG/NAME"
     )
-    p.add_argument("model", help=what + (", or an exported .onnx / .ts / .pt2 file" if exported else ""))
+    files = " / ".join(SUFFIXES)
+    p.add_argument("model", help=what + (f", or an exported file ({files})" if exported else ""))
     p.add_argument(
         "--checkpoint", help="weights for a registered model: a file (official, timm or litevit layout) or a Hub folder"
     )
@@ -168,7 +170,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure latency and throughput, unfused vs fused (default: a model set)")
+    p = sub.add_parser(
+        "bench",
+        help="latency and throughput of models per runtime (eager, compile, ONNX Runtime, OpenVINO, ExecuTorch, ...) "
+        "and precision, at each batch size and thread count, against timm with --compare (default: a model set)",
+    )
     p.add_argument("models", nargs="*", help="names or patterns (default: smallest of each family + levit_256, m4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--batch-size", type=int, nargs="+", help="batch sizes (default: 1 16 on CPU, 256 on GPU)")
@@ -293,7 +299,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the fused model to ONNX, TorchScript or torch.export (pt2)")
+    p = sub.add_parser(
+        "export",
+        help="export the fused model to a file another runtime runs: ONNX, OpenVINO IR, ExecuTorch .pte, Core ML, "
+        "TorchScript or pt2, in fp32, bf16 or int8; --fastest builds the candidates and keeps the fastest here",
+    )
     _add_model_source(p, exported=False)
     p.add_argument(
         "--format", choices=FORMATS,
@@ -341,11 +351,32 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import iter_predictions
+    from .predict import check_sources, iter_predictions, iter_sources
 
+    if args.out is None:
+        extra = [flag for flag, on in (("--embeddings", args.embeddings), ("--resume", args.resume),
+                                       ("--engine ray", args.engine == "ray")) if on]  # fmt: skip
+        if extra:
+            raise ValueError(f"{', '.join(extra)} need --out (a .csv, .jsonl or .parquet results file)")
+        check_sources(args.sources, missing_files=True)  # a missing file is reported by its prediction, as before
+    else:
+        from .bulk import predict_files
+
+        summary = predict_files(
+            _load(args, _img_size(args.img_size)), args.sources, args.out, topk=args.topk,
+            batch_size=args.batch_size, workers=args.workers, embeddings=args.embeddings, resume=args.resume,
+            progress=not args.quiet, part_rows=args.part_rows, engine=args.engine, ray_address=args.ray_address,
+            decoder=args.decoder,
+        )  # fmt: skip
+        resumed = f", {summary.resumed} from the interrupted run" if summary.resumed else ""
+        print(
+            f"{printable(summary.out)}: {summary.rows} rows, {summary.errors} unreadable image(s){resumed}; "
+            f"{summary.images_per_s:.1f} images/s"
+        )
+        return 0
     model = _load(args, _img_size(args.img_size))
     failed = 0
-    for result in iter_predictions(model, args.images, topk=args.topk, batch_size=args.batch_size):
+    for result in iter_predictions(model, iter_sources(args.sources), topk=args.topk, batch_size=args.batch_size):
         # paths and class names come from files (folder names, checkpoint and exported metadata): escaped, an
         # escape sequence in a class name must not reach the terminal
         if result.error is not None:
@@ -359,15 +390,46 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k classes of image files (registered model + checkpoint, or exported)")
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes of images: printed, or a whole collection (folders, globs, @list, stdin) into a "
+        "resumable CSV/JSONL/Parquet results file, locally or on Ray",
+    )
     _add_model_source(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="image file, folder (recursive), glob ('photos/**/*.jpg'), @list.txt (a path a line), - (stdin)",
+    )  # fmt: skip
     p.add_argument("--topk", type=int, default=TOPK, help=f"classes to show per image (default {TOPK})")
     p.add_argument(
         "--batch-size", type=int, default=PREDICT_BATCH_SIZE,
         help=f"images per forward pass (default {PREDICT_BATCH_SIZE})",
     )  # fmt: skip
     p.add_argument("--img-size", type=int, nargs="+", help="input size S or H W (default: the model's)")
+    p.add_argument(
+        "--out",
+        help="results file, one row per image (path, error, top-k indices, names, probabilities): .csv, .jsonl "
+        "(metadata in OUT.meta.json) or .parquet (metadata in the schema); written in parts, see --resume",
+    )
+    p.add_argument("--embeddings", action="store_true", help="with --out: add the pre-logits features (eager model)")
+    p.add_argument("--resume", action="store_true", help="with --out: go on from the parts of an interrupted run")
+    p.add_argument(
+        "--workers", type=int,
+        help=f"with --out: decoding processes (default: CPUs - 1, at most {MAX_DEFAULT_WORKERS}); Ray: model actors",
+    )  # fmt: skip
+    p.add_argument(
+        "--part-rows", type=int, default=PART_ROWS, help=f"rows per atomically written part (default {PART_ROWS})"
+    )
+    p.add_argument(
+        "--decoder", choices=DECODERS, default="pil",
+        help="with --out: pil (default: rows equal predict's) or torchvision (JPEGs by libjpeg-turbo, torch's resize)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine", choices=ENGINES, default="local",
+        help="local (default) or ray: Ray Data's map_batches, one model per actor, a Parquet dataset (litevit[ray])",
+    )  # fmt: skip
+    p.add_argument("--ray-address", help="--engine ray: a Ray cluster address (default: a local Ray instance)")
     p.set_defaults(func=_cmd_predict)
 
 

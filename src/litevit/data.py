@@ -207,6 +207,46 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = limit
 
 
+DECODERS = ("pil", "torchvision")  # predict's own (PIL), or JPEGs through torchvision's libjpeg-turbo decoder
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def load_image_decoder(path: str | os.PathLike, decoder: str = "pil") -> Image.Image | torch.Tensor:
+    """:func:`load_image`, or with ``decoder="torchvision"`` a JPEG as an 8-bit RGB ``C, H, W`` tensor from
+    torchvision's ``decode_jpeg`` (libjpeg-turbo; EXIF orientation applied; grey and CMYK converted as PIL does), any
+    other file through :func:`load_image`. The same limit (:func:`max_pixels`, from the header) and errors.
+
+    The decoded pixels equal PIL's; :func:`eval_transform` then resizes the tensor with torch's antialiased kernels,
+    which are close to PIL's resampling, not identical (the tolerance tests/test_data.py accepts for tensor input).
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+    if decoder == "pil":
+        return load_image(path)
+    import io
+
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+        if not data.startswith(_JPEG_MAGIC):
+            return load_image(path)
+        with Image.open(io.BytesIO(data)) as image:  # the header only: size and mode for the memory limit
+            width, height, mode = *image.size, image.mode
+    except Exception:  # noqa: BLE001 (PIL raises many kinds): load_image reads it again and says why in one line
+        return load_image(path)
+    if width * height > max_pixels(mode) or mode not in ("RGB", "L", "CMYK"):
+        return load_image(path)  # its one line for a too large image; PIL's conversions for other modes
+    try:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                           apply_exif_orientation=True)  # fmt: skip
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].rsplit(", ", 1)[-1] if str(exc).strip() else type(exc).__name__
+        raise ImageLoadError(f"{path}: cannot decode image (torchvision decode_jpeg: {reason})") from None
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     """What a path is on disk, links followed: ``(device, inode)``; None when it cannot be read (a broken link)."""
     try:

@@ -1,23 +1,36 @@
-"""Classify image files and evaluate on an ImageFolder, with a litevit model or an exported file."""
+"""Classify image files and evaluate on an ImageFolder, with a litevit model or an exported file; the image sources
+(files, folders, globs, ``@list.txt``, ``-``) that bulk prediction streams."""
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ._extras import printable
-from .data import ImageLoadError, default_workers, eval_transform, image_folder, imagenet_synsets, load_image
+from .data import (
+    ImageLoadError,
+    default_workers,
+    eval_transform,
+    image_folder,
+    imagenet_synsets,
+    load_image,
+    load_image_decoder,
+)
 from .deploy.metadata import SUFFIXES
 from .deploy.runtime import ExportedModel
 from .layers import to_2tuple
@@ -27,6 +40,7 @@ from .weights.loading import create_model, load, model_info
 log = logging.getLogger(__name__)
 
 Classifier = nn.Module | ExportedModel
+Row = dict[str, Any]  # one results row of bulk prediction: :func:`columns`
 TOPK = 5  # classes shown per image
 PREDICT_BATCH_SIZE = 16  # images per forward pass of predict
 EVAL_BATCH_SIZE = 64  # images per forward pass of evaluate
@@ -50,6 +64,112 @@ class EvalResult:
     count: int  # images evaluated
     num_classes: int  # classes found in the dataset folder
     skipped: int = 0  # unreadable images, not counted
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def check_sources(sources: Sequence[str], missing_files: bool = False) -> None:
+    """Raise one line for the first source that names nothing: a glob matching no file, an ``@list`` file that is not
+    there, or (unless ``missing_files``: then its row says so) a path that does not exist. ``-`` is always valid."""
+    if not sources:
+        raise ValueError("no image sources given (expected image files, folders, globs, @list.txt or -)")
+    for source in sources:
+        if source == "-" or os.path.exists(source):
+            continue
+        if source.startswith("@"):
+            if not os.path.isfile(source[1:]):
+                raise FileNotFoundError(f"path list not found: {source[1:]} (from {source})")
+        elif _GLOB.search(source):
+            if next(_glob(source), None) is None:
+                raise FileNotFoundError(f"the glob {source} matches no file")
+        elif not missing_files:
+            raise FileNotFoundError(
+                f"image source not found: {source} (expected an image file, a folder, a glob, @list.txt or -)"
+            )
+
+
+def _walk_images(root: str) -> Iterator[str]:
+    """Image files under ``root`` (by extension), sorted within each folder, links followed, each folder entered
+    once (a link back up is skipped with a warning, as :func:`litevit.data.walk_classes` does)."""
+    entered = {(os.stat(root).st_dev, os.stat(root).st_ino)}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        kept = []
+        for sub in sorted(subfolders):
+            try:
+                stat = os.stat(os.path.join(folder, sub))
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) in entered:
+                log.warning("not entering %s: a folder walked already (a link loop)", os.path.join(folder, sub))
+                continue
+            entered.add((stat.st_dev, stat.st_ino))
+            kept.append(sub)
+        subfolders[:] = kept
+        yield from (os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS))
+
+
+def _glob(pattern: str) -> Iterator[str]:
+    """Files matching the shell pattern (``*``, ``?``, ``[...]``; ``**``: any folders, at the end: every file below),
+    in a stable order; a name starting with ``.`` is matched only by a pattern part starting with ``.``, as in
+    :mod:`glob`. Unlike :mod:`glob`, ``**`` enters a folder once (a link back up is not followed: glob repeats it until
+    the path is too long, 2^depth paths with two such links), and folders are not matches."""
+    parts = pattern.split(os.sep) + (["*"] if pattern.endswith("**") else [])
+    first = next(i for i, part in enumerate(parts) if _GLOB.search(part))
+    root = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
+    entered: set[tuple[int, int]] = set()
+
+    def entries(folder: str) -> list[str]:
+        try:
+            return sorted(os.listdir(folder or "."))
+        except OSError:
+            return []
+
+    def match(folder: str, rest: list[str]) -> Iterator[str]:
+        if rest[0] == "**":
+            stat = os.stat(folder or ".")
+            entered.add((stat.st_dev, stat.st_ino))
+            yield from match(folder, rest[1:])
+            for name in entries(folder):
+                path = os.path.join(folder, name)
+                if not name.startswith(".") and os.path.isdir(path):
+                    stat = os.stat(path)
+                    if (stat.st_dev, stat.st_ino) not in entered:
+                        entered.add((stat.st_dev, stat.st_ino))
+                        yield from match(path, rest)
+            return
+        for name in entries(folder):
+            if fnmatch.fnmatchcase(name, rest[0]) and (rest[0].startswith(".") or not name.startswith(".")):
+                path = os.path.join(folder, name)
+                if len(rest) == 1 and os.path.isfile(path):
+                    yield path
+                elif len(rest) > 1 and os.path.isdir(path):
+                    yield from match(path, rest[1:])
+
+    return match(root, parts[first:])
+
+
+def _lines(stream: Iterable[str]) -> Iterator[str]:
+    return (line.rstrip("\r\n") for line in stream if line.strip())
+
+
+def iter_sources(sources: Sequence[str]) -> Iterator[str]:
+    """The image paths that ``sources`` name, in a stable order, streamed: an image file as given, a folder's image
+    files recursively (:func:`_walk_images`), a glob's matching files (:func:`_glob`), the lines of ``@list.txt``,
+    ``-``: the lines of standard input; a path that does not exist as given (its prediction reports it). Call
+    :func:`check_sources` first for one-line errors on sources that name nothing."""
+    for source in sources:
+        if source == "-":
+            yield from _lines(sys.stdin)
+        elif os.path.isdir(source):
+            yield from _walk_images(source)
+        elif source.startswith("@") and not os.path.exists(source):
+            with open(source[1:], encoding="utf-8") as listing:
+                yield from _lines(listing)
+        elif os.path.exists(source) or not _GLOB.search(source):
+            yield source
+        else:
+            yield from _glob(source)
 
 
 def is_exported(model: str | os.PathLike) -> bool:
@@ -152,6 +272,78 @@ def iter_predictions(
             for (i, _), vals, idxs in zip(loaded, values.tolist(), indices.tolist(), strict=True):
                 results[i] = Prediction(chunk[i], tuple((c, names[c], p) for c, p in zip(idxs, vals, strict=True)))
         yield from (r for r in results if r is not None)
+
+
+def columns(topk: int, embeddings: bool) -> list[str]:
+    """The results columns: ``path``, ``error``, then ``top<r>_index``, ``top<r>_name``, ``top<r>_prob`` for each rank
+    ``r`` (most likely first), then ``embedding`` (the pre-logits features) with ``embeddings``."""
+    ranked = [f"top{r}_{field}" for r in range(1, topk + 1) for field in ("index", "name", "prob")]
+    return ["path", "error", *ranked, *(["embedding"] if embeddings else [])]
+
+
+_transform_cache: dict[tuple[DataConfig, tuple[int, int]], Any] = {}
+
+
+def decode(
+    chunk: Sequence[str], data: DataConfig, img_size: tuple[int, int], decoder: str = "pil"
+) -> tuple[np.ndarray | None, list[str | None]]:
+    """Preprocessed images of the readable files of ``chunk`` (``B, C, H, W`` float32, None if none is readable)
+    and each file's error (None when read): the preprocessing of :func:`predict` (``decoder="pil"``), or with JPEGs
+    decoded by torchvision (:func:`litevit.data.load_image_decoder`)."""
+    key = (data, img_size)
+    if key not in _transform_cache:
+        _transform_cache.clear()
+        _transform_cache[key] = eval_transform(data, img_size)
+    transform = _transform_cache[key]
+    images, errors = [], []
+    for path in chunk:
+        try:
+            images.append(transform(load_image_decoder(path, decoder)).numpy())
+            errors.append(None)
+        except ImageLoadError as exc:
+            errors.append(str(exc))
+    return (np.stack(images) if images else None), errors
+
+
+def forward(model: Classifier, x: torch.Tensor, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of a batch, and its pre-logits features with ``embeddings`` (eager models)."""
+    if not embeddings:
+        return logits(model, x), None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{model.path}: an exported file gives class logits only; --embeddings needs the eager model")
+    with torch.inference_mode():
+        features = model.forward_features(x)
+        return model.forward_head(features), model.forward_head(features, pre_logits=True).flatten(1)
+
+
+def batch_rows(
+    model: Classifier,
+    chunk: Sequence[str],
+    images: np.ndarray | None,
+    errors: Sequence[str | None],
+    names: Sequence[str],
+    topk: int,
+    embeddings: bool,
+) -> list[Row]:
+    """One results row per path of ``chunk``: its top-``topk`` classes, or its error."""
+    rows: list[Row] = []
+    found: Iterator[tuple[list[int], list[float], list[float] | None]] = iter(())
+    if images is not None:
+        out, features = forward(model, torch.from_numpy(images), embeddings)
+        values, indices = out.float().softmax(dim=-1).topk(topk, dim=-1)
+        vectors = features.float().tolist() if features is not None else [None] * len(values)
+        found = iter(zip(indices.tolist(), values.tolist(), vectors, strict=True))
+    for path, error in zip(chunk, errors, strict=True):
+        row: Row = {"path": path, "error": error}
+        ranked = next(found) if error is None else ([None] * topk, [None] * topk, None)
+        for r, (index, prob) in enumerate(zip(ranked[0], ranked[1], strict=True), start=1):
+            row[f"top{r}_index"], row[f"top{r}_name"], row[f"top{r}_prob"] = (
+                index, None if index is None else names[index], prob
+            )  # fmt: skip
+        if embeddings:
+            row["embedding"] = ranked[2]
+        rows.append(row)
+    return rows
 
 
 def predict(

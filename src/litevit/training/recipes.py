@@ -35,8 +35,7 @@ SHORT_RUN_RULE = "\n".join(
     (
         "default recipe (no --recipe): the short-run rule, for a few epochs on a small data set. With B the global",
         "batch and S = total steps (epochs x training images // B):",
-        f"  epochs (without --epochs): enough for S >= {MIN_STEPS} steps, at least {MIN_EPOCHS}, at most "
-        f"{MAX_EPOCHS};",
+        f"  epochs (without --epochs): enough for S >= {MIN_STEPS} steps, at least {MIN_EPOCHS}, at most {MAX_EPOCHS};",
         f"  lr = {BASE_LR:g} * sqrt(B / {BASE_BATCH}) from scratch, {FINE_TUNE_LR:g} * sqrt(B / {BASE_BATCH}) from "
         "--checkpoint weights (AdamW,",
         f"  absolute, not rescaled by --lr-ref-batch); warm-up over the first {WARMUP_SHARE:.0%} of S (at most "
