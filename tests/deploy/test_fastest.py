@@ -1,0 +1,303 @@
+"""``export --fastest``: accuracy measured on the user's images, the 95 % gates, every option honoured or refused,
+the file that says how it was chosen, on every family.
+
+The models are random-weight models whose logits follow their input (test_int8's ``_working_model``: BatchNorm
+statistics from the images, a ridge head fitted to the 4 drawn classes), at 64 px.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import litevit
+from litevit import _extras, cli
+from litevit.deploy import accuracy as A
+from litevit.deploy import fastest as F
+from litevit.deploy.errors import ExportError
+from litevit.deploy.int8 import CalibrationError
+from litevit.deploy.metadata import ExportMetadata, MetadataError
+from litevit.deploy.routes import ROUTES, Route, route_named, route_of
+from litevit.deploy.runtime import ExportedModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_int8 import CLASSES, FAMILY_SMALLEST, _class_tree, _working_model  # noqa: E402
+
+ZEN4 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+NO_BF16 = frozenset({"avx2", "avx512f", "avx512_vnni"})
+FAST = dict(seconds=0.1, time_cap=1.0)  # timing kept short: these tests check decisions, not speeds
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes x 20 drawn images: 40 calibration, 40 held-out."""
+    return _class_tree(tmp_path_factory.mktemp("fastest") / "images", per_class=20)
+
+
+def _labelled(name: str, folder: Path) -> torch.nn.Module:
+    model = _working_model(name, folder)
+    model.model_info = dataclasses.replace(model.model_info, class_names=tuple(f"class{i}" for i in range(CLASSES)))
+    return model
+
+
+# --- statistics ---------------------------------------------------------------------------------------------------
+
+
+def test_upper_bound_is_clopper_pearson() -> None:
+    assert A.upper_bound(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-6)
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in [(1, 20), (5, 100), (37, 359), (4, 359)]:
+        assert A.upper_bound(k, n) == pytest.approx(stats.beta.ppf(0.95, k + 1, n - k), rel=1e-6), (k, n)
+    assert A.upper_bound(10, 10) == 1.0 and A.upper_bound(0, 0) == 1.0
+
+
+def test_resolvable_needs_about_three_hundred_images_per_point() -> None:
+    n = math.ceil(math.log(0.05) / math.log(0.99))  # 0 lost of n: 1 - 0.05^(1/n) <= 1 %
+    assert A.resolvable(n, 1.0) and not A.resolvable(n - 1, 1.0)
+    assert not A.resolvable(10**6, 0.0)  # a zero budget is never resolved: only exact files
+
+
+def test_median_bounds_cover_the_median_and_widen_with_noise() -> None:
+    rng = np.random.default_rng(0)
+    tight = list(1.5 + 0.01 * rng.standard_normal(200))
+    low, high = A.median_bounds(tight)
+    assert low < 1.5 < high and high - low < 0.01
+    assert A.median_bounds([1.0, 2.0]) == (-math.inf, math.inf)  # 2 rounds cannot bound anything at 95 %
+
+
+# --- the split ----------------------------------------------------------------------------------------------------
+
+
+def test_split_is_stratified_disjoint_and_fixed(folder: Path) -> None:
+    calibration, held_out = A.split_folder(folder, 300)
+    assert len(calibration) == 40 and len(held_out) == 40 and not set(calibration) & set(held_out)
+    for files in (calibration, held_out):
+        assert sorted({p.parent.name: 0 for p in files}) == [f"class{c}" for c in range(CLASSES)]
+        assert {sum(p.parent.name == f"class{c}" for p in files) for c in range(CLASSES)} == {10}
+    assert A.split_folder(folder, 300) == (calibration, held_out)
+    assert A.split_folder(folder, 300, seed=1) != (calibration, held_out)
+    capped, held = A.split_folder(folder, 12)
+    assert len(capped) == 12 and held == held_out  # the cap takes from calibration, never from held-out
+
+
+def test_split_refuses_bad_folders_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationError, match=r"has 0 image file\(s\); --fastest splits them .* at least 16"):
+        A.split_folder(tmp_path / "empty", 300)
+    few = _class_tree(tmp_path / "few", per_class=3)
+    with pytest.raises(CalibrationError, match=r"has 12 image file\(s\)"):
+        A.split_folder(few, 300)
+    with pytest.raises(CalibrationError, match="calibration folder not found"):
+        A.split_folder(tmp_path / "missing", 300)
+
+
+def test_labels_come_from_the_folder_names_when_they_are_the_models_classes(folder: Path) -> None:
+    files = A.split_folder(folder, 300)[1]
+    names = tuple(f"class{i}" for i in range(CLASSES))
+    assert A.labels_of(files, names, CLASSES).tolist() == [int(p.parent.name[-1]) for p in files]
+    assert A.labels_of(files, None, CLASSES) is None and A.labels_of(files, ("a", "b"), 2) is None
+    synsets = [Path("n01440764/a.png"), Path("n01443537/b.png")]
+    assert A.labels_of(synsets, None, 1000).tolist() == [0, 1]  # ImageNet synsets, as eval maps them
+
+
+# --- the gate -----------------------------------------------------------------------------------------------------
+
+
+def _accuracy(**kw: object) -> A.Accuracy:
+    base = dict(images=400, exact=False, max_rel_diff=1e-2, agreement=1.0, disagreements=0)
+    return A.Accuracy(**{**base, **kw})
+
+
+def test_gate_decides_on_the_bound_not_the_point_estimate() -> None:
+    assert A.judge(_accuracy(exact=True, disagreements=3), 0.0, 400) == (True, "exact to fp32")
+    ok, why = A.judge(_accuracy(disagreements=0), 1.0, 400)
+    assert ok and why.startswith("drop <= 0.75")
+    ok, why = A.judge(_accuracy(disagreements=2), 1.0, 400)  # 0.5 points measured, bound 1.57
+    assert not ok and "drop up to 1.57 points at 95% > 1" in why
+    labelled = _accuracy(disagreements=9, top1=90.0, fp32_top1=90.0, losses=0)  # flips among wrong images only
+    assert A.judge(labelled, 1.0, 400)[0] and labelled.drop == 0.0
+    assert not A.judge(_accuracy(disagreements=0), 1.0, 100)[0]  # 100 images cannot resolve 1 point
+    assert "cannot resolve a drop of 1 points" in A.judge(_accuracy(), 1.0, 100)[1]
+    dead = _accuracy(int8_failure="the same output for all 400 images")
+    assert A.judge(dead, 100.0, 400) == (False, "fails the int8 check: the same output for all 400 images")
+    assert A.judge(None, 100.0, 0) == (False, "not measured: needs images (--calibration DIR)")
+
+
+# --- routes and the plan ------------------------------------------------------------------------------------------
+
+
+def test_one_name_per_route() -> None:
+    names = [r.name for r in ROUTES]
+    assert names == ["ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"]
+    assert all(route_named(n).name == n for n in names) and route_of("openvino", "int8") == Route("openvino", "int8")
+    with pytest.raises(ValueError, match="unknown route 'ov-int8-f32'"):
+        route_named("ov-int8-f32")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Route("tensorrt", "fp32")
+
+
+@pytest.mark.parametrize(
+    ("out", "fmt", "precision", "routes"),
+    [
+        ("m", None, None, ["ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"]),
+        ("m.onnx", None, None, ["ort-fp32", "ort-int8"]),
+        ("m.xml", None, None, ["ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"]),
+        ("m", "openvino", "int8", ["ov-int8"]),
+        ("m.onnx", None, "int8", ["ort-int8"]),
+        ("m", None, "bf16", ["ov-bf16"]),
+    ],
+)
+def test_suffix_format_and_precision_restrict_the_candidates(out, fmt, precision, routes) -> None:
+    p = F.plan(out, fmt, precision, "images", ZEN4)
+    assert [r.name for r in p.routes] == routes
+    assert p.baseline == route_named("ort-fp32")  # timed for the speed-ups even when excluded
+
+
+def test_plan_follows_the_cpu_the_images_and_the_installed_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = F.plan("m", calibration="images", flags=NO_BF16)
+    assert "no native bf16" in p.skipped["ov-bf16"] and "ov-bf16" not in [r.name for r in p.routes]
+    p = F.plan("m", flags=ZEN4)  # no images: int8 cannot be built; bf16 is built and listed as not measured
+    assert [r.name for r in p.routes] == ["ort-fp32", "ov-fp32", "ov-bf16"]
+    assert p.skipped["ov-int8"].startswith("not measured: needs images")
+    real = _extras.available
+    monkeypatch.setattr(_extras, "available", lambda m: m not in ("openvino", "nncf") and real(m))
+    p = F.plan("m", calibration="images", flags=ZEN4)  # onnxruntime alone
+    assert [r.name for r in p.routes] == ["ort-fp32", "ort-int8"]
+    assert p.skipped["ov-fp32"] == "openvino is not installed: pip install 'litevit[openvino]'"
+    with pytest.raises(ValueError, match="no candidate .*openvino is not installed: pip install 'litevit"):
+        F.plan("m.xml", flags=ZEN4)
+    monkeypatch.setattr(_extras, "available", lambda m: m != "onnxruntime" and real(m))
+    p = F.plan("m", calibration="images", flags=ZEN4)  # OpenVINO alone: no onnxruntime baseline
+    assert [r.name for r in p.routes] == ["ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"] and p.baseline is None
+    assert "pip install 'litevit[export]'" in p.skipped["ort-fp32"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "m.pte"], r"--fastest writes \.onnx \(onnxruntime\) or \.xml \(OpenVINO\), not \.pte"),
+        (["--out", "levit.v2"], r"not \.v2: give one of those suffixes"),
+        (["--out", "m.onnx", "--format", "openvino"], "--format openvino contradicts --out m.onnx"),
+        (["--out", "m.onnx", "--precision", "bf16"], r"no candidate .*ort-fp32: excluded by --precision bf16"),
+        (["--out", "m.xml", "--opset", "17"], "--opset applies to ONNX candidates"),
+        (["--out", "m", "--max-drop", "-1"], "--max-drop must be >= 0 top-1 points, got -1"),
+        (["--out", "m", "--calibration", "EMPTY"], r"has 0 image file\(s\)"),
+        (["--out", "m", "--calibration", "FEW"], r"has 12 image file\(s\); --fastest splits them"),
+        (["--out", "m", "--calibration", "BROKEN"], r"calibration image\(s\) under .* cannot be read"),
+        (["--out", "m.onnx", "--threads", "2"], None),  # allowed with --fastest; refused without below
+    ],
+)
+def test_bad_fastest_input_is_one_line(args, message, tmp_path, capsys) -> None:
+    (tmp_path / "EMPTY").mkdir()
+    _class_tree(tmp_path / "FEW", per_class=3)
+    broken = _class_tree(tmp_path / "BROKEN", per_class=5)
+    (broken / "class0" / "000.png").write_bytes(b"not an image")
+    args = [a if a not in ("EMPTY", "FEW", "BROKEN") else str(tmp_path / a) for a in args]
+    args = [str(tmp_path / a) if a.startswith("m") or a.startswith("levit") else a for a in args]
+    if message is None:
+        assert cli.main(["export", "levit_128s", *args[:2], "--threads", "2"]) == 2  # without --fastest
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "apply to --fastest" in err
+        return
+    assert cli.main(["export", "levit_128s", "--fastest", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert __import__("re").search(message, err), err
+
+
+# --- on every family ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", [FAMILY_SMALLEST[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in FAMILY_SMALLEST[1:]]
+)
+def test_fastest_measures_every_candidate_on_held_out_images(name: str, folder: Path, tmp_path: Path) -> None:
+    """onnxruntime's candidates (fp32 and int8) on the held-out images of a labelled folder: every candidate's
+    agreement and top-1 are measured, the decision follows the gate, and the file says so."""
+    model = _labelled(name, folder)
+    result = litevit.export(model, tmp_path / "m.onnx", fastest=True, calibration=folder, max_drop=20.0, **FAST)
+    s = result.metadata.selection
+    assert result.path == tmp_path / "m.onnx" and s.route == result.fastest.chosen
+    assert s.images == 40 and s.fp32_top1 == 100.0 and s.batch == 1 and result.metadata.batch == 1
+    rows = {c.route: c for c in s.candidates}
+    assert set(rows) == {"ort-fp32", "ort-int8"}
+    assert rows["ort-fp32"].agreement == 1.0 and rows["ort-fp32"].drop_bound == 0.0
+    int8 = rows["ort-int8"]
+    assert int8.agreement is not None and int8.top1 is not None and int8.ms is not None
+    bound = 100 * A.upper_bound(round(100 - int8.top1) * 40 // 100, 40)  # every image fp32 gets right
+    assert int8.drop_bound == pytest.approx(bound, abs=1e-9)
+    assert int8.decision.startswith(("CHOSEN", "eligible")) is (int8.drop_bound <= 20.0)
+    assert ExportedModel(result.path).metadata.selection == s  # read back from the file
+
+
+def test_too_few_images_keep_only_exact_candidates(folder: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    model = _labelled("levit_128s", folder)
+    result = litevit.export(model, tmp_path / "m.onnx", fastest=True, calibration=folder, max_drop=1.0,
+                            progress=lines.append, **FAST)  # fmt: skip
+    assert any("40 held-out images cannot resolve a drop of 1 points at 95%: only candidates exact" in ln for ln in lines)
+    rows = {c.route: c for c in result.metadata.selection.candidates}
+    assert result.metadata.selection.route == "ort-fp32"
+    assert "40 images cannot resolve a drop of 1 points" in rows["ort-int8"].decision
+
+
+def test_a_dead_int8_file_stays_in_the_table_with_the_int8_checks_reason(folder, tmp_path, monkeypatch) -> None:
+    """Planted: the int8 file returns one output for every image. It is measured, fails the int8 check and is
+    kept out, whatever the budget."""
+    real = ExportedModel.__call__
+
+    def dead(self: ExportedModel, x: torch.Tensor) -> torch.Tensor:
+        out = real(self, x)
+        return out.mean(0, keepdim=True).expand_as(out) if self.metadata.precision == "int8" else out
+
+    monkeypatch.setattr(ExportedModel, "__call__", dead)
+    model = _labelled("levit_128s", folder)
+    result = litevit.export(model, tmp_path / "m.onnx", fastest=True, calibration=folder, max_drop=100.0, **FAST)
+    rows = {c.route: c for c in result.metadata.selection.candidates}
+    assert rows["ort-int8"].decision.startswith("fails the int8 check: the same output for all 40 images")
+    assert result.metadata.selection.route == "ort-fp32"
+
+
+def test_int8_calibrated_on_one_class_is_measured_on_every_class(folder, tmp_path, monkeypatch) -> None:
+    """Planted: the int8 candidate is calibrated on class0 alone. It is judged on held-out images of all four
+    classes (never on its calibration images), and by the bound of what it measured there."""
+    real = F.split_folder
+    seen: list[list[Path]] = []
+
+    def one_class(root: Path, count: int, seed: int = 0) -> tuple[list[Path], list[Path]]:
+        calibration, held_out = real(root, count, seed)
+        seen.append(held_out)
+        return [p for p in calibration if p.parent.name == "class0"], held_out
+
+    monkeypatch.setattr(F, "split_folder", one_class)
+    model = _labelled("levit_128s", folder)
+    result = litevit.export(model, tmp_path / "m.onnx", fastest=True, calibration=folder, max_drop=0.0, **FAST)
+    assert {p.parent.name for p in seen[0]} == {f"class{c}" for c in range(CLASSES)}
+    rows = {c.route: c for c in result.metadata.selection.candidates}
+    assert rows["ort-int8"].agreement is not None and not rows["ort-int8"].decision.startswith(("CHOSEN", "eligible"))
+    assert result.metadata.selection.route == "ort-fp32"  # a zero budget: exact files only
+
+
+def test_near_tied_logits_bf16_flips_predictions_and_is_refused(folder: Path, tmp_path: Path) -> None:
+    """Two classes whose logits differ by far less than bf16 resolves: bf16 flips some held-out images."""
+    pytest.importorskip("openvino")
+    if not _extras.has_native_bf16():
+        pytest.skip("this CPU has no native bf16: OpenVINO runs bf16 files in f32")
+    model = _labelled("levit_128s", folder)
+    with torch.no_grad():
+        for head in {id(h): h for h in (model.head, getattr(model, "head_dist", None)) if h is not None}.values():
+            head.weight[1] = head.weight[0] + 1e-3 * torch.randn_like(head.weight[0])
+            head.bias[1] = head.bias[0]
+            head.weight[2:] -= 10.0  # classes 2, 3 never win: every image is a near-tie between 0 and 1
+    result = litevit.export(model, tmp_path / "m", fastest=True, calibration=folder, format="openvino",
+                            precision=None, max_drop=10.0, **FAST)  # fmt: skip
+    rows = {c.route: c for c in result.metadata.selection.candidates}
+    assert rows["ov-bf16"].agreement < 1.0, rows["ov-bf16"]
+    assert not rows["ov-bf16"].decision.startswith(("CHOSEN", "eligible"))
