@@ -431,7 +431,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     meta = model.metadata
     for name, value in vars(meta).items():
         if name not in ("selection", "class_names", "data"):
-            print(f"  {name}: {value}")
+            print(f"  {name}: {printable(str(value))}")
     print(f"  data: {meta.data}")
     if meta.class_names is not None:
         shown = ", ".join(meta.class_names[:10]) + (" ..." if len(meta.class_names) > 10 else "")
