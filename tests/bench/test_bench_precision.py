@@ -202,7 +202,15 @@ def test_own_table_sets_the_fastest_file_against_its_fp32_onnx_and_openvino_defa
     ort = bench.record_key("litevit", "m", "onnxruntime", "fp32", True)
     comparison = bench.Comparison("m", 1, key, ort, 2.5, 2.25, 2.75, 1, "litevit onnxruntime fp32")
     lines = bench_report.own_table(bench.BenchResult(records, [comparison]))
-    assert lines[2] == "| m | 1 | 1 | openvino-int8 (int8 + bf16) | 2.00 | 2.50x (2.25-2.75) | - |"
+    assert lines[2] == "| m | 1 | 1 | ov-int8-bf16 | 2.00 | 2.50x (2.25-2.75) | - |"  # the Route's one name
+
+
+def test_bench_records_map_to_the_one_route_name() -> None:
+    cases = {("onnxruntime", "fp32"): "ort-fp32", ("onnxruntime-int8", "int8"): "ort-int8",
+             ("openvino", "f32"): "ov-fp32", ("openvino", "bf16"): "ov-bf16",
+             ("openvino-int8", "int8 + f32"): "ov-int8", ("openvino-int8", "int8 + bf16"): "ov-int8-bf16"}  # fmt: skip
+    assert {k: bench_report.route_name(*k) for k in cases} == cases
+    assert bench_report.route_name("openvino", "defaults (bf16)") == "openvino (defaults (bf16))"  # no route: as is
 
 
 def test_the_plot_draws_the_runners_the_comparisons_count() -> None:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
 OPENVINO_ONLY = ("bf16", "int8-bf16")  # onnxruntime's CPU provider has no bf16 execution of these graphs
 
+
 def float_precision(precision: str) -> str:
     """OpenVINO's name of the precision the float parts of a ``precision`` file run in: ``f32`` or ``bf16``."""
     check_precision(precision)
