@@ -136,7 +136,10 @@ def test_gate_decides_on_the_bound_not_the_point_estimate() -> None:
 
 def test_one_name_per_route() -> None:
     names = [r.name for r in ROUTES]
-    assert names == ["ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"]
+    assert names == ["ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16", "ov-int8-ac"]
+    assert route_of("openvino", "int8").name == "ov-int8"  # a file's route: the plain one
+    with pytest.raises(ValueError, match="accuracy-controlled quantization is an OpenVINO int8 route"):
+        Route("onnxruntime", "int8", accuracy_control=True)
     assert all(route_named(n).name == n for n in names) and route_of("openvino", "int8") == Route("openvino", "int8")
     with pytest.raises(ValueError, match="unknown route 'ov-int8-f32'"):
         route_named("ov-int8-f32")
@@ -147,10 +150,10 @@ def test_one_name_per_route() -> None:
 @pytest.mark.parametrize(
     ("out", "fmt", "precision", "routes"),
     [
-        ("m", None, None, ["ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"]),
+        ("m", None, None, ["ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16", "ov-int8-ac"]),
         ("m.onnx", None, None, ["ort-fp32", "ort-int8"]),
-        ("m.xml", None, None, ["ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"]),
-        ("m", "openvino", "int8", ["ov-int8"]),
+        ("m.xml", None, None, ["ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16", "ov-int8-ac"]),
+        ("m", "openvino", "int8", ["ov-int8", "ov-int8-ac"]),
         ("m.onnx", None, "int8", ["ort-int8"]),
         ("m", None, "bf16", ["ov-bf16"]),
     ],
@@ -176,7 +179,8 @@ def test_plan_follows_the_cpu_the_images_and_the_installed_runtimes(monkeypatch:
         F.plan("m.xml", flags=ZEN4)
     monkeypatch.setattr(_extras, "available", lambda m: m != "onnxruntime" and real(m))
     p = F.plan("m", calibration="images", flags=ZEN4)  # OpenVINO alone: no onnxruntime baseline
-    assert [r.name for r in p.routes] == ["ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16"] and p.baseline is None
+    assert [r.name for r in p.routes] == ["ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16", "ov-int8-ac"]
+    assert p.baseline is None
     assert "pip install 'litevit[export]'" in p.skipped["ort-fp32"]
 
 
@@ -388,3 +392,21 @@ def test_selection_metadata_is_read_back_and_checked(tmp_path) -> None:
     raw["selection"] = {"route": "ov-int8"}
     with pytest.raises(MetadataError, match="field 'selection.cpu' is missing"):
         ExportMetadata.from_json(json.dumps(raw))
+
+
+@pytest.mark.slow
+def test_nncf_accuracy_control_is_a_candidate_for_a_labelled_folder_only(folder: Path, tmp_path: Path) -> None:
+    """``ov-int8-ac``: NNCF's quantize_with_accuracy_control on the calibration share, judged on the held-out one."""
+    pytest.importorskip("nncf")
+    model = _labelled("levit_128s", folder)
+    result = litevit.export(model, tmp_path / "m.xml", fastest=True, calibration=folder, precision="int8",
+                            max_drop=10.0, **FAST)  # fmt: skip
+    rows = {c.route: c for c in result.metadata.selection.candidates}
+    assert rows["ov-int8-ac"].agreement is not None and rows["ov-int8-ac"].top1 is not None
+    assert rows["ort-fp32"].decision.startswith("baseline only: excluded by")
+    unlabelled = _working_model("levit_128s", folder)  # no class names: the folders are not its classes
+    result = litevit.export(unlabelled, tmp_path / "u.xml", fastest=True, calibration=folder, precision="int8",
+                            max_drop=10.0, **FAST)  # fmt: skip
+    rows = {c.route: c for c in result.metadata.selection.candidates}
+    assert rows["ov-int8-ac"].decision == "needs a labelled folder: sub-folders named as the model's classes"
+    assert rows["ov-int8-ac"].ms is None and rows["ov-int8"].agreement is not None

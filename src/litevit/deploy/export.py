@@ -416,7 +416,7 @@ def _export_fastest(
         dynamic_batch=options["dynamic_batch"], calibration=options["calibration"],
         calibration_images=options["calibration_images"], max_drop=options["max_drop"], threads=threads,
         seconds=options["seconds"], time_cap=options["time_cap"], opset=options["opset"],
-        progress=options["progress"],
+        int8_settings=options["int8_settings"], progress=options["progress"],
     )  # fmt: skip
     check, name = None, None
     if options["check"]:

@@ -29,9 +29,10 @@ from torch import nn
 from .. import _extras
 from ..timing import time_interleaved
 from .accuracy import CONFIDENCE, Accuracy, judge, labels_of, measure, median_bounds, resolvable, split_folder
+from .accuracy_control import accuracy_controlled
 from .errors import ExportError
 from .fuse import fuse
-from .int8 import load_calibration
+from .int8 import Int8Settings, int8_settings_for, load_calibration
 from .metadata import META_KEY, SUFFIXES, CandidateRecord, ExportMetadata, Selection
 from .parity import RTOL, compare, int8_check
 from .routes import BASELINE, ROUTES, Route
@@ -72,8 +73,11 @@ class FastestReport:
     lines: list[str] = field(default_factory=list)  # what the table says under its rows
 
     def table(self) -> str:
+        built = {c.route for c in self.selection.candidates}
         skipped = [
-            f"{name:13s} {'':>8s} {'':>19s} {'':>7s} {'':>6s} {'':>6s}  {why}" for name, why in self.skipped.items()
+            f"{name:13s} {'':>8s} {'':>19s} {'':>7s} {'':>6s} {'':>6s}  {why}"
+            for name, why in self.skipped.items()
+            if name not in built
         ]
         return "\n".join(selection_table(self.selection) + skipped + self.lines)
 
@@ -142,8 +146,6 @@ def plan(
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
         raise ValueError(f"--fastest has no candidate for these options here: {reasons}")
     baseline = BASELINE if _extras.available(BASELINE.module) else None
-    if baseline is not None and baseline not in routes:
-        skipped.pop(baseline.name)
     return Plan(tuple(routes), skipped, baseline)
 
 
@@ -181,6 +183,7 @@ def find_fastest(
     time_cap: float | None = None,
     warmup: float = 0.5,
     opset: int | None = None,
+    int8_settings: Int8Settings | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, FastestReport, Trial, torch.Tensor | None, torch.Tensor]:
     """Build, measure, time and pick (module docstring); the pick is written to ``target`` (its suffix replaced by
@@ -195,17 +198,18 @@ def find_fastest(
     config = getattr(model, "config", None)
     size = _size(model)
     data = model.model_info.data if hasattr(model, "model_info") else None
-    held_x, labels, cal_files = None, None, None
+    held_x, labels, cal_files, cal_arrays, cal_labels = None, None, None, [], None
     if calibration is not None:
         cal_files, held_files = split_folder(calibration, calibration_images)
         say(f"split {calibration}: {len(cal_files)} calibration images, {len(held_files)} held-out images")
         from ..registry import DataConfig
 
         arrays = load_calibration(held_files, data or DataConfig(), size, calibration)
-        load_calibration(cal_files, data or DataConfig(), size, calibration)  # unreadable ones: one line, now
+        cal_arrays = load_calibration(cal_files, data or DataConfig(), size, calibration)  # unreadable: one line, now
         held_x = torch.cat([torch.from_numpy(a) for a in arrays])
         names = model.model_info.class_names if hasattr(model, "model_info") else None
         labels = labels_of(held_files, names, int(getattr(config, "num_classes", 0)))
+        cal_labels = labels_of(cal_files, names, int(getattr(config, "num_classes", 0)))
     x = held_x if held_x is not None else torch.randn(
         RANDOM_IMAGES, int(getattr(config, "in_chans", 3)), *size, generator=torch.Generator().manual_seed(0)
     )  # fmt: skip
@@ -224,12 +228,23 @@ def find_fastest(
         for i, route in enumerate(routes, 1):
             say(f"[{i}/{len(routes)}] building {route.name}")
             trial = Trial(route)
+            if route.accuracy_control and (labels is None or cal_labels is None):
+                trial.reason = "needs a labelled folder: sub-folders named as the model's classes"
+                trials.append(trial)
+                continue
+            file_batch = "dynamic" if dynamic_batch else batch
             try:
-                trial.path = build(
-                    model, work / f"{route.name}{route.suffix}", precision=route.precision,
-                    batch="dynamic" if dynamic_batch else batch, calibration=cal_files if route.int8 else None,
-                    opset=opset if route.format == "onnx" else None,
-                ).path  # fmt: skip
+                if route.accuracy_control:
+                    fp32 = build(model, work / "ac-fp32.xml", precision="fp32", batch="dynamic").path
+                    trial.path = accuracy_controlled(
+                        fp32, work / f"{route.name}.xml", cal_arrays, cal_labels, max_drop,
+                        int8_settings or int8_settings_for(model), file_batch,
+                    )  # fmt: skip
+                else:
+                    trial.path = build(
+                        model, work / f"{route.name}{route.suffix}", precision=route.precision, batch=file_batch,
+                        calibration=cal_files if route.int8 else None, opset=opset if route.format == "onnx" else None,
+                    ).path  # fmt: skip
             except (ExportError, RuntimeError) as exc:
                 trial.reason = f"build failed: {str(exc).splitlines()[0][:120]}"
                 trials.append(trial)
@@ -240,7 +255,7 @@ def find_fastest(
                 trial.accuracy if images or trial.accuracy.exact else None, max_drop, images
             )  # fmt: skip
             if route not in the_plan.routes:
-                trial.eligible, trial.reason = False, f"baseline; {the_plan.skipped.get(route.name, 'excluded')}"
+                trial.eligible, trial.reason = False, f"baseline only: {the_plan.skipped[route.name]}"
             trials.append(trial)
         if not any(t.eligible for t in trials):
             raise ExportError(

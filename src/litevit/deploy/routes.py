@@ -19,15 +19,18 @@ class Route:
 
     runtime: str
     precision: str
+    accuracy_control: bool = False  # int8 by NNCF's quantize_with_accuracy_control (OpenVINO, labelled images)
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; expected one of {', '.join(RUNTIMES)}")
         check_precision(self.precision)
+        if self.accuracy_control and (self.runtime, self.precision) != ("openvino", "int8"):
+            raise ValueError("accuracy-controlled quantization is an OpenVINO int8 route")
 
     @property
     def name(self) -> str:
-        return f"{RUNTIMES[self.runtime][0]}-{self.precision}"
+        return f"{RUNTIMES[self.runtime][0]}-{self.precision}" + ("-ac" if self.accuracy_control else "")
 
     @property
     def suffix(self) -> str:
@@ -57,6 +60,7 @@ ROUTES = (
     Route("onnxruntime", "fp32"),
     Route("onnxruntime", "int8"),
     *(Route("openvino", p) for p in PRECISIONS),
+    Route("openvino", "int8", accuracy_control=True),
 )
 BASELINE = ROUTES[0]  # ort-fp32: what speed-ups are measured against
 
@@ -72,6 +76,6 @@ def route_named(name: str) -> Route:
 def route_of(format: str, precision: str) -> Route | None:
     """The route of a file in ``format`` computing in ``precision``, None for formats no route runs."""
     for route in ROUTES:
-        if route.format == format and route.precision == precision:
+        if route.format == format and route.precision == precision and not route.accuracy_control:
             return route
     return None
