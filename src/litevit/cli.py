@@ -316,7 +316,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
               f"or constant output and, where fp32's logits vary across the images by >= {INT8_MIN_SIGNAL:.0%} of "
               f"their size, on top-1 agreement with fp32 < {INT8_MIN_AGREEMENT:.0%} or a correlation of the logits < "
               f"{INT8_MIN_CORRELATION:g}; an int8 .pte also against its PT2E reference (its distance from it at most "
-              f"{PTE_INT8_MAX_RATIO:g}x the quantization error)").replace("%", "%%"),  # argparse formats help with %
+              f"{PTE_INT8_MAX_RATIO:g}x the quantization error); with --fastest, the written file again on the "
+              "held-out images, naming the check that ran").replace("%", "%%"),  # argparse formats help with %
     )  # fmt: skip
     p.add_argument(
         "--int8", action="store_true",
@@ -348,7 +349,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="--fastest: write the pick with a dynamic batch axis (default: the static batch it was timed at)",
     )  # fmt: skip
     p.add_argument(
-        "--calibration", help="folder of images for int8 (.onnx, .xml, .pte; preprocessed with the model's data config)"
+        "--calibration",
+        help="folder of images for int8 (.onnx, .xml, .pte; preprocessed with the model's data config); with "
+        "--fastest, split by sub-folder into calibration images and held-out images every candidate is measured on",
     )
     p.add_argument(
         "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
