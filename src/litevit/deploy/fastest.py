@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import _extras
+from ..registry import DataConfig
 from ..timing import time_interleaved
 from .accuracy import CONFIDENCE, Accuracy, judge, labels_of, measure, median_bounds, resolvable, split_folder
 from .accuracy_control import accuracy_controlled
@@ -186,8 +187,8 @@ def find_fastest(
     int8_settings: Int8Settings | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, FastestReport, Trial, torch.Tensor | None, torch.Tensor]:
-    """Build, measure, time and pick (module docstring); the pick is written to ``target`` (its suffix replaced by
-    the pick's when it has none). ``build``: the single-file exporter (:func:`litevit.deploy.export.export`), passed
+    """Build, measure, time and pick (module docstring); the pick is written to ``target`` (the pick's suffix added
+    when it has none). ``build``: the single-file exporter (:func:`litevit.deploy.export.export`), passed
     in so that this module sits below it. ``time_cap``: seconds of timing at most (default 3x the first pass).
 
     Returns the written path, the report, the chosen trial, the held-out images (None without calibration) and
@@ -202,8 +203,6 @@ def find_fastest(
     if calibration is not None:
         cal_files, held_files = split_folder(calibration, calibration_images)
         say(f"split {calibration}: {len(cal_files)} calibration images, {len(held_files)} held-out images")
-        from ..registry import DataConfig
-
         arrays = load_calibration(held_files, data or DataConfig(), size, calibration)
         cal_arrays = load_calibration(cal_files, data or DataConfig(), size, calibration)  # unreadable: one line, now
         held_x = torch.cat([torch.from_numpy(a) for a in arrays])
