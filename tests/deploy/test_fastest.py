@@ -196,6 +196,7 @@ def test_plan_follows_the_cpu_the_images_and_the_installed_runtimes(monkeypatch:
         (["--out", "m", "--calibration", "EMPTY"], r"has 0 image file\(s\)"),
         (["--out", "m", "--calibration", "FEW"], r"has 12 image file\(s\); --fastest splits them"),
         (["--out", "m", "--calibration", "BROKEN"], r"calibration image\(s\) under .* cannot be read"),
+        (["--out", "m", "--calibration-images", "4"], "--calibration-images must be at least 8, got 4"),
         (["--out", "m.onnx", "--threads", "2"], None),  # allowed with --fastest; refused without below
     ],
 )

@@ -34,6 +34,7 @@ from .fuse import fuse
 from .int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     INT8_CHECK_IMAGES,
+    MIN_CALIBRATION_IMAGES,
     Int8Settings,
     calibration_files,
     int8_settings_for,
@@ -404,6 +405,10 @@ def _export_fastest(
         raise ValueError("--opset applies to ONNX candidates, and these options leave none")
     if options["calibration"] is not None and not isinstance(options["calibration"], (str, os.PathLike)):
         raise ValueError("--fastest splits a calibration folder itself: pass the folder")
+    if options["calibration_images"] < MIN_CALIBRATION_IMAGES:
+        raise ValueError(
+            f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {options['calibration_images']}"
+        )
     batch = _parse_batch(batch)
     if isinstance(model, str):
         model = create_model(model)
