@@ -5,7 +5,7 @@ run a link to one of them in turn (20,000 distinct JPEGs take hours to generate 
 memory depend on the paths, not on how many distinct files lie behind them). Flat: the peak does not grow with the
 count.
 
-    python tools/bulk_memory.py --images runs/bulk/jpegs --counts 2000 20000 --out benchmarks/bulk_memory.jsonl
+    python tools/bulk_memory.py --images runs/bulk/jpegs --counts 2000 20000 --out benchmarks/memory/bulk_memory.jsonl
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ workers): on a shared machine the wall-clock rates depend on the other jobs, the
 decoders on one process: PIL (predict's ``load_image`` + transform), PIL with JPEG draft mode where the crop allows it,
 torchvision's ``decode_jpeg``. One JSON line per model and measure into ``--out``.
 
-    python tools/bulk_throughput.py --images runs/bulk/jpegs --count 2000 --out benchmarks/bulk_throughput.jsonl
+    python tools/bulk_throughput.py --images runs/bulk/jpegs --count 2000 --out benchmarks/speed/bulk_throughput.jsonl
 """
 
 from __future__ import annotations

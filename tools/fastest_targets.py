@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from litevit._extras import cpu_flags, has_native_bf16, has_vnni
-from litevit.bench.report import read_jsonl
+from litevit.bench.report import read_jsonl, route_name
 from litevit.bench.run import Comparison
 from litevit.registry import get_variant
 
@@ -47,7 +47,7 @@ def main(path: str) -> int:
     for (model, batch, threads), against in rows.items():
         ort, ov = against.get("litevit onnxruntime fp32"), against.get("litevit openvino defaults")
         runtime, _, precision = (ort or ov).ours.split(":")[2].partition("@")
-        chosen = f"{runtime} ({precision})"
+        chosen = route_name(runtime, precision)
         want = None if goal is None else goal[0] if get_variant(model).family == "levit" else goal[1]
 
         def cell(c: Comparison | None, need: float | None) -> tuple[str, str]:

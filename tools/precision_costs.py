@@ -6,13 +6,14 @@ grey levels, shipped inside scikit-learn: no download), upsampled to 64x64 RGB, 
 the family's ``INT8_SETTINGS``, calibrated on 300 training images), plus fp32 and int8 ONNX files, and every route
 is evaluated on the held-out images:
 
-- ``ov-f32`` and ``ov-bf16``: the fp32 IR compiled with ``INFERENCE_PRECISION_HINT`` f32 / bf16;
-- ``ov-int8-f32`` and ``ov-int8-bf16``: the int8 IR with its float parts at f32 / bf16;
+- ``ov-fp32`` and ``ov-bf16``: the fp32 IR compiled with ``INFERENCE_PRECISION_HINT`` f32 / bf16;
+- ``ov-int8`` and ``ov-int8-bf16``: the int8 IR with its float parts at f32 / bf16;
 - ``ort-fp32`` and ``ort-int8``: onnxruntime.
 
 Each row gives top-1, the drop against PyTorch fp32 top-1, and top-1 agreement with PyTorch fp32. bf16 rows are
 only measured on a CPU with native bf16 (AVX512_BF16 or AMX-BF16): elsewhere OpenVINO runs them in f32 and the tool
-skips them. The drops are what ``litevit.deploy.precision.PRECISION_COSTS`` records.
+skips them. The routes are named as ``litevit.deploy.routes.Route`` names them. These per-family drops are
+documentation: ``export --fastest`` measures the model at hand on the user's own images.
 
     OMP_NUM_THREADS=2 .venv/bin/python tools/precision_costs.py --out benchmarks/accuracy/precision_costs [--epochs 20]
 """
@@ -93,8 +94,8 @@ def costs(name: str, root: Path, work: Path, epochs: int) -> list[dict]:
         "ort-int8": export(fp32, work / f"{name}-int8.onnx", int8=True, calibration=root / "train").path,
     }
     outputs = {
-        "ov-f32": _ov_predict(files["ov-fp32"], "f32", images),
-        "ov-int8-f32": _ov_predict(files["ov-int8"], "f32", images),
+        "ov-fp32": _ov_predict(files["ov-fp32"], "f32", images),
+        "ov-int8": _ov_predict(files["ov-int8"], "f32", images),
         "ort-fp32": ExportedModel(files["ort-fp32"])(images),
         "ort-int8": ExportedModel(files["ort-int8"])(images),
     }

@@ -6,7 +6,7 @@ best.safetensors`` trained with those settings). Then, on the held-out images:
 
 - ``fp32``: PyTorch fp32 top-1;
 - post-training int8 per route: ``litevit.deploy.export.export(int8=True, calibration=<train folder>)`` as an
-  OpenVINO IR run with f32 float parts (``ov-int8-f32``) and as onnxruntime QDQ (``ort-int8``);
+  OpenVINO IR run with f32 float parts (``ov-int8``) and as onnxruntime QDQ (``ort-int8``);
 - QAT int8 per route: ``litevit.training.train.train(TrainConfig(..., qat=True, checkpoint=best))`` with the QAT
   defaults (:mod:`litevit.training.qat`) and the float run's batch and augmentation, its ``int8.xml`` and
   ``int8.onnx`` run the same way;
@@ -69,7 +69,7 @@ def measure(name: str, root: Path, runs: Path, work: Path, epochs: int, qat_epoc
     top1_fp32 = float((reference == targets).double().mean()) * 100  # reference: fp32's classes
 
     ptq = {
-        "ov-int8-f32": export(fp32, work / f"{name}-ptq.xml", int8=True, calibration=root / "train").path,
+        "ov-int8": export(fp32, work / f"{name}-ptq.xml", int8=True, calibration=root / "train").path,
         "ort-int8": export(fp32, work / f"{name}-ptq.onnx", int8=True, calibration=root / "train").path,
     }
     start = time.perf_counter()
@@ -78,7 +78,7 @@ def measure(name: str, root: Path, runs: Path, work: Path, epochs: int, qat_epoc
                            qat=True, **FLOAT_SETTINGS)  # fmt: skip
     result = T.train(config)
     qat_s = time.perf_counter() - start
-    qat = {"ov-int8-f32": qat_run / INT8_XML, "ort-int8": qat_run / INT8_ONNX}
+    qat = {"ov-int8": qat_run / INT8_XML, "ort-int8": qat_run / INT8_ONNX}
 
     rows = []
     for method, files in (("ptq", ptq), ("qat", qat)):

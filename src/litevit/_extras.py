@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import logging
 import platform
 import unicodedata
@@ -105,12 +106,22 @@ def quiet_nncf() -> Iterator[None]:
         log.setLevel(level)
 
 
+def available(module: str) -> bool:
+    """Whether an optional dependency is installed (found, not imported)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def extra_of(module: str) -> str:
+    """The litevit extra that installs ``module``."""
+    return _EXTRAS.get(module.split(".")[0], module)
+
+
 def require(module: str, purpose: str) -> Any:
     """Import an optional dependency, or raise one line naming the litevit extra to install."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        extra = _EXTRAS.get(module.split(".")[0], module)
+        extra = extra_of(module)
         raise MissingExtraError(f"{purpose} needs {module}: pip install 'litevit[{extra}]'") from None
 
 

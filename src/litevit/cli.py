@@ -117,6 +117,12 @@ def _load(args: argparse.Namespace, img_size: int | tuple[int, int] | None = Non
     return load_classifier(args.model, args.checkpoint, img_size, pretrained=args.pretrained)
 
 
+def _say_route(model: object) -> None:
+    """An exported file's route, in one line on stderr (stdout stays the command's answer)."""
+    if hasattr(model, "describe"):
+        print(f"litevit: {printable(model.describe())}", file=sys.stderr)
+
+
 def _add_model_source(p: argparse.ArgumentParser, exported: bool = True) -> None:
     what = (
         "registered name (MODEL or MODEL.TAG for published weights), a litevit file (best.safetensors, last.pt), "
@@ -254,7 +260,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         result = export(
             model, args.out, args.format, batch=args.batch, img_size=_img_size(args.img_size), opset=args.opset,
             check=args.check, int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
-            precision=args.precision, fastest=args.fastest, max_drop=args.max_drop,
+            precision=args.precision, fastest=args.fastest, max_drop=args.max_drop, threads=args.threads,
+            dynamic_batch=args.dynamic_batch,
             progress=lambda line: print(f"litevit export: {line}", file=sys.stderr, flush=True),
         )  # fmt: skip
     except ExportError as exc:
@@ -271,10 +278,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     if result.delegation is not None:
         print(result.delegation.summary())
-    if result.check is None and args.check:
+    if result.check is None and args.check and meta.format == "coreml":
         print("check skipped: Core ML predictions run on macOS only")
     c = result.check
-    if c is not None and c.judged is None:
+    if c is not None and result.check_name is not None:
+        print(f"check on {c.batch} images: {result.check_name}: passed")
+    elif c is not None and c.judged is None:
         print(f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e} (passed)")
     elif c is not None:  # int8: on images held out of calibration
         agreement = f"top-1 agreement with fp32 {c.agreement:.1%}, " if c.agreement is not None else ""
@@ -320,7 +329,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
               f"or constant output and, where fp32's logits vary across the images by >= {INT8_MIN_SIGNAL:.0%} of "
               f"their size, on top-1 agreement with fp32 < {INT8_MIN_AGREEMENT:.0%} or a correlation of the logits < "
               f"{INT8_MIN_CORRELATION:g}; an int8 .pte also against its PT2E reference (its distance from it at most "
-              f"{PTE_INT8_MAX_RATIO:g}x the quantization error)").replace("%", "%%"),  # argparse formats help with %
+              f"{PTE_INT8_MAX_RATIO:g}x the quantization error); with --fastest, the written file again on the "
+              "held-out images, naming the check that ran").replace("%", "%%"),  # argparse formats help with %
     )  # fmt: skip
     p.add_argument(
         "--int8", action="store_true",
@@ -333,15 +343,28 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--fastest", action="store_true",
-        help="build every candidate that applies on this CPU (onnxruntime fp32/int8, OpenVINO f32/bf16/int8), time "
-        "them here at --batch (1 if dynamic), 1 thread, and write the fastest within --max-drop as OUT.xml or OUT.onnx",
+        help="build every candidate the options allow on this CPU (onnxruntime fp32/int8, OpenVINO fp32/bf16/int8; "
+        "the --out suffix, --format and --precision restrict them), measure each on --calibration images held out "
+        "of calibration, time them here at --batch (1 if dynamic), and write the fastest within --max-drop, at "
+        "that batch, with how it was chosen in its metadata (litevit info FILE)",
     )  # fmt: skip
     p.add_argument(
         "--max-drop", type=float, default=DEFAULT_MAX_DROP,
-        help=f"--fastest: the largest recorded top-1 cost accepted, in points (default {DEFAULT_MAX_DROP:g})",
+        help=f"--fastest: the largest top-1 drop accepted, in points, measured on the images of --calibration held "
+        f"out of calibration, at 95%% confidence (default {DEFAULT_MAX_DROP:g}); without images only files exact to "
+        "fp32 are eligible",
     )  # fmt: skip
     p.add_argument(
-        "--calibration", help="folder of images for int8 (.onnx, .xml, .pte; preprocessed with the model's data config)"
+        "--threads", type=_threads, help="--fastest: the thread count to time at, the one you deploy with (default 1)"
+    )
+    p.add_argument(
+        "--dynamic-batch", action="store_true",
+        help="--fastest: write the pick with a dynamic batch axis (default: the static batch it was timed at)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration",
+        help="folder of images for int8 (.onnx, .xml, .pte; preprocessed with the model's data config); with "
+        "--fastest, split by sub-folder into calibration images and held-out images every candidate is measured on",
     )
     p.add_argument(
         "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
@@ -375,6 +398,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
         return 0
     model = _load(args, _img_size(args.img_size))
+    _say_route(model)
     failed = 0
     for result in iter_predictions(model, iter_sources(args.sources), topk=args.topk, batch_size=args.batch_size):
         # paths and class names come from files (folder names, checkpoint and exported metadata): escaped, an
@@ -437,6 +461,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
     model = _load(args, _img_size(args.img_size))
+    _say_route(model)
     progress = not args.no_progress and not args.json
     result = evaluate(model, args.data, batch_size=args.batch_size, workers=args.workers, progress=progress)
     if args.json:
@@ -466,6 +491,34 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .deploy.runtime import ExportedModel
+
+    model = ExportedModel(args.file)
+    print(printable(model.describe()))
+    meta = model.metadata
+    for name, value in vars(meta).items():
+        if name not in ("selection", "class_names", "data"):
+            print(f"  {name}: {printable(str(value))}")
+    print(f"  data: {meta.data}")
+    if meta.class_names is not None:
+        shown = ", ".join(meta.class_names[:10]) + (" ..." if len(meta.class_names) > 10 else "")
+        print(f"  class_names: {printable(shown)}")
+    if meta.selection is not None:
+        from .deploy.fastest import selection_table
+
+        print("  chosen by --fastest:")
+        for line in [*selection_table(meta.selection), meta.selection.note]:
+            print(f"  {printable(line)}")  # the file's text: escaped
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print an exported file's metadata, and how --fastest chose it")
+    p.add_argument("file", help="an exported file (.onnx, .xml, .ts, .pt2, .pte, .mlpackage)")
+    p.set_defaults(func=_cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litevit", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
@@ -478,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_predict(sub)
     _add_eval(sub)
+    _add_info(sub)
     return parser
 
 

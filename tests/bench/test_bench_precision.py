@@ -25,12 +25,14 @@ TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4),
 def test_openvino_is_timed_at_its_defaults_and_pinned_where_the_cpu_computes_it(flags) -> None:
     bf16 = ["bf16"] if "avx512_bf16" in flags else []
     for source in ("litevit", "timm"):
-        assert bench_runtimes.precisions("openvino", source, "full", flags) == ["defaults", "f32", *bf16]
-        assert bench_runtimes.precisions("openvino-int8", source, "full", flags) == ["defaults", "f32", *bf16]
+        # timm's IRs also reshaped to the static shape litevit's runner compiles every IR at
+        defaults = ["defaults"] if source == "litevit" else ["defaults", "defaults-static"]
+        assert bench_runtimes.precisions("openvino", source, "full", flags) == [*defaults, "f32", *bf16]
+        assert bench_runtimes.precisions("openvino-int8", source, "full", flags) == [*defaults, "f32", *bf16]
         assert bench_runtimes.precisions("onnxruntime", source, "full", flags) == ["fp32"]
-    # quick: litevit's files at what its runner compiles them with, timm's at what a plain user gets
+    # quick: litevit's files at what its runner compiles them with, timm's at what a plain user gets, both shapes
     assert bench_runtimes.precisions("openvino", "litevit", "fastest", flags) == ["f32", *bf16]
-    assert bench_runtimes.precisions("openvino-int8", "timm", "fastest", flags) == ["defaults"]
+    assert bench_runtimes.precisions("openvino-int8", "timm", "fastest", flags) == ["defaults", "defaults-static"]
     assert bench_runtimes.precisions("onnxruntime-int8", "litevit", "fastest", flags) == ["int8"]
     assert bench_runtimes.precisions("onnxruntime-int8", "timm", "fastest", flags) == []
 
@@ -79,8 +81,11 @@ def test_timm_is_compiled_at_defaults_and_pinned_as_recorded(monkeypatch) -> Non
     subject = bench.Subject("plain", "timm", _Plain, None, (32, 32))
     records, _ = bench.bench_group([subject], runtimes=["openvino"], batch_size=1, seconds=0.02, warmup=0.01)
     timed = [r.precision for r in records if r.runtime == "openvino"]
-    assert timed[0].startswith("defaults (") and timed[1:] == ["f32", "bf16"]
-    assert hints == [None, "f32", "bf16"]  # None: no INFERENCE_PRECISION_HINT, OpenVINO's own choice
+    assert (
+        timed[0].startswith("defaults (") and timed[1].startswith("defaults-static (") and timed[2:] == ["f32", "bf16"]
+    )
+    assert hints == [None, None, "f32", "bf16"]  # None: no INFERENCE_PRECISION_HINT, OpenVINO's own choice
+    assert bench.at_defaults("openvino", timed[1])  # the static peer is a defaults route
 
 
 def test_comparisons_take_timms_fastest_route_at_defaults_only() -> None:
@@ -99,18 +104,20 @@ def test_comparisons_take_timms_fastest_route_at_defaults_only() -> None:
         "timm:m:eager@fp32": entry("timm", "eager", "fp32"),
         "timm:m:openvino@defaults (bf16)": entry("timm", "openvino", "defaults (bf16)"),
         "timm:m:openvino@f32": entry("timm", "openvino", "f32"),
+        "timm:m:openvino@defaults-static (bf16)": entry("timm", "openvino", "defaults-static (bf16)"),
     }
-    # litevit at OV defaults and timm pinned are the fastest of their sides: neither counts
-    medians = [2.5, 4.0, 3.0, 1.0, 8.0, 6.0, 2.0]
+    # litevit at OV defaults and timm pinned are the fastest of their sides: neither counts; timm's IR reshaped to
+    # the static shape is faster than as convert_model wrote it: it is the peer
+    medians = [2.5, 4.0, 3.0, 1.0, 8.0, 6.0, 2.0, 5.0]
     times = {key: [m * (1 + 0.01 * i) for i in range(5)] for key, m in zip(meta, medians, strict=True)}
     comparisons = {c.against: c for c in bench._comparisons(times, meta, 1, 1)}
     assert set(comparisons) == {"fastest", "openvino defaults", "litevit onnxruntime fp32", "litevit openvino defaults"}
     best = comparisons["fastest"]
-    assert best.ours == "litevit:m:eager@fp32:fused" and best.theirs == "timm:m:openvino@defaults (bf16)"
+    assert best.ours == "litevit:m:eager@fp32:fused" and best.theirs == "timm:m:openvino@defaults-static (bf16)"
     assert best.speedup_median == pytest.approx(statistics.median([a / b for a, b in zip(
         times[best.theirs], times[best.ours], strict=True)]))  # fmt: skip
-    assert best.speedup_median == pytest.approx(6.0 / 2.5)
-    assert comparisons["openvino defaults"].theirs == "timm:m:openvino@defaults (bf16)"
+    assert best.speedup_median == pytest.approx(5.0 / 2.5)
+    assert comparisons["openvino defaults"].theirs == "timm:m:openvino@defaults-static (bf16)"
     own_ort, own_ov = comparisons["litevit onnxruntime fp32"], comparisons["litevit openvino defaults"]
     assert own_ort.ours == own_ov.ours == "litevit:m:openvino@f32:fused"
     assert own_ort.theirs == "litevit:m:onnxruntime@fp32:fused" and own_ort.speedup_median == pytest.approx(4.0 / 3.0)
@@ -195,7 +202,15 @@ def test_own_table_sets_the_fastest_file_against_its_fp32_onnx_and_openvino_defa
     ort = bench.record_key("litevit", "m", "onnxruntime", "fp32", True)
     comparison = bench.Comparison("m", 1, key, ort, 2.5, 2.25, 2.75, 1, "litevit onnxruntime fp32")
     lines = bench_report.own_table(bench.BenchResult(records, [comparison]))
-    assert lines[2] == "| m | 1 | 1 | openvino-int8 (int8 + bf16) | 2.00 | 2.50x (2.25-2.75) | - |"
+    assert lines[2] == "| m | 1 | 1 | ov-int8-bf16 | 2.00 | 2.50x (2.25-2.75) | - |"  # the Route's one name
+
+
+def test_bench_records_map_to_the_one_route_name() -> None:
+    cases = {("onnxruntime", "fp32"): "ort-fp32", ("onnxruntime-int8", "int8"): "ort-int8",
+             ("openvino", "f32"): "ov-fp32", ("openvino", "bf16"): "ov-bf16",
+             ("openvino-int8", "int8 + f32"): "ov-int8", ("openvino-int8", "int8 + bf16"): "ov-int8-bf16"}  # fmt: skip
+    assert {k: bench_report.route_name(*k) for k in cases} == cases
+    assert bench_report.route_name("openvino", "defaults (bf16)") == "openvino (defaults (bf16))"  # no route: as is
 
 
 def test_the_plot_draws_the_runners_the_comparisons_count() -> None:

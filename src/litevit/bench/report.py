@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..deploy.routes import route_of
 from ..registry import family_line, list_models
 from .run import BenchRecord, BenchResult, Comparison, FlopRate, compared, record_key
 
@@ -170,6 +171,19 @@ def comparison_table(result: BenchResult, costs: Costs | None = None) -> list[st
     return lines
 
 
+def route_name(runtime: str, precision: str) -> str:
+    """The :class:`litevit.deploy.routes.Route` name of a litevit file runtime at a recorded precision
+    (``openvino-int8`` at ``int8 + bf16`` is ``ov-int8-bf16``), or the runtime and precision as recorded."""
+    float_part = precision.split(" + ")[-1]
+    int8 = runtime.endswith("-int8")
+    format = "openvino" if runtime.startswith("openvino") else "onnx" if runtime.startswith("onnxruntime") else ""
+    name = (
+        ("int8" + ("-bf16" if float_part == "bf16" else "")) if int8 else ("bf16" if float_part == "bf16" else "fp32")
+    )
+    route = route_of(format, name) if float_part in ("f32", "fp32", "bf16", "int8") else None
+    return route.name if route is not None else f"{runtime} ({precision})"
+
+
 def own_table(result: BenchResult) -> list[str]:
     """litevit's fastest exported file (what ``litevit export --fastest`` writes) against its own fp32 ONNX in
     onnxruntime and its own fp32 IR compiled at OpenVINO's defaults."""
@@ -194,7 +208,7 @@ def own_table(result: BenchResult) -> list[str]:
         any_one = next(iter(against.values()))
         ours = by_key[(any_one.ours, batch, threads)]
         lines.append(
-            f"| {model} | {threads} | {batch} | {route_text(ours)} | {ours.median_ms:.2f} | "
+            f"| {model} | {threads} | {batch} | {route_name(ours.runtime, ours.precision)} | {ours.median_ms:.2f} | "
             f"{ratio(against.get('litevit onnxruntime fp32'))} | {ratio(against.get('litevit openvino defaults'))} |"
         )
     return lines

@@ -9,8 +9,9 @@ Both sides run with the same session settings: the given thread count, one strea
 
 OpenVINO routes are timed at several inference precisions (:func:`precisions`): ``defaults``, what
 ``compile_model`` gives a user who passes no hint (bf16 on a CPU with native bf16), and pinned ``f32`` and ``bf16``
-(the latter only where the CPU computes bf16 natively). Every record names the precision that ran
-(:func:`precision_label`), a default one with what OpenVINO chose.
+(the latter only where the CPU computes bf16 natively); another source's IRs at their defaults also reshaped to the
+static input shape (``defaults-static``), as litevit's runner compiles every IR. Every record names the precision
+that ran (:func:`precision_label`), a default one with what OpenVINO chose.
 
 Exporting and quantizing cost far more than timing, so a run builds each file once, with a dynamic batch, and
 every group (batch size, thread count) opens its own session on it. ``.pte`` files have a fixed batch.
@@ -46,6 +47,7 @@ _NEEDS = {  # runtime -> the modules it imports
 
 SCOPES = ("full", "fastest")
 DEFAULTS = "defaults"  # OpenVINO compiled without an inference-precision hint
+STATIC = "defaults-static"  # the same, the IR reshaped to the static input shape first (timm's IRs are dynamic)
 
 
 def precisions(runtime: str, source: str, scope: str = "full", flags: frozenset[str] | None = None) -> list[str]:
@@ -63,9 +65,12 @@ def precisions(runtime: str, source: str, scope: str = "full", flags: frozenset[
     if not runtime.startswith("openvino"):
         return ["int8" if runtime.endswith("-int8") else "fp32"]
     pinned = ["f32", *(["bf16"] if has_native_bf16(flags) else [])]
+    # another source's IR as a plain ``convert_model`` gives it (dynamic) and reshaped to the static shape litevit's
+    # runner compiles: the faster of the two is the peer
+    defaults = [DEFAULTS] if source == "litevit" else [DEFAULTS, STATIC]
     if scope == "fastest":
-        return pinned if source == "litevit" else [DEFAULTS]
-    return [DEFAULTS, *pinned]
+        return pinned if source == "litevit" else defaults
+    return [*defaults, *pinned]
 
 
 def openvino_default_precision() -> str:
@@ -81,7 +86,7 @@ def precision_label(runtime: str, precision: str) -> str:
     ``int8``, ``fp32``."""
     if not runtime.startswith("openvino"):
         return precision
-    label = f"{DEFAULTS} ({openvino_default_precision()})" if precision == DEFAULTS else precision
+    label = f"{precision} ({openvino_default_precision()})" if precision in (DEFAULTS, STATIC) else precision
     return f"int8 + {label}" if runtime.endswith("-int8") else label
 
 
@@ -208,8 +213,12 @@ class ExportedFiles:
             from ..deploy.openvino import openvino_config
 
             ov = require("openvino", "the OpenVINO bench runtime")
-            hint = None if openvino_precision == DEFAULTS else openvino_precision
-            request = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, hint)).create_infer_request()
+            hint = None if openvino_precision in (DEFAULTS, STATIC) else openvino_precision
+            core = ov.Core()
+            ir = core.read_model(str(path))
+            if openvino_precision == STATIC:
+                ir.reshape(list(feed.shape))
+            request = core.compile_model(ir, "CPU", openvino_config(threads, hint)).create_infer_request()
             array = feed.numpy()
             return lambda: request.infer({0: array})
         from ..deploy.onnx import ort_session

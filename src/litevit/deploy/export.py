@@ -9,10 +9,11 @@ at the lowest opset that exports and runs correctly for the model (searched upwa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from ..weights.loading import create_model, model_info
 from .coreml import COREML_PREDICTION_SKIP, coreml_available, save_coreml
 from .errors import ExportError
 from .executorch import Delegation, reference_check, save_pte, save_pte_int8
-from .fastest import DEFAULT_MAX_DROP, FastestReport, find_fastest
+from .fastest import DEFAULT_MAX_DROP, FastestReport, find_fastest, held_out_check, plan
 from .fuse import fuse
 from .int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     INT8_CHECK_IMAGES,
+    MIN_CALIBRATION_IMAGES,
     Int8Settings,
     calibration_files,
     int8_settings_for,
@@ -59,6 +61,7 @@ class ExportResult:
     delegation: Delegation | None = None  # ExecuTorch: the share of operators XNNPACK runs
     reference_check: ParityCheck | None = None  # int8 .pte: against its PT2E module (.executorch.reference_check)
     fastest: FastestReport | None = None  # export(fastest=True): every candidate tried, timed, and the pick
+    check_name: str | None = None  # which check ``check`` is (export(fastest=True, check=True))
 
 
 def _parse_batch(batch: str | int) -> str | int:
@@ -146,14 +149,17 @@ def export(
     opset: int | None = None,
     check: bool = False,
     int8: bool = False,
-    calibration: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | Sequence[Path] | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     int8_settings: Int8Settings | None = None,
     recipe: Int8Settings | None = None,
     precision: str | None = None,
     fastest: bool = False,
     max_drop: float = DEFAULT_MAX_DROP,
+    threads: int | None = None,
+    dynamic_batch: bool = False,
     seconds: float = 2.0,
+    time_cap: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
@@ -180,16 +186,21 @@ def export(
     the inference precision their float parts run with (``metadata.inference_precision``), which litevit's runner
     compiles them with.
 
-    ``fastest``: build every candidate file that applies on this CPU, time them here at ``batch`` (1 for
-    ``"dynamic"``) for ``seconds`` each, interleaved, and write the fastest whose recorded accuracy cost for the
-    family is within ``max_drop`` top-1 points as ``path`` (suffix replaced by the chosen file's); int8 candidates
-    need ``calibration``. ``result.fastest`` holds what was tried (:mod:`.fastest`); ``progress`` gets a line per
-    step.
+    ``fastest``: build every candidate route that the options allow and this machine runs (:func:`.fastest.plan`:
+    the suffix of ``path``, ``format`` and ``precision`` restrict them), measure each on images of ``calibration``
+    held out of calibration (:mod:`.accuracy`; without images only files exact to fp32 are eligible), time them
+    here at ``batch`` (1 for ``"dynamic"``) on ``threads`` threads (default 1), interleaved, ``seconds`` per pass
+    until the fastest eligible file is separated from the next at 95 % or ``time_cap`` is spent, and write the
+    pick as ``path`` (its suffix added when ``path`` has none) at the static batch it was timed at
+    (``dynamic_batch``: a dynamic batch axis), with how it was chosen in its metadata (``metadata.selection``).
+    ``max_drop``: the largest top-1 drop accepted, points, at 95 % confidence. ``check``: the written file is checked
+    again on the same images (``result.check_name`` says which check). ``result.fastest`` holds what was tried;
+    ``progress`` gets a line per step.
 
     The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
-    if fastest:
-        return _export_fastest(model, path, batch, img_size, calibration, max_drop, seconds, progress)
+    if not fastest and (threads is not None or dynamic_batch):
+        raise ValueError("threads and dynamic_batch apply to --fastest (another export takes --batch dynamic)")
     if precision is not None:
         if is_int8(precision):
             int8 = True
@@ -200,8 +211,17 @@ def export(
         warnings.warn("export(recipe=...) is now export(int8_settings=...)", DeprecationWarning, stacklevel=2)
         int8_settings = int8_settings or recipe
     path = Path(path)
+    if fastest:
+        options = dict(
+            format=format, opset=opset, check=check, calibration=calibration, calibration_images=calibration_images,
+            int8_settings=int8_settings, max_drop=max_drop, threads=threads, dynamic_batch=dynamic_batch,
+            seconds=seconds, time_cap=time_cap, progress=progress,
+        )  # fmt: skip
+        return _export_fastest(
+            model, path, batch, img_size, "int8" if int8 and precision is None else precision, options
+        )
     if int8 and format is None and not path.suffix:
-        # the int8 route measured faster for every family (benchmarks/int8_settings.md, make bench): OpenVINO + NNCF
+        # the int8 route measured faster for every family (benchmarks/accuracy/int8_settings.md, make bench): OpenVINO + NNCF
         path = path.with_suffix(".xml")
     format = format_from(path, format)
     if float_part == "bf16" and format != "openvino":
@@ -236,8 +256,13 @@ def export(
     calibration_batches = None
     if int8:
         data = model_info(model).data if hasattr(model, "variant_name") else DataConfig()
-        files, held_out = calibration_files(calibration, calibration_images, INT8_CHECK_IMAGES if check else 0)
-        calibration_batches = _grouped(load_calibration(files, data, size, calibration), batch)
+        if isinstance(calibration, (str, os.PathLike)):
+            files, held_out = calibration_files(calibration, calibration_images, INT8_CHECK_IMAGES if check else 0)
+        elif check:
+            raise ValueError("the int8 check holds images out of a calibration folder: pass the folder, not files")
+        else:  # the files to calibrate on, drawn by the caller (export --fastest)
+            files, held_out = list(calibration), []
+        calibration_batches = _grouped(load_calibration(files, data, size, files[0].parent), batch)
         if check:  # images the int8 graph was not calibrated on
             check_input = torch.from_numpy(np.concatenate(load_calibration(held_out, data, size, calibration)))
 
@@ -363,24 +388,59 @@ def _in_batches(exported: Callable[[torch.Tensor], Any], x: torch.Tensor, batch:
 
 def _export_fastest(
     model: nn.Module | str,
-    path: str | os.PathLike,
+    path: Path,
     batch: str | int,
     img_size: int | tuple[int, int] | None,
-    calibration: str | os.PathLike | None,
-    max_drop: float,
-    seconds: float,
-    progress: Callable[[str], None] | None,
+    precision: str | None,
+    options: dict[str, Any],
 ) -> ExportResult:
-    """``export(fastest=True)``: :func:`.fastest.find_fastest` with this exporter, at one thread."""
+    """``export(fastest=True)``: the options validated, then :func:`.fastest.find_fastest` with this exporter."""
+    if options["max_drop"] < 0:
+        raise ValueError(f"--max-drop must be >= 0 top-1 points, got {options['max_drop']:g}")
+    threads = 1 if options["threads"] is None else options["threads"]
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    the_plan = plan(path, options["format"], precision, options["calibration"])
+    if options["opset"] is not None and not any(r.format == "onnx" for r in the_plan.routes):
+        raise ValueError("--opset applies to ONNX candidates, and these options leave none")
+    if options["calibration"] is not None and not isinstance(options["calibration"], (str, os.PathLike)):
+        raise ValueError("--fastest splits a calibration folder itself: pass the folder")
+    if options["calibration_images"] < MIN_CALIBRATION_IMAGES:
+        raise ValueError(
+            f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {options['calibration_images']}"
+        )
+    batch = _parse_batch(batch)
     if isinstance(model, str):
         model = create_model(model)
-    batch = _parse_batch(batch)
-    stem = Path(path).with_suffix("") if Path(path).suffix in (".onnx", ".xml") else Path(path)
-    target, report = find_fastest(
-        model, stem, export, batch=1 if batch == "dynamic" else int(batch), calibration=calibration,
-        max_drop=max_drop, seconds=seconds, img_size=img_size, progress=progress,
+    size = getattr(getattr(model, "config", None), "img_size", None)
+    if img_size is not None and size is not None and to_2tuple(img_size) != to_2tuple(size):
+        model = _resized(model, to_2tuple(img_size))
+    build = functools.partial(export, int8_settings=options["int8_settings"])
+    target, report, chosen, held_x, reference = find_fastest(
+        model, path, build, the_plan, batch=1 if batch == "dynamic" else int(batch),
+        dynamic_batch=options["dynamic_batch"], calibration=options["calibration"],
+        calibration_images=options["calibration_images"], max_drop=options["max_drop"], threads=threads,
+        seconds=options["seconds"], time_cap=options["time_cap"], opset=options["opset"],
+        int8_settings=options["int8_settings"], progress=options["progress"],
     )  # fmt: skip
-    return ExportResult(target, ExportedModel(target).metadata, None, fastest=report)
+    check, name = None, None
+    if options["check"]:
+        fused = fuse(model).float().eval()
+        images = held_x if held_x is not None else _example(3, _size_of(model), _in_chans(model), seed=1)
+        with torch.inference_mode():
+            expected = fused(images) if held_x is None else reference
+        name, check = held_out_check(target, images, expected, chosen.route)
+        if not check.passed:
+            raise ExportError(f"{target}: {name} failed on {check.batch} images: {'; '.join(check.failures)}")
+    return ExportResult(target, ExportedModel(target).metadata, check, fastest=report, check_name=name)
+
+
+def _size_of(model: nn.Module) -> tuple[int, int]:
+    return to_2tuple(getattr(getattr(model, "config", None), "img_size", None) or 224)
+
+
+def _in_chans(model: nn.Module) -> int:
+    return int(getattr(getattr(model, "config", None), "in_chans", 3))
 
 
 def quantize(

@@ -1,18 +1,23 @@
-"""The fastest deployable file for this CPU, within an accuracy budget: ``litevit export --fastest``.
+"""The fastest deployable file for this CPU that stays accurate: ``litevit export --fastest``.
 
-Every candidate that applies here is built (onnxruntime fp32 and int8; OpenVINO f32, bf16, int8 with f32 rest and
-int8 with bf16 rest; bf16 only on a CPU with native bf16, int8 only with calibration images), then all are timed in
-the same process at the requested batch, interleaved (:func:`litevit.timing.time_interleaved`). The fastest whose
-recorded accuracy cost for the family (:data:`.precision.PRECISION_COSTS`) is within the budget is written. The
-fp32 IR compiled at OpenVINO's own defaults (what ``openvino.convert_model`` + ``compile_model`` gives a user) is
-timed beside them as a reference.
+:func:`plan`: the candidate routes (:data:`.routes.ROUTES`) that the options allow (the ``--out`` suffix,
+``--format``, ``--precision``), that an installed runtime runs and that this CPU computes natively (bf16 only with
+AVX512_BF16 or AMX-BF16); every other route is listed with why it is out. :func:`find_fastest` builds each at the
+batch it is timed at (static unless ``dynamic_batch``), runs each on images held out of calibration
+(:mod:`.accuracy`: agreement with fp32, top-1 when the folder is labelled, the 95 % gate on ``max_drop``), times
+them interleaved in the same process until the fastest eligible file is separated from the next at 95 % or the
+time cap is spent, and writes the pick with how it was chosen in its metadata (:class:`.metadata.Selection`). The
+fp32 IR at OpenVINO's own defaults is timed beside them as a reference, never chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import shutil
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,159 +26,397 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._extras import has_native_bf16
-from ..registry import family_line
-from ..timing import percentile, time_interleaved
-from .precision import cost
+from .. import _extras
+from ..registry import DataConfig
+from ..timing import time_interleaved
+from .accuracy import CONFIDENCE, Accuracy, judge, labels_of, measure, median_bounds, resolvable, split_folder
+from .accuracy_control import accuracy_controlled
+from .errors import ExportError
+from .fuse import fuse
+from .int8 import Int8Settings, int8_settings_for, load_calibration
+from .metadata import META_KEY, SUFFIXES, CandidateRecord, ExportMetadata, Selection
+from .parity import RTOL, compare, int8_check
+from .routes import BASELINE, ROUTES, Route
 from .runtime import ExportedModel
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points
-BASELINE = "ort-fp32"
 REFERENCE = "ov-defaults"  # the fp32 IR at OpenVINO's default settings: timed, never chosen
-
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str  # also the cost route
-    suffix: str
-    precision: str  # export precision
-
-
-CANDIDATES = (
-    Candidate("ort-fp32", ".onnx", "fp32"),
-    Candidate("ort-int8", ".onnx", "int8"),
-    Candidate("ov-f32", ".xml", "fp32"),
-    Candidate("ov-bf16", ".xml", "bf16"),
-    Candidate("ov-int8-f32", ".xml", "int8"),
-    Candidate("ov-int8-bf16", ".xml", "int8-bf16"),
-)
+RANDOM_IMAGES = 8  # without --calibration: random inputs on which exactness to fp32 is checked
+FASTEST_FORMATS = {route.format for route in ROUTES}
 
 
 @dataclass
 class Trial:
-    name: str
-    path: Path
-    median_ms: float
-    speedup: float  # baseline time / this time, median over interleaved rounds
-    speedup_p10: float
-    speedup_p90: float
-    cost: float | None  # recorded top-1 drop, points
-    eligible: bool
-    note: str = ""
+    """One candidate: built, measured and timed (or why not)."""
+
+    route: Route
+    path: Path | None = None
+    accuracy: Accuracy | None = None
+    eligible: bool = False
+    reason: str = ""
+    times: list[float] = field(default_factory=list)
+    ratio: tuple[float, float, float] | None = None  # against the baseline: median, 95 % low, high
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+    @property
+    def ms(self) -> float | None:
+        return statistics.median(self.times) * 1e3 if self.times else None
 
 
 @dataclass
 class FastestReport:
     chosen: str
-    batch: int
-    threads: int
-    max_drop: float
-    trials: list[Trial] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not built
+    selection: Selection
+    skipped: dict[str, str]  # route -> why it was not built
+    lines: list[str] = field(default_factory=list)  # what the table says under its rows
 
     def table(self) -> str:
-        lines = [
-            f"candidates at batch {self.batch}, {self.threads} thread(s), timed interleaved; speed-up against "
-            f"{BASELINE}; budget: top-1 drop <= {self.max_drop:g} points",
-            f"{'candidate':14s} {'ms':>9s} {'speed-up (p10-p90)':>20s} {'top-1 cost':>10s}  decision",
+        built = {c.route for c in self.selection.candidates}
+        skipped = [
+            f"{name:13s} {'':>8s} {'':>19s} {'':>7s} {'':>6s} {'':>6s}  {why}"
+            for name, why in self.skipped.items()
+            if name not in built
         ]
-        for t in self.trials:
-            spread = f"{t.speedup:.2f}x ({t.speedup_p10:.2f}-{t.speedup_p90:.2f})"
-            cost_text = "-" if t.cost is None else f"{t.cost:.2f}"
-            decision = "CHOSEN: fastest within budget" if t.name == self.chosen else t.note
-            lines.append(f"{t.name:14s} {t.median_ms:9.3f} {spread:>20s} {cost_text:>10s}  {decision}")
-        lines += [f"{name:14s} {'':9s} {'':>20s} {'':>10s}  not built: {why}" for name, why in self.skipped.items()]
-        return "\n".join(lines)
+        return "\n".join(selection_table(self.selection) + skipped + self.lines)
 
 
-def applicable(calibration: str | Path | None, flags: frozenset[str] | None = None) -> tuple[list[Candidate], dict]:
-    """The candidates that apply on this CPU (``flags``: its feature flags, default this one's), and why the others
-    do not."""
-    chosen, skipped = [], {}
-    bf16 = has_native_bf16(flags)
-    for candidate in CANDIDATES:
-        if candidate.precision.endswith("bf16") and not bf16:
-            skipped[candidate.name] = "no native bf16 on this CPU (AVX512_BF16 / AMX-BF16)"
-        elif candidate.precision.startswith("int8") and calibration is None:
-            skipped[candidate.name] = "int8 needs calibration images (--calibration DIR)"
+def selection_table(s: Selection) -> list[str]:
+    """The lines of the table of how ``--fastest`` chose: a heading, then a row per candidate."""
+    images = f"{s.images} held-out images" if s.images else "no images (only exact files are eligible)"
+    top1 = "" if s.fp32_top1 is None else f" (fp32 top-1 {s.fp32_top1:.2f}%)"
+    lines = [
+        f"candidates at batch {s.batch}, {s.threads} thread(s) on {s.cpu} ({', '.join(s.isa) or 'no listed ISA'}), "
+        f"{s.runtimes}; timed interleaved, speed-up against {s.baseline} (95% interval); budget: top-1 drop <= "
+        f"{s.max_drop:g} points at {s.confidence:.0%} on {images}{top1}",
+        f"{'candidate':13s} {'ms':>8s} {'speed-up (95%)':>19s} {'agree':>7s} {'top-1':>6s} {'drop<=':>6s}  decision",
+    ]
+    for c in s.candidates:
+        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x ({c.ratio_low:.2f}-{c.ratio_high:.2f})"
+        cells = [
+            "-" if value is None else spec.format(value)
+            for value, spec in ((c.ms, "{:.3f}"), (c.agreement, "{:.1%}"), (c.top1, "{:.2f}"), (c.drop_bound, "{:.2f}"))
+        ]
+        lines.append(
+            f"{c.route:13s} {cells[0]:>8s} {ratio:>19s} {cells[1]:>7s} {cells[2]:>6s} {cells[3]:>6s}  {c.decision}"
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Plan:
+    routes: tuple[Route, ...]  # the candidates to build
+    skipped: dict[str, str]  # route -> why it is out
+    baseline: Route | None  # built for the speed-ups even when the options exclude it
+
+
+def plan(
+    out: str | Path,
+    format: str | None = None,
+    precision: str | None = None,
+    calibration: object | None = None,
+    flags: frozenset[str] | None = None,
+) -> Plan:
+    """The candidate routes for these options on this machine, or one-line ValueError when none can be.
+
+    ``out``: its suffix (``.onnx``, ``.xml``) restricts the candidates to that format; no suffix leaves the choice.
+    """
+    suffix = Path(out).suffix.lower()
+    if suffix:
+        named = SUFFIXES.get(suffix)
+        if named not in FASTEST_FORMATS:
+            raise ValueError(
+                f"--fastest writes .onnx (onnxruntime) or .xml (OpenVINO), not {suffix}: give one of those suffixes "
+                "to --out, or none to let it choose"
+            )
+        if format is not None and format != named:
+            raise ValueError(f"--format {format} contradicts --out {Path(out).name} ({named})")
+        format = named
+    if format is not None and format not in FASTEST_FORMATS:
+        raise ValueError(f"--fastest chooses among onnx and openvino files, not {format}")
+    routes, skipped = [], {}
+    for route in ROUTES:
+        why = _excluded(route, format, precision, calibration, flags)
+        if why is None:
+            routes.append(route)
         else:
-            chosen.append(candidate)
-    return chosen, skipped
+            skipped[route.name] = why
+    if not routes:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise ValueError(f"--fastest has no candidate for these options here: {reasons}")
+    baseline = BASELINE if _extras.available(BASELINE.module) else None
+    return Plan(tuple(routes), skipped, baseline)
 
 
-def choose(trials: list[Trial], max_drop: float) -> Trial:
-    """The fastest trial whose recorded cost is within ``max_drop``; the baseline is always within (cost 0)."""
-    for trial in trials:
-        if trial.name == REFERENCE:
-            trial.eligible, trial.note = False, "reference: what OpenVINO's defaults give"
-        elif trial.cost is None:
-            trial.eligible, trial.note = False, "no recorded accuracy cost for this family"
-        elif trial.cost > max_drop:
-            trial.eligible, trial.note = False, f"costs {trial.cost:.2f} > {max_drop:g} points"
-        else:
-            trial.eligible, trial.note = True, "within budget, slower"
-    return max((t for t in trials if t.eligible), key=lambda t: t.speedup)
+def _excluded(
+    route: Route, format: str | None, precision: str | None, calibration: object | None, flags: frozenset[str] | None
+) -> str | None:
+    """Why ``route`` is not a candidate, or None."""
+    if format is not None and route.format != format:
+        return f"excluded by the format asked for ({format})"
+    if precision is not None and route.precision != precision:
+        return f"excluded by --precision {precision}"
+    for module in (route.module, *(("nncf",) if route.int8 and route.runtime == "openvino" else ())):
+        if not _extras.available(module):
+            return f"{module} is not installed: pip install 'litevit[{_extras.extra_of(module)}]'"
+    if route.precision.endswith("bf16") and not _extras.has_native_bf16(flags):
+        return "no native bf16 on this CPU (AVX512_BF16 / AMX-BF16)"
+    if route.int8 and calibration is None:
+        return "not measured: needs images (int8 calibrates on --calibration DIR)"
+    return None
 
 
 def find_fastest(
     model: nn.Module,
-    stem: str | Path,
+    target: Path,
     build: Callable[..., Any],
+    the_plan: Plan,
     *,
     batch: int = 1,
+    dynamic_batch: bool = False,
     calibration: str | Path | None = None,
+    calibration_images: int = 300,
     max_drop: float = DEFAULT_MAX_DROP,
     threads: int = 1,
     seconds: float = 2.0,
+    time_cap: float | None = None,
     warmup: float = 0.5,
-    img_size: int | tuple[int, int] | None = None,
+    opset: int | None = None,
+    int8_settings: Int8Settings | None = None,
     progress: Callable[[str], None] | None = None,
-    flags: frozenset[str] | None = None,
-) -> tuple[Path, FastestReport]:
-    """Build, time and pick (see the module docstring); the chosen file is written as ``stem`` + its suffix.
+) -> tuple[Path, FastestReport, Trial, torch.Tensor | None, torch.Tensor]:
+    """Build, measure, time and pick (module docstring); the pick is written to ``target`` (the pick's suffix added
+    when it has none). ``build``: the single-file exporter (:func:`litevit.deploy.export.export`), passed
+    in so that this module sits below it. ``time_cap``: seconds of timing at most (default 3x the first pass).
 
-    ``build``: the exporter (:func:`litevit.deploy.export.export`), passed in so that this module sits below it.
+    Returns the written path, the report, the chosen trial, the held-out images (None without calibration) and
+    fp32's logits on the images measured.
     """
-    if max_drop < 0:
-        raise ValueError(f"max_drop must be >= 0 top-1 points, got {max_drop}")
-    if batch < 1:
-        raise ValueError(f"--fastest times one batch size: a positive integer, got {batch}")
     say = progress or (lambda _: None)
-    candidates, skipped = applicable(calibration, flags)
-    name = getattr(model, "variant_name", None)
-    family = family_line(name) if name else ""  # a model outside the registry has no recorded costs
-    stem = Path(stem)
+    fused = fuse(model).float().eval()
+    config = getattr(model, "config", None)
+    size = _size(model)
+    data = model.model_info.data if hasattr(model, "model_info") else None
+    held_x, labels, cal_files, cal_arrays, cal_labels = None, None, None, [], None
+    if calibration is not None:
+        cal_files, held_files = split_folder(calibration, calibration_images)
+        say(f"split {calibration}: {len(cal_files)} calibration images, {len(held_files)} held-out images")
+        arrays = load_calibration(held_files, data or DataConfig(), size, calibration)
+        cal_arrays = load_calibration(cal_files, data or DataConfig(), size, calibration)  # unreadable: one line, now
+        held_x = torch.cat([torch.from_numpy(a) for a in arrays])
+        names = model.model_info.class_names if hasattr(model, "model_info") else None
+        labels = labels_of(held_files, names, int(getattr(config, "num_classes", 0)))
+        cal_labels = labels_of(cal_files, names, int(getattr(config, "num_classes", 0)))
+    x = held_x if held_x is not None else torch.randn(
+        RANDOM_IMAGES, int(getattr(config, "in_chans", 3)), *size, generator=torch.Generator().manual_seed(0)
+    )  # fmt: skip
+    with torch.inference_mode():
+        reference = fused(x)
+    images = len(x) if held_x is not None else 0
+    if images and not resolvable(images, max_drop):
+        say(f"{images} held-out images cannot resolve a drop of {max_drop:g} points at {CONFIDENCE:.0%}: "
+            "only candidates exact to fp32 are eligible")  # fmt: skip
+    routes = list(the_plan.routes)
+    if the_plan.baseline is not None and the_plan.baseline not in routes:
+        routes.insert(0, the_plan.baseline)
     work = Path(tempfile.mkdtemp(prefix="litevit-fastest-"))
     try:
-        files: dict[str, Path] = {}
-        for i, candidate in enumerate(candidates, 1):
-            say(f"[{i}/{len(candidates)}] building {candidate.name}")
-            files[candidate.name] = build(
-                model, work / f"{candidate.name}{candidate.suffix}", precision=candidate.precision,
-                calibration=calibration if candidate.precision.startswith("int8") else None, img_size=img_size,
-            ).path  # fmt: skip
-        runners = {name: ExportedModel(path, threads=threads) for name, path in files.items()}
-        if "ov-f32" in files:
-            runners[REFERENCE] = ExportedModel(files["ov-f32"], threads=threads, inference_precision="defaults")
-        meta = runners[BASELINE].metadata
-        x = torch.randn(batch, int(getattr(getattr(model, "config", None), "in_chans", 3)), *meta.img_size)
-        say(f"timing {len(runners)} files at batch {batch}, {threads} thread(s), interleaved")
-        times = time_interleaved({n: (lambda r=r: r(x)) for n, r in runners.items()}, seconds * len(runners), warmup)
         trials = []
-        for name, samples in times.items():
-            ratios = sorted(a / b for a, b in zip(times[BASELINE], samples, strict=True))
-            trials.append(Trial(
-                name, files.get(name, files.get("ov-f32")), statistics.median(samples) * 1e3, statistics.median(ratios),
-                percentile(ratios, 0.1), percentile(ratios, 0.9), None if name == REFERENCE else cost(family, name),
-                False,
-            ))  # fmt: skip
-        best = choose(trials, max_drop)
-        report = FastestReport(best.name, batch, threads, max_drop, trials, skipped)
-        target = stem.with_suffix(best.path.suffix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best.path, target)
-        if target.suffix == ".xml":
-            shutil.copyfile(best.path.with_suffix(".bin"), target.with_suffix(".bin"))
-        return target, report
+        for i, route in enumerate(routes, 1):
+            say(f"[{i}/{len(routes)}] building {route.name}")
+            trial = Trial(route)
+            if route.accuracy_control and (labels is None or cal_labels is None):
+                trial.reason = "needs a labelled folder: sub-folders named as the model's classes"
+                trials.append(trial)
+                continue
+            file_batch = "dynamic" if dynamic_batch else batch
+            try:
+                if route.accuracy_control:
+                    fp32 = build(model, work / "ac-fp32.xml", precision="fp32", batch="dynamic").path
+                    trial.path = accuracy_controlled(
+                        fp32, work / f"{route.name}.xml", cal_arrays, cal_labels, max_drop,
+                        int8_settings or int8_settings_for(model), file_batch,
+                    )  # fmt: skip
+                else:
+                    trial.path = build(
+                        model, work / f"{route.name}{route.suffix}", precision=route.precision, batch=file_batch,
+                        calibration=cal_files if route.int8 else None, opset=opset if route.format == "onnx" else None,
+                    ).path  # fmt: skip
+            except (ExportError, RuntimeError) as exc:
+                trial.reason = f"build failed: {str(exc).splitlines()[0][:120]}"
+                trials.append(trial)
+                continue
+            runner = ExportedModel(trial.path, threads=threads)
+            trial.accuracy = measure(runner, x, reference, labels, route.int8)
+            trial.eligible, trial.reason = judge(
+                trial.accuracy if images or trial.accuracy.exact else None, max_drop, images
+            )  # fmt: skip
+            if route not in the_plan.routes:
+                trial.eligible, trial.reason = False, f"baseline only: {the_plan.skipped[route.name]}"
+            trials.append(trial)
+        if not any(t.eligible for t in trials):
+            raise ExportError(
+                "--fastest: no candidate is eligible: " + "; ".join(f"{t.name}: {t.reason}" for t in trials)
+            )
+        chosen, lines, ref_row = _time_and_choose(trials, batch, x, threads, seconds, time_cap, warmup, say)
+        selection = _selection(trials, chosen, the_plan, threads, batch, images, labels, reference, max_drop, lines)
+        if ref_row is not None:
+            selection = dataclasses.replace(selection, candidates=(*selection.candidates, ref_row))
+        target = target if target.suffix else target.with_suffix(chosen.route.suffix)
+        _write_with_selection(chosen.path, target, selection)
+        report = FastestReport(chosen.name, selection, dict(the_plan.skipped), lines)
+        return target, report, chosen, held_x, reference
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _size(model: nn.Module) -> tuple[int, int]:
+    size = getattr(getattr(model, "config", None), "img_size", 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _time_and_choose(
+    trials: list[Trial], batch: int, images: torch.Tensor, threads: int, seconds: float,
+    time_cap: float | None, warmup: float, say: Callable[[str], None],
+) -> tuple[Trial, list[str], CandidateRecord | None]:  # fmt: skip
+    """Time every built trial interleaved until the fastest eligible is separated from the next at 95 % (or the cap
+    is spent); the pick, the lines that say how it was decided, and the reference's row (None: not timed)."""
+    built = [t for t in trials if t.path is not None]
+    runners = {t.name: ExportedModel(t.path, threads=threads) for t in built}
+    ov_fp32 = next((t for t in built if t.name == "ov-fp32"), None)
+    if ov_fp32 is not None:
+        runners[REFERENCE] = ExportedModel(ov_fp32.path, threads=threads, inference_precision="defaults")
+    x = images[torch.arange(batch) % len(images)].contiguous()
+    calls = {n: (lambda r=r: r(x)) for n, r in runners.items()}
+    times: dict[str, list[float]] = {n: [] for n in calls}
+    cap = time_cap if time_cap is not None else 3 * seconds * len(calls)
+    start = time.perf_counter()
+    say(f"timing {len(calls)} files at batch {batch}, {threads} thread(s), interleaved")
+    eligible = [t for t in built if t.eligible]
+    while True:
+        for name, samples in time_interleaved(calls, seconds * len(calls), warmup).items():
+            times[name] += samples
+        warmup = 0.0
+        for t in built:
+            t.times = times[t.name]
+        eligible.sort(key=lambda t: statistics.median(t.times))
+        if len(eligible) < 2 or _faster(times, eligible[0].name, eligible[1].name) is True:
+            separated = True
+            break
+        if time.perf_counter() - start + seconds * len(calls) > cap:
+            separated = False
+            break
+        say(f"{eligible[0].name} and {eligible[1].name} not yet separated at 95%: timing more rounds")
+    baseline = built[0].name
+    for t in built:
+        t.ratio = _ratio(times, baseline, t.name)
+    fastest = eligible[0]
+    lines = []
+    if separated:
+        chosen = fastest
+        if len(eligible) > 1:
+            lines.append(f"{fastest.name} is faster than {eligible[1].name} at 95% ({len(times[baseline])} rounds)")
+    else:
+        tied = [t for t in eligible if t is fastest or _faster(times, fastest.name, t.name) is not True]
+        chosen = min(tied, key=lambda t: (not t.accuracy.exact, t.accuracy.drop_bound, statistics.median(t.times)))
+        others = ", ".join(t.name for t in tied if t is not fastest)
+        lines.append(
+            f"{fastest.name} is not separated from {others} at 95% within the {cap:.0f} s time cap "
+            f"({len(times[baseline])} rounds): chose the most accurate of them, {chosen.name}"
+            + (" (exact to fp32)" if chosen.accuracy.exact else "")
+        )
+    ref_row = None
+    if REFERENCE in times:
+        median, low, high = _ratio(times, REFERENCE, chosen.name)
+        if low <= 1.0:
+            than = "faster than" if high < 1.0 else "as fast as"
+            lines.append(
+                f"OpenVINO's defaults on the fp32 IR are {than} the pick (the pick: {median:.2f}x, "
+                f"{low:.2f}-{high:.2f} at 95%): what a plain OpenVINO user already gets"
+            )
+        else:
+            lines.append(
+                f"the pick is {median:.2f}x ({low:.2f}-{high:.2f}) faster than OpenVINO's defaults on the fp32 IR"
+            )
+        ref_row = CandidateRecord(
+            REFERENCE, statistics.median(times[REFERENCE]) * 1e3, *_ratio(times, baseline, REFERENCE), None, None,
+            None, "reference: the fp32 IR at OpenVINO's defaults, never chosen",
+        )  # fmt: skip
+    for t in trials:
+        if t is chosen:
+            t.reason = "CHOSEN: " + ("fastest eligible" if t is fastest else "most accurate of the tied")
+        elif t.eligible:
+            t.reason = f"eligible ({t.reason}), slower"
+    return chosen, lines, ref_row
+
+
+def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, float, float]:
+    """How many times faster ``fast`` ran than ``slow``: the median of per-round ratios and its 95 % interval."""
+    ratios = [a / b for a, b in zip(times[slow], times[fast], strict=False)]
+    low, high = median_bounds(ratios)
+    return statistics.median(ratios), low, high
+
+
+def _faster(times: dict[str, list[float]], fast: str, slow: str) -> bool:
+    """Whether ``fast`` is faster than ``slow`` at 95 % (the interval of the per-round ratio lies above 1)."""
+    return _ratio(times, slow, fast)[1] > 1.0
+
+
+def _selection(
+    trials: list[Trial], chosen: Trial, the_plan: Plan, threads: int, batch: int, images: int,
+    labels: torch.Tensor | None, reference: torch.Tensor, max_drop: float, lines: list[str],
+) -> Selection:  # fmt: skip
+    records = []
+    for t in trials:
+        measured = t.accuracy is not None and (images > 0 or t.accuracy.exact)
+        a = t.accuracy if measured else None
+        records.append(CandidateRecord(
+            t.name, t.ms, *(t.ratio or (None, None, None)), None if a is None else a.agreement,
+            None if a is None else a.top1, None if a is None else a.drop_bound, t.reason,
+        ))  # fmt: skip
+    fp32_top1 = None
+    if labels is not None:
+        fp32_top1 = 100 * (reference.argmax(-1) == labels).double().mean().item()
+    versions = ", ".join(
+        f"{m} {importlib.metadata.version(m)}" for m in ("onnxruntime", "openvino") if _extras.available(m)
+    )
+    baseline = the_plan.baseline.name if the_plan.baseline is not None else trials[0].name
+    return Selection(
+        chosen.name, _extras.cpu_model(), _extras.cpu_isa(), threads, batch, baseline, images, fp32_top1, max_drop,
+        CONFIDENCE, versions, tuple(records), " ".join(lines),
+    )  # fmt: skip
+
+
+def _write_with_selection(source: Path, target: Path, selection: Selection) -> None:
+    """``source`` written to ``target`` with ``selection`` added to its metadata."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(source))
+        props = {p.key: p.value for p in proto.metadata_props}
+        meta = dataclasses.replace(ExportMetadata.from_json(props[META_KEY]), selection=selection)
+        props[META_KEY] = meta.to_json()
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, props)
+        onnx.save_model(proto, str(target), save_as_external_data=False)
+        return
+    ov = _extras.require("openvino", "writing the OpenVINO pick")
+    from .openvino import RT_INFO
+
+    model = ov.Core().read_model(str(source))
+    meta = dataclasses.replace(ExportMetadata.from_json(model.get_rt_info(RT_INFO).astype(str)), selection=selection)
+    model.set_rt_info(meta.to_json(), RT_INFO)
+    ov.save_model(model, str(target), compress_to_fp16=False)
+
+
+def held_out_check(path: Path, images: torch.Tensor, reference: torch.Tensor, route: Route) -> tuple[str, Any]:
+    """``--check`` on the written file: which check ran, and its result (a ParityCheck)."""
+    out = ExportedModel(path)(images)
+    if route.float_exact:
+        return f"parity with fp32 PyTorch (within {RTOL:g} relative)", compare(out, reference, len(images))
+    return "the int8/bf16 check against fp32 PyTorch (finite, input-dependent, agreement, correlation)", int8_check(
+        out, reference
+    )

@@ -43,6 +43,20 @@ class CalibrationError(ValueError):
     """Calibration images that cannot be used: missing, unreadable or too few."""
 
 
+def image_groups(folder: str | os.PathLike) -> dict[Path, list[Path]]:
+    """The image files under ``folder`` (by suffix) by the folder that holds them, each list sorted;
+    :class:`CalibrationError` for a missing folder."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise CalibrationError(f"calibration folder not found: {root} (expected a folder of image files)")
+    groups: dict[Path, list[Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS):
+        groups.setdefault(path.parent, []).append(path)
+    return groups
+
+
 def calibration_files(
     folder: str | os.PathLike, count: int, held_out: int = 0, seed: int = CALIBRATION_SEED
 ) -> tuple[list[Path], list[Path]]:
@@ -54,20 +68,14 @@ def calibration_files(
     :data:`MIN_CHECK_IMAGES` (taken from calibration's share when the folder holds fewer than ``count`` + that).
     """
     root = Path(folder)
-    if not root.is_dir():
-        raise CalibrationError(f"calibration folder not found: {root} (expected a folder of image files)")
     if count < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {count}")
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    groups: dict[Path, list[Path]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS):
-        groups.setdefault(path.parent, []).append(path)
+    groups = image_groups(root)
     total = sum(len(files) for files in groups.values())
     if total < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(
-            f"{root} has {total} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES} "
-            f"(suffixes {', '.join(IMG_EXTENSIONS)}), ideally a few hundred from the model's domain"
+            f"{root} has {total} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES}, ideally a few "
+            "hundred from the model's domain"
         )
     rng = np.random.default_rng(seed)
     shuffled = [[files[i] for i in rng.permutation(len(files))] for _, files in sorted(groups.items())]

@@ -34,6 +34,40 @@ META_KEY = "litevit.json"  # TorchScript / pt2 extra file and ONNX metadata key 
 
 
 @dataclass(frozen=True)
+class CandidateRecord:
+    """One candidate ``--fastest`` built, timed and measured (:class:`Selection`)."""
+
+    route: str  # .routes.Route.name, or "ov-defaults" for the fp32 IR at OpenVINO's defaults
+    ms: float | None  # median time per call at the selection's batch; None: not timed
+    ratio: float | None  # the baseline's time / this time, median over interleaved rounds
+    ratio_low: float | None  # its 95 % interval (sign-test order statistics of the per-round ratios)
+    ratio_high: float | None
+    agreement: float | None  # top-1 agreement with fp32 PyTorch on the held-out images; None: not measured
+    top1: float | None  # percent on the held-out images, labelled folders only
+    drop_bound: float | None  # one-sided 95 % upper bound of the drop, points
+    decision: str  # chosen, eligible and slower, or why not eligible
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How ``litevit export --fastest`` chose the file: where, at what, among what, with what evidence."""
+
+    route: str
+    cpu: str  # the CPU model as it reports itself
+    isa: tuple[str, ...]  # its vector and matrix instruction sets (litevit._extras.cpu_isa)
+    threads: int
+    batch: int  # the batch the candidates were timed at
+    baseline: str  # the route speed-ups are measured against
+    images: int  # held-out images every candidate ran on (0: no --calibration)
+    fp32_top1: float | None  # fp32 PyTorch's top-1 on them, percent, labelled folders only
+    max_drop: float
+    confidence: float
+    runtimes: str  # the runtime versions, e.g. "onnxruntime 1.31.1, openvino 2026.4.1"
+    candidates: tuple[CandidateRecord, ...]
+    note: str  # how the speed was decided (separated at 95 %, or what was preferred)
+
+
+@dataclass(frozen=True)
 class ExportMetadata:
     """What an exported file needs to be used without litevit's Python model."""
 
@@ -52,6 +86,7 @@ class ExportMetadata:
     weight_bits: int | None = None
     # OpenVINO files: the inference precision of the float parts the file was measured with, and runs with in litevit
     inference_precision: str | None = None
+    selection: Selection | None = None  # files written by export --fastest: how they were chosen
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -98,8 +133,17 @@ def _read_dataclass(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
     for name in [n for n in fields if n in raw]:  # in field order: the first bad field is reported
-        if dataclasses.is_dataclass(hints[name]):
-            values[name] = _read_dataclass(hints[name], raw[name], f"{prefix}{name}.")
+        record = _record_type(hints[name])
+        if record is not None and not (raw[name] is None and hints[name] is not record):
+            values[name] = _read_dataclass(record, raw[name], f"{prefix}{name}.")
+            continue
+        element = _record_type(typing.get_args(hints[name])[0]) if typing.get_origin(hints[name]) is tuple else None
+        if element is not None:
+            if not isinstance(raw[name], list):
+                raise MetadataError(
+                    f"litevit metadata field {prefix + name!r}: expected a list, got {_short(raw[name])}"
+                )
+            values[name] = tuple(_read_dataclass(element, r, f"{prefix}{name}[{i}].") for i, r in enumerate(raw[name]))
             continue
         try:
             values[name] = _typed(raw[name], hints[name])
@@ -111,6 +155,16 @@ def _read_dataclass(cls: type, raw: Any, prefix: str) -> Any:
                 f"litevit metadata field {prefix + name!r}: expected {expected}, got {_short(raw[name])}"
             ) from None
     return cls(**values)
+
+
+def _record_type(hint: Any) -> type | None:
+    """The dataclass of a field typed as a dataclass or an optional one, else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        records = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return records[0] if records else None
+    return None
 
 
 def _typed(value: Any, hint: Any) -> Any:

@@ -43,12 +43,17 @@ def openvino_ir(
     return model
 
 
-def _nncf_quantize(nncf: Any, model: Any, calibration: list, settings: Int8Settings) -> Any:
-    ignored = nncf.IgnoredScope(
+def ignored_scope(nncf: Any, model: Any, settings: Int8Settings) -> Any:
+    """The layers of an OpenVINO model that ``settings`` keep float, as NNCF's ignored scope."""
+    return nncf.IgnoredScope(
         names=openvino_ends(model) if settings.float_ends else [],
         types=["GroupConvolution"] if settings.float_depthwise else [],
         validate=False,  # a family's settings may name layers that some of its variants lack
     )
+
+
+def _nncf_quantize(nncf: Any, model: Any, calibration: list, settings: Int8Settings) -> Any:
+    ignored = ignored_scope(nncf, model, settings)
     return nncf.quantize(
         model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=ignored,
         **nncf_options(nncf, settings),

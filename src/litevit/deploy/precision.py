@@ -1,4 +1,4 @@
-"""Inference precision of exported files: the choices, what runs on this CPU, and what each costs in accuracy.
+"""Inference precision of exported files: the choices and what runs on this CPU.
 
 ``--precision`` names what the file computes in: ``fp32``; ``bf16`` (an OpenVINO IR whose float math runs in bf16);
 ``int8`` (int8 weights and activations where the family's settings quantize, the rest in f32); ``int8-bf16`` (the
@@ -9,7 +9,9 @@ OpenVINO itself does not read it from the file (2026.4 ignores an inference prec
 at compile time (README).
 
 bf16 needs a CPU that computes it natively (AVX512_BF16 or AMX-BF16, read from what the CPU reports). Elsewhere a
-bf16 file runs in f32, with one line that says so.
+bf16 file runs in f32, with one line that says so. What a precision costs in accuracy is measured for the model at
+hand, on the user's images, by ``export --fastest`` (:mod:`.accuracy`); the per-family costs recorded on digits
+(``tools/precision_costs.py``, ``benchmarks/accuracy/precision_costs.md``) are documentation, never the gate.
 """
 
 from __future__ import annotations
@@ -22,19 +24,6 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
 OPENVINO_ONLY = ("bf16", "int8-bf16")  # onnxruntime's CPU provider has no bf16 execution of these graphs
-
-# Top-1 drop in points against PyTorch fp32, per family (MobileViT per version) and route, measured on each family's
-# smallest variant trained 20 epochs at 64 px on scikit-learn's digits, 539 held-out images (1 image = 0.19 points):
-# tools/precision_costs.py -> benchmarks/precision_costs.md. A negative drop (rounding that happened to fix a held-out
-# image) counts as no cost. ort-fp32, the baseline, costs nothing by definition.
-PRECISION_COSTS: dict[str, dict[str, float]] = {
-    "levit": {"ov-f32": 0.0, "ov-bf16": -0.19, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.0, "ort-int8": 0.19},
-    "efficientvit_msra": {"ov-f32": 0.0, "ov-bf16": 0.0, "ov-int8-f32": 0.19, "ov-int8-bf16": 0.37, "ort-int8": 0.37},
-    "mobilevit": {"ov-f32": 0.0, "ov-bf16": 0.0, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.0, "ort-int8": 0.37},
-    "mobilevitv2": {"ov-f32": 0.0, "ov-bf16": 0.0, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.0, "ort-int8": 0.0},
-    "mobilevitv3": {"ov-f32": 0.19, "ov-bf16": 0.0, "ov-int8-f32": 0.0, "ov-int8-bf16": 0.19, "ort-int8": 0.0},
-    "t2t_vit": {"ov-f32": 0.0, "ov-bf16": -0.19, "ov-int8-f32": -0.74, "ov-int8-bf16": -0.74, "ort-int8": -0.56},
-}
 
 
 def float_precision(precision: str) -> str:
@@ -72,12 +61,3 @@ def _warn_no_bf16() -> None:
     if "bf16" not in _warned:  # one line per process, not one per file or compiled shape
         _warned.add("bf16")
         log.warning("this CPU has no native bf16 (no AVX512_BF16, no AMX-BF16): bf16 files run in f32 here")
-
-
-def cost(family: str, route: str) -> float | None:
-    """The measured top-1 cost (points, >= 0) of ``route`` for ``family``, 0 for the baseline ``ort-fp32``, and None
-    when it was not measured."""
-    if route == "ort-fp32":
-        return 0.0
-    drop = PRECISION_COSTS.get(family, {}).get(route)
-    return None if drop is None else max(drop, 0.0)

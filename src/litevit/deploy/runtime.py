@@ -22,6 +22,7 @@ from .executorch import pte_runner
 from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, MetadataError, format_from
 from .onnx import ort_session, run_onnx, weight_bits_mismatch
 from .openvino import openvino_runner
+from .routes import route_of
 
 log = logging.getLogger(__name__)
 Shape = tuple[int | None, ...]  # a graph's tensor shape, None for a dynamic dim
@@ -91,12 +92,27 @@ class ExportedModel:
         meta = extra[META_KEY]
         return meta.decode() if isinstance(meta, bytes) else meta, module, graph
 
+    def describe(self) -> str:
+        """One line: the file's route, batch and input, and how ``--fastest`` chose it when it did."""
+        meta = self.metadata
+        route = route_of(meta.format, meta.precision)
+        what = f"route {route.name}" if route is not None else f"{meta.format} {meta.precision}"
+        line = f"{self.path.name}: {what}, batch {meta.batch}, input {meta.img_size[0]}x{meta.img_size[1]}"
+        s = meta.selection
+        if s is not None:
+            measured = f"{s.images} held-out images" if s.images else "no images (exact files only)"
+            line += (
+                f"; chosen by --fastest among {len(s.candidates)} files on {s.cpu}, {s.threads} thread(s), batch "
+                f"{s.batch}, drop <= {s.max_drop:g} points at {s.confidence:.0%} on {measured}"
+            )
+        return line
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         meta = self.metadata
         if x.ndim != 4 or tuple(x.shape[-2:]) != meta.img_size:
             raise ValueError(f"{self.path.name} expects images of shape (B, C, {meta.img_size[0]}, {meta.img_size[1]})")
         if meta.batch != "dynamic" and x.shape[0] != meta.batch:
-            raise ValueError(f"{self.path.name} was exported for batch {meta.batch}; got {x.shape[0]}")
+            return _in_fixed_batches(self, x, meta.batch)
         with torch.inference_mode():
             out = self._run(x.float().contiguous())
         # formats that state no output shape (TorchScript, Core ML) are checked on their first output
@@ -106,6 +122,22 @@ class ExportedModel:
                 f"{self.path}: litevit metadata field 'num_classes' is {meta.num_classes} but the graph gives {got}"
             )
         return out
+
+
+def _in_fixed_batches(model: ExportedModel, x: torch.Tensor, batch: int) -> Any:
+    """``model`` (a file of a fixed ``batch``) on every row of ``x``: in chunks of ``batch`` rows, the last one filled
+    up with repeated rows whose outputs are dropped."""
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"{model.path.name}: no images to run (an empty batch)")
+    outputs = []
+    for start in range(0, n, batch):
+        chunk = x[start : start + batch]
+        out = model(torch.cat([chunk, x[torch.arange(batch - len(chunk)) % n]]))
+        outputs.append([o[: len(chunk)] for o in out] if isinstance(out, (list, tuple)) else out[: len(chunk)])
+    if isinstance(outputs[0], list):
+        return [torch.cat(maps) for maps in zip(*outputs, strict=True)]
+    return torch.cat(outputs)
 
 
 def check_graph(meta: ExportMetadata, inputs: Shape, outputs: Sequence[Shape]) -> None:
