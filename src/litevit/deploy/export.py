@@ -221,7 +221,8 @@ def export(
             model, path, batch, img_size, "int8" if int8 and precision is None else precision, options
         )
     if int8 and format is None and not path.suffix:
-        # the int8 route measured faster for every family (benchmarks/accuracy/int8_settings.md, make bench): OpenVINO + NNCF
+        # the int8 route measured faster for every family (benchmarks/accuracy/int8_settings.md, make bench):
+        # OpenVINO + NNCF
         path = path.with_suffix(".xml")
     format = format_from(path, format)
     if float_part == "bf16" and format != "openvino":
