@@ -253,7 +253,7 @@ def test_eval_maps_imagenet_synset_folders_to_imagenet_classes(
     import shutil
 
     from litevit.data import imagenet_synsets
-    from litevit.predict import folder_targets
+    from litevit.deploy.accuracy import folder_targets
 
     wnids = {"cat": "n02123045", "dog": "n02085620", "eel": "n02526121"}  # tabby, Chihuahua, eel
     synsets = tmp_path / "synsets"
@@ -274,7 +274,7 @@ def test_eval_maps_imagenet_synset_folders_to_imagenet_classes(
             losses.append(F.cross_entropy(out, torch.tensor([label])).item())
     assert result.count == 9 and result.loss == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     with pytest.raises(ValueError, match="not ImageNet-1k classes"):
-        folder_targets(["n00000001"], imagenet_classes(), 1000)
+        folder_targets(["n00000001"], imagenet_classes(), 1000, strict=True)
 
 
 # ------------------------------------------------------------------------------- text from files reaches the terminal

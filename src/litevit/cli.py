@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 from ._extras import MissingExtraError, printable
-from .bench.run import RUNTIMES
+from .bench.options import add_bench, expand, img_size_arg, thread_count
 from .bulk import ENGINES, PART_ROWS
 from .data import DECODERS, MAX_DEFAULT_WORKERS
 from .deploy.executorch import PTE_INT8_MAX_RATIO
@@ -20,17 +19,12 @@ from .deploy.parity import INT8_MIN_AGREEMENT, INT8_MIN_CORRELATION, INT8_MIN_SI
 from .deploy.precision import PRECISIONS
 from .flops import count_params
 from .predict import EVAL_BATCH_SIZE, PREDICT_BATCH_SIZE, TOPK
-from .registry import get_variant, list_models
+from .registry import get_variant
 from .weights.loading import create_model
 
 
-def _expand(patterns: list[str]) -> list[str]:
-    """Registered names matching any of the shell-style patterns, in registry order, once each."""
-    return list(dict.fromkeys(n for pattern in patterns for n in list_models(pattern)))
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
-    names = _expand(args.patterns or ["*"])
+    names = expand(args.patterns or ["*"])
     if args.markdown:
         from .registry import variants_markdown
 
@@ -136,84 +130,6 @@ def _add_model_source(p: argparse.ArgumentParser, exported: bool = True) -> None
     p.add_argument("--pretrained", action="store_true", help="load the model's default published weights")
 
 
-def _threads(value: str) -> int:
-    """A thread count, or ``all``: the cores this process may run on."""
-    if value == "all":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        count = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a thread count or 'all', got {value!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"thread count must be at least 1, got {count}")
-    return count
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import report as bench_report
-    from .bench import run as bench
-
-    models = _expand(args.models) if args.models else None
-    if args.models and not models:
-        raise ValueError(f"no registered model matches {args.models}; see `litevit list`")
-    result = bench.run_bench(
-        models, device=args.device, batch_sizes=args.batch_size, threads=list(dict.fromkeys(args.threads)),
-        img_size=_img_size(args.img_size), dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime,
-        seconds=args.seconds, warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
-        quick=args.quick,
-    )  # fmt: skip
-    costs = bench_report.read_int8_costs(args.int8_costs) if args.int8_costs else None
-    if args.out:
-        bench_report.write_jsonl(result, args.out)
-    if args.plot:
-        bench_report.plot(result, args.plot, costs)
-    table = bench_report.markdown(result, costs)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
-    print(table)
-    return 0
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="latency and throughput of models per runtime (eager, compile, ONNX Runtime, OpenVINO, ExecuTorch, ...) "
-        "and precision, at each batch size and thread count, against timm with --compare (default: a model set)",
-    )
-    p.add_argument("models", nargs="*", help="names or patterns (default: smallest of each family + levit_256, m4)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--batch-size", type=int, nargs="+", help="batch sizes (default: 1 16 on CPU, 256 on GPU)")
-    p.add_argument(
-        "--threads", type=_threads, nargs="+", default=[1],
-        help="CPU thread counts, or 'all' for every core (default 1, the papers' CPU protocol)",
-    )  # fmt: skip
-    p.add_argument("--img-size", type=int, nargs="+", help="input size: S or H W (default: each model's)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default fp32 on CPU, fp16 AMP on GPU")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
-    p.add_argument(
-        "--runtime", nargs="+", default=["eager"], choices=[*RUNTIMES, "installed"],
-        help="runtimes to time (several allowed; 'installed': eager and every exported-file runtime installed here)",
-    )  # fmt: skip
-    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per runner and batch size")
-    p.add_argument("--warmup", type=float, default=1.0, help="warm-up time per runner (s)")
-    p.add_argument("--compare", choices=["timm"], help="also time timm's model with the same weights + 2 CNNs")
-    p.add_argument(
-        "--quick", action="store_true",
-        help="the fastest way to run each family's smallest model here (litevit's fused --fastest candidates at "
-        "pinned precisions) against timm's routes at their defaults; no reference CNNs (make bench)",
-    )  # fmt: skip
-    p.add_argument("--out", help="append JSON-lines records to this file")
-    p.add_argument("--markdown", help="also write the markdown tables to this file")
-    p.add_argument("--plot", help="PNG of paper top-1 against images/s, one panel per batch size and thread count")
-    p.add_argument(
-        "--int8-costs", metavar="JSONL",
-        help="measured int8 top-1 drops per family (tools/int8_settings.py output), printed next to int8 speeds",
-    )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_bench)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
@@ -240,14 +156,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _img_size(values: list[int] | None) -> int | tuple[int, int] | None:
-    if values is None:
-        return None
-    if len(values) not in (1, 2):
-        raise ValueError(f"--img-size takes S or H W, got {len(values)} numbers")
-    return values[0] if len(values) == 1 else (values[0], values[1])
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     from .deploy.errors import ExportError
     from .deploy.export import export
@@ -258,7 +166,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} is already exported; export a model name or a litevit weights file")
     try:
         result = export(
-            model, args.out, args.format, batch=args.batch, img_size=_img_size(args.img_size), opset=args.opset,
+            model, args.out, args.format, batch=args.batch, img_size=img_size_arg(args.img_size), opset=args.opset,
             check=args.check, int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
             precision=args.precision, fastest=args.fastest, max_drop=args.max_drop, threads=args.threads,
             dynamic_batch=args.dynamic_batch,
@@ -355,7 +263,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "fp32 are eligible",
     )  # fmt: skip
     p.add_argument(
-        "--threads", type=_threads, help="--fastest: the thread count to time at, the one you deploy with (default 1)"
+        "--threads",
+        type=thread_count,
+        help="--fastest: the thread count to time at, the one you deploy with (default 1)",
     )
     p.add_argument(
         "--dynamic-batch", action="store_true",
@@ -386,7 +296,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from .bulk import predict_files
 
         summary = predict_files(
-            _load(args, _img_size(args.img_size)), args.sources, args.out, topk=args.topk,
+            _load(args, img_size_arg(args.img_size)), args.sources, args.out, topk=args.topk,
             batch_size=args.batch_size, workers=args.workers, embeddings=args.embeddings, resume=args.resume,
             progress=not args.quiet, part_rows=args.part_rows, engine=args.engine, ray_address=args.ray_address,
             decoder=args.decoder,
@@ -397,7 +307,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{summary.images_per_s:.1f} images/s"
         )
         return 0
-    model = _load(args, _img_size(args.img_size))
+    model = _load(args, img_size_arg(args.img_size))
     _say_route(model)
     failed = 0
     for result in iter_predictions(model, iter_sources(args.sources), topk=args.topk, batch_size=args.batch_size):
@@ -460,7 +370,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .predict import evaluate
 
-    model = _load(args, _img_size(args.img_size))
+    model = _load(args, img_size_arg(args.img_size))
     _say_route(model)
     progress = not args.no_progress and not args.json
     result = evaluate(model, args.data, batch_size=args.batch_size, workers=args.workers, progress=progress)
@@ -526,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(sub)
     _add_weights(sub)
     _add_download(sub)
-    _add_bench(sub)
+    add_bench(sub)
     _add_train(sub)
     _add_export(sub)
     _add_predict(sub)

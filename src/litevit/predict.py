@@ -27,10 +27,10 @@ from .data import (
     default_workers,
     eval_transform,
     image_folder,
-    imagenet_synsets,
     load_image,
     load_image_decoder,
 )
+from .deploy.accuracy import folder_targets
 from .deploy.metadata import SUFFIXES
 from .deploy.runtime import ExportedModel
 from .layers import to_2tuple
@@ -44,7 +44,6 @@ Row = dict[str, Any]  # one results row of bulk prediction: :func:`columns`
 TOPK = 5  # classes shown per image
 PREDICT_BATCH_SIZE = 16  # images per forward pass of predict
 EVAL_BATCH_SIZE = 64  # images per forward pass of evaluate
-_WNID = re.compile(r"n\d{8}")  # a WordNet noun id, the name of an ImageNet class folder
 
 
 @dataclass(frozen=True)
@@ -383,21 +382,6 @@ def _collate(batch: list[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor
     return images, torch.tensor([t for _, t in kept], dtype=torch.long), len(batch) - len(kept)
 
 
-def folder_targets(folders: Sequence[str], names: Sequence[str], num_classes: int) -> list[int] | None:
-    """The model class of each class folder: by name when every folder names one of the model's classes, by
-    ImageNet synset (``n01440764`` ...) for a 1000-class model, else None (folder ``i`` in sorted order is class i)."""
-    if set(folders) <= set(names):
-        index = {name: i for i, name in enumerate(names)}
-        return [index[f] for f in folders]
-    if num_classes == 1000 and all(_WNID.fullmatch(f) for f in folders):
-        index = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
-        unknown = sorted(set(folders) - set(index))
-        if unknown:
-            raise ValueError(f"folders {unknown[:5]} look like WordNet ids but are not ImageNet-1k classes")
-        return [index[f] for f in folders]
-    return None
-
-
 def batch_scores(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, int, int]:
     """Summed cross-entropy, top-1 hits and top-5 hits of one batch (top-k, k = the classes when fewer than 5); the
     scoring of :func:`evaluate` and of the validation during training."""
@@ -417,10 +401,10 @@ def evaluate(
 ) -> EvalResult:
     """Top-1, top-5 and mean cross-entropy on an ImageFolder (``root/<class>/<image>``).
 
-    Folders are matched to the model's classes by :func:`folder_targets`: by name when the checkpoint carries class
-    names (one fine-tuned by ``litevit train``), by ImageNet synset for synset folders (Imagenette, ImageNet subsets),
-    else folder ``i`` in sorted order is class ``i``. An unreadable image is skipped and counted, not fatal.
-    ``workers`` defaults to :func:`litevit.data.default_workers`.
+    Folders are matched to the model's classes by :func:`~litevit.deploy.accuracy.folder_targets`: by name when the
+    checkpoint carries class names (one fine-tuned by ``litevit train``), by ImageNet synset for synset folders
+    (Imagenette, ImageNet subsets), else folder ``i`` in sorted order is class ``i``. An unreadable image is skipped
+    and counted, not fatal. ``workers`` defaults to :func:`litevit.data.default_workers`.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -432,7 +416,7 @@ def evaluate(
         model.eval()
     data, img_size, num_classes = preprocessing(model)
     folder = image_folder(root)
-    targets = folder_targets(folder.classes, class_names(model), num_classes)
+    targets = folder_targets(folder.classes, class_names(model), num_classes, strict=True)
     if targets is None and len(folder.classes) > num_classes:
         raise ValueError(f"{root} has {len(folder.classes)} class folders but the model has {num_classes} classes")
     if targets is None and len(folder.classes) != num_classes:

@@ -69,16 +69,23 @@ def split_folder(
     return dealt[:calibration_images], sorted(held_out)
 
 
-def folder_targets(folders: Sequence[str], names: Sequence[str] | None, num_classes: int) -> list[int] | None:
+def folder_targets(
+    folders: Sequence[str], names: Sequence[str] | None, num_classes: int, strict: bool = False
+) -> list[int] | None:
     """The model class of each class folder: by name when every folder names one of the model's classes, by
-    ImageNet synset for a 1000-class model with synset folders; None when the folders are not the model's classes."""
+    ImageNet synset (``n01440764`` ...) for a 1000-class model with synset folders; None when the folders are not the
+    model's classes (``strict``: synset-like folders outside ImageNet-1k are an error instead). ``litevit eval``
+    and ``--fastest`` both label folders with it."""
     if names and set(folders) <= set(names):
         index = {name: i for i, name in enumerate(names)}
         return [index[f] for f in folders]
     if num_classes == 1000 and folders and all(_WNID.fullmatch(f) for f in folders):
         index = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
-        if set(folders) <= set(index):
+        unknown = sorted(set(folders) - set(index))
+        if not unknown:
             return [index[f] for f in folders]
+        if strict:
+            raise ValueError(f"folders {unknown[:5]} look like WordNet ids but are not ImageNet-1k classes")
     return None
 
 
