@@ -21,10 +21,10 @@ compared with PyTorch at fp32 on CPUs with bf16 or AMX, where OpenVINO would oth
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -43,6 +43,9 @@ class CalibrationError(ValueError):
     """Calibration images that cannot be used: missing, unreadable or too few."""
 
 
+T = TypeVar("T")
+
+
 def image_groups(folder: str | os.PathLike) -> dict[Path, list[Path]]:
     """The image files under ``folder`` (by suffix) by the folder that holds them, each list sorted;
     :class:`CalibrationError` for a missing folder."""
@@ -55,6 +58,14 @@ def image_groups(folder: str | os.PathLike) -> dict[Path, list[Path]]:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS):
         groups.setdefault(path.parent, []).append(path)
     return groups
+
+
+def deal(groups: Sequence[Sequence[T]], seed: int = CALIBRATION_SEED) -> list[T]:
+    """The members of every group, each group shuffled with ``seed`` and the groups dealt from in turn: the first
+    ``n`` drawn hold every group alike (the calibration draw of the int8 export and of ``--qat``)."""
+    rng = np.random.default_rng(seed)
+    shuffled = [[group[i] for i in rng.permutation(len(group))] for group in groups]
+    return [group[i] for i in range(max(map(len, shuffled), default=0)) for group in shuffled if i < len(group)]
 
 
 def calibration_files(
@@ -77,9 +88,7 @@ def calibration_files(
             f"{root} has {total} image file(s); calibration needs at least {MIN_CALIBRATION_IMAGES}, ideally a few "
             "hundred from the model's domain"
         )
-    rng = np.random.default_rng(seed)
-    shuffled = [[files[i] for i in rng.permutation(len(files))] for _, files in sorted(groups.items())]
-    dealt = [group[i] for i in range(max(map(len, shuffled))) for group in shuffled if i < len(group)]
+    dealt = deal([files for _, files in sorted(groups.items())], seed)
     held = min(held_out, max(total - count, MIN_CHECK_IMAGES))
     if held_out and total - held < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(

@@ -62,7 +62,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -70,10 +69,10 @@ from .._extras import quiet_nncf, require
 from .._files import replace_together, stage
 from ..deploy.export import metadata_for
 from ..deploy.int8 import (
-    CALIBRATION_SEED,
     DEFAULT_CALIBRATION_IMAGES,
     MIN_CALIBRATION_IMAGES,
     Int8Settings,
+    deal,
     nearest_weighted,
     nncf_options,
 )
@@ -193,9 +192,7 @@ def calibration_images(
     total = sum(len(paths) for paths in by_class.values())
     if total < MIN_CALIBRATION_IMAGES:
         raise ValueError(f"--qat calibrates on training images: found {total}, need at least {MIN_CALIBRATION_IMAGES}")
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    shuffled = [[paths[i] for i in rng.permutation(len(paths))] for _, paths in sorted(by_class.items())]
-    dealt = [group[i] for i in range(max(map(len, shuffled))) for group in shuffled if i < len(group)]
+    dealt = deal([paths for _, paths in sorted(by_class.items())])
     transform = eval_transform(data, img_size)
     return torch.stack([transform(load_image(path)) for path in dealt[:count]])
 
