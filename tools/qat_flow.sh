@@ -3,7 +3,8 @@
 # tools/precision_costs.make_digits), through the command line, each step from the file the step before wrote:
 #   train MODEL (the short-run rule, default epochs) -> train best.safetensors --qat (the file's resolution)
 #   -> eval int8.xml and int8.onnx on the held-out images.
-# Usage: bash tools/qat_flow.sh OUT_DIR MODEL...   (prints one JSON line per step; the caller keeps them)
+# Usage: bash tools/qat_flow.sh OUT_DIR MODEL...   (one JSON line per step on stdout; record:
+#   benchmarks/accuracy/qat_flow.jsonl, with the CPU added)
 set -euo pipefail
 out=$1; shift
 here=$(cd "$(dirname "$0")" && pwd)
