@@ -22,8 +22,9 @@ The run, on top of float training (:mod:`.train`):
   resolution (:func:`qat_baseline`); when that top-1 is far below the one the file records (:func:`far_below`: by
   more than 5 points and 3 binomial standard errors), the run stops with one line naming the resolution mismatch.
   Each epoch's record carries the float top-1, the int8 top-1 and the drop; the run ends with one line (float top-1,
-  best int8 top-1, drop, N images) and exits 4 when the drop exceeds ``--max-drop`` (default 1.0), its files kept
-  and named as over budget.
+  the fake-quantized graph's best int8 top-1, each written file's own top-1 as its runtime runs it, the worst drop,
+  N images) and exits 4 when that drop exceeds ``--max-drop`` (default 1.0), its files kept and named as over
+  budget.
 - Calibration before the first step: ``nncf.quantize`` on up to
   :data:`~litevit.deploy.int8.DEFAULT_CALIBRATION_IMAGES` training images (drawn alike from every class, fixed seed,
   the model's eval preprocessing), with the family's :class:`~litevit.deploy.int8.Int8Settings` as the OpenVINO
@@ -132,8 +133,8 @@ class QatBaseline:
         """The per-epoch log fields: the float top-1, this epoch's int8 top-1 and the drop."""
         return {"float_top1": self.float_top1, "int8_top1": int8_top1, "drop": self.float_top1 - int8_top1}
 
-    def outcome(self, best_int8_top1: float, max_drop: float) -> QatOutcome:
-        return QatOutcome(self.float_top1, best_int8_top1, max_drop, self.images, self.img_size)
+    def outcome(self, best_int8_top1: float, max_drop: float, files: dict[str, float]) -> QatOutcome:
+        return QatOutcome(self.float_top1, best_int8_top1, max_drop, self.images, self.img_size, files)
 
 
 def far_below(measured: float, recorded: float, images: int) -> bool:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from .._files import recover
 from ..data import default_workers
 from ..deploy.int8 import int8_settings_for
+from ..deploy.runtime import ExportedModel
 from ..predict import batch_scores
 from ..registry import get_variant
 from ..weights.loading import create_model
@@ -219,7 +220,12 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
             )
     finished = end == config.epochs
     best_files = tuple(n for n in (INT8_XML, INT8_ONNX) if (out / n).exists()) if config.qat else (BEST_EXPORT,)
-    outcome = baseline.outcome(best_top1, config.max_drop) if baseline is not None and finished else None
+    outcome = None
+    if baseline is not None and finished:  # the files as their runtimes run them, not only the fake-quantized graph
+        if ranks.world > 1:
+            dist.barrier()  # rank 0 wrote them
+        scores = {name: evaluate_file(out / name, val_loader, device, ranks) for name in best_files}
+        outcome = baseline.outcome(best_top1, config.max_drop, scores)
     return TrainResult(history, best_top1, out, finished, ranks.rank, best_files, outcome)
 
 
@@ -260,6 +266,17 @@ def evaluate(
     if count == 0:
         raise ValueError("the validation set is empty")
     return {"loss": loss_sum / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count}
+
+
+def evaluate_file(path: Path, loader: DataLoader, device: torch.device, ranks: Dist) -> float:
+    """Validation top-1 (%) of an exported file, run on the CPU by its runtime, over all ranks' shards."""
+    runner = ExportedModel(path)
+    hits, count = 0.0, 0.0
+    for images, target in loader:
+        hits += batch_scores(runner(images.cpu()), target.cpu())[1]
+        count += target.numel()
+    hits, count = all_sum([hits, count], device, ranks)
+    return 100.0 * hits / max(count, 1.0)
 
 
 def _progress(iterable: DataLoader, total: int, enabled: bool, desc: str) -> Any:
