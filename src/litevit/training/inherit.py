@@ -47,7 +47,7 @@ class FileSettings:
 
 def read_settings(checkpoint: str | Checkpoint) -> FileSettings:
     """The litevit metadata of ``checkpoint`` (a file or a Hub folder) that a fine-tuning run inherits."""
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else _read(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_start(checkpoint)
     meta = ckpt.meta or {}
     if "variant" not in meta:
         return FileSettings(ckpt.source)
@@ -72,7 +72,8 @@ def read_settings(checkpoint: str | Checkpoint) -> FileSettings:
     )
 
 
-def _read(path: str) -> Checkpoint:
+def read_start(path: str) -> Checkpoint:
+    """The starting weights of a run, read once: a file (any layout) or a Hub folder."""
     return read_folder(path) if Path(path).is_dir() else read_checkpoint(path)
 
 
@@ -85,7 +86,7 @@ def model_from_file(config: TrainConfig) -> TrainConfig:
             f"{config.model} is a weights file and --checkpoint {config.checkpoint} was given too: give a model "
             "name with --checkpoint, or the file alone"
         )
-    variant = _read(config.model).meta.get("variant")
+    variant = read_start(config.model).meta.get("variant")
     if not variant:
         raise ValueError(
             f"{config.model} has no litevit metadata naming its model: give the model name, "

@@ -61,7 +61,7 @@ from .config import (
 )
 from .data import batch_mixer, find_data, make_loaders
 from .distributed import Dist, all_sum, init_distributed, parameter_digest
-from .inherit import in_file_order, inherit, model_from_file, read_settings
+from .inherit import in_file_order, inherit, model_from_file, read_settings, read_start
 from .losses import DistillationLoss, build_teacher
 from .optim import ModelEma, WarmupCosine, param_groups
 from .options import add_arguments, config_from_args, summary
@@ -100,7 +100,8 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device) -> TrainResult:
     out = Path(config.out)
     variant = get_variant(config.model)
-    file = read_settings(config.checkpoint) if config.checkpoint else None
+    start = read_start(config.checkpoint) if config.checkpoint else None  # read once: settings, then weights
+    file = read_settings(start) if start is not None else None
     config, data_config = inherit(config, variant, file)
     img_size = data_config.img_size
     split = in_file_order(find_data(config), file)
@@ -118,9 +119,7 @@ def _train(config: TrainConfig, distill: str, ranks: Dist, device: torch.device)
     kwargs = dict(config.model_kwargs)
     if config.drop_path is not None:
         kwargs["drop_path"] = config.drop_path
-    model = create_model(
-        config.model, checkpoint=config.checkpoint, num_classes=num_classes, img_size=img_size, **kwargs
-    )
+    model = create_model(config.model, checkpoint=start, num_classes=num_classes, img_size=img_size, **kwargs)
     model.to(device)
     sampler, train_loader, val_loader = make_loaders(
         config, split, data_config, ranks.rank, ranks.world, workers, device
