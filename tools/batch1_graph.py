@@ -238,15 +238,15 @@ def main() -> None:
     import torch
 
     from litevit._extras import cpu_isa, cpu_model
-    from litevit.bench.runtimes import calibration_folder
     from litevit.bench.timing import git_commit
+    from litevit.deploy.int8 import synthetic_calibration
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="litevit-batch1-"))
     folders = {"old": work / "old", "new": work / "new"}
     for folder in folders.values():
         folder.mkdir()
-    calibration = args.calibration or calibration_folder(224, 224, args.calibration_images)
+    calibration = args.calibration or synthetic_calibration(224, 224, args.calibration_images)
     if args.depthwise:
         comparison, old_commit = "int8: float depthwise (old) / int8 depthwise (new)", git_commit()
         export_all(args.models, folders["old"], calibration, args.calibration_images)

@@ -4,7 +4,8 @@ with ``--int8``, of litevit's fp32 export against its QDQ int8 export instead.
 Usage: OMP_NUM_THREADS=1 python tools/ort_profile.py levit_128s [batch] [runs] [--int8]
 Prints a header line (the command, commit, CPU and instruction sets, package versions, the load average when it
 started: kernel times on a shared machine are noisy), then for each graph the kernel time per run and the share of
-each operator type. Save the output under ``benchmarks/speed/`` (and list it in ``benchmarks/README.md``) when the README quotes it.
+each operator type. Save the output under ``benchmarks/speed/`` (and list it in ``benchmarks/README.md``) when the
+README quotes it.
 """
 
 import argparse
@@ -19,9 +20,10 @@ import timm
 import torch
 
 import litevit
-from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
+from litevit.bench.runtimes import ONNX_OPSET
 from litevit.bench.timing import device_name, git_commit
 from litevit.deploy.export import export
+from litevit.deploy.int8 import synthetic_calibration
 
 
 def profile(path: str, x: torch.Tensor, runs: int) -> tuple[float, list[tuple[str, float]]]:
@@ -63,7 +65,7 @@ def main() -> None:
         ours = litevit.create_model(args.name).eval()
         size = ours.config.img_size
         export(ours, f"{folder}/fp32.onnx", opset=ONNX_OPSET)
-        calibration = calibration_folder(size, size)
+        calibration = synthetic_calibration(size, size)
         export(ours, f"{folder}/int8.onnx", int8=True, calibration=calibration, calibration_images=32)
         labels = ("fp32", "int8")
     else:

@@ -22,9 +22,10 @@ import torch
 
 import litevit
 from litevit.bench.run import model_input_size
-from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
+from litevit.bench.runtimes import ONNX_OPSET
 from litevit.bench.timing import device_name, git_commit
 from litevit.deploy.export import export
+from litevit.deploy.int8 import synthetic_calibration
 from litevit.deploy.openvino import openvino_config
 from litevit.deploy.runtime import ExportedModel
 
@@ -73,7 +74,7 @@ def main() -> None:
     size = model_input_size(model)
     export(model, f"{folder}/fp32.onnx", opset=ONNX_OPSET)
     export(model, f"{folder}/fp32.xml")
-    export(model, f"{folder}/int8.xml", int8=True, calibration=calibration_folder(*size), calibration_images=32)
+    export(model, f"{folder}/int8.xml", int8=True, calibration=synthetic_calibration(*size), calibration_images=32)
     x = torch.randn(args.batch, 3, *size)
     onnx_fp32 = ExportedModel(f"{folder}/fp32.onnx", threads=1)
     print(f"{args.name} batch {args.batch}: onnxruntime fp32 {wall_ms(lambda: onnx_fp32(x), args.runs):.2f} ms/call")

@@ -16,6 +16,7 @@ from litevit import cli
 from litevit.bench import report as bench_report
 from litevit.bench import run as bench
 from litevit.bench import runtimes as bench_runtimes
+from litevit.bench.pick import Candidacy
 from litevit.flops import count_macs
 
 TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
@@ -149,17 +150,19 @@ def test_installed_runtimes_follow_the_importable_packages(monkeypatch) -> None:
         assert {"onnxruntime", "onnxruntime-int8"} <= set(runtimes)
 
 
-def test_exported_files_are_built_once_per_run() -> None:
+def test_candidates_are_built_once_per_model_and_batch(tmp_path) -> None:
+    """export --fastest's candidates are written at the batch they are timed at: one set per batch, shared by the
+    thread counts."""
     pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'litevit[export]'")
     subject = bench.Subject("tiny_levit", "litevit", lambda: litevit.create_model("levit_128s", **TINY), None)
-    exported_files = bench_runtimes.ExportedFiles()
-    for batch, threads in ((1, 1), (3, 2)):
+    candidacy = Candidacy(tmp_path)
+    for batch, threads in ((1, 1), (1, 2), (3, 1)):
         records, _ = bench.bench_group(
             [subject], runtimes=["onnxruntime"], batch_size=batch, threads=threads, seconds=0.02, warmup=0.01,
-            exported_files=exported_files,
+            candidacy=candidacy,
         )  # fmt: skip
-        assert [(r.runtime, r.threads, r.batch_size) for r in records][-1] == ("onnxruntime", threads, batch)
-    assert len(exported_files.files) == 1  # one dynamic-batch file served both groups
+        assert ("ort-fp32", threads, batch) in [(r.runtime, r.threads, r.batch_size) for r in records]
+    assert sorted(key[2] for key in candidacy.built) == [1, 3]
 
 
 def test_int8_costs_are_printed_next_to_int8_speeds(tmp_path) -> None:

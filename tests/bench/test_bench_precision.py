@@ -11,9 +11,12 @@ from torch import nn
 
 import litevit
 from litevit import cli
+from litevit.bench import pick
+from litevit.bench import records as bench_records
 from litevit.bench import report as bench_report
 from litevit.bench import run as bench
 from litevit.bench import runtimes as bench_runtimes
+from litevit.bench.pick import Picked
 from litevit.registry import family_line, get_variant, list_models
 
 BF16 = frozenset({"avx512f", "avx512_bf16"})
@@ -24,22 +27,20 @@ TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4),
 @pytest.mark.parametrize("flags", [BF16, NO_BF16], ids=["bf16-cpu", "vnni-only-cpu"])
 def test_openvino_is_timed_at_its_defaults_and_pinned_where_the_cpu_computes_it(flags) -> None:
     bf16 = ["bf16"] if "avx512_bf16" in flags else []
-    for source in ("litevit", "timm"):
-        # timm's IRs also reshaped to the static shape litevit's runner compiles every IR at
-        defaults = ["defaults"] if source == "litevit" else ["defaults", "defaults-static"]
-        assert bench_runtimes.precisions("openvino", source, "full", flags) == [*defaults, "f32", *bf16]
-        assert bench_runtimes.precisions("openvino-int8", source, "full", flags) == [*defaults, "f32", *bf16]
-        assert bench_runtimes.precisions("onnxruntime", source, "full", flags) == ["fp32"]
-    # quick: litevit's files at what its runner compiles them with, timm's at what a plain user gets, both shapes
-    assert bench_runtimes.precisions("openvino", "litevit", "fastest", flags) == ["f32", *bf16]
-    assert bench_runtimes.precisions("openvino-int8", "timm", "fastest", flags) == ["defaults", "defaults-static"]
-    assert bench_runtimes.precisions("onnxruntime-int8", "litevit", "fastest", flags) == ["int8"]
-    assert bench_runtimes.precisions("onnxruntime-int8", "timm", "fastest", flags) == []
+    # the IR as a plain convert_model gives it and reshaped to the static shape litevit's files are written at
+    defaults = ["defaults", "defaults-static"]
+    assert bench_runtimes.precisions("openvino", "full", flags) == [*defaults, "f32", *bf16]
+    assert bench_runtimes.precisions("openvino-int8", "full", flags) == [*defaults, "f32", *bf16]
+    assert bench_runtimes.precisions("onnxruntime", "full", flags) == ["fp32"]
+    # quick: what a plain user gets
+    assert bench_runtimes.precisions("openvino-int8", "fastest", flags) == defaults
+    assert bench_runtimes.precisions("onnxruntime-int8", "fastest", flags) == []
+    assert bench_runtimes.precisions("executorch", "fastest", flags) == ["fp32"]
 
 
 def test_a_bad_scope_is_a_one_line_error() -> None:
     with pytest.raises(ValueError, match="bench scope must be one of full, fastest"):
-        bench_runtimes.precisions("openvino", "timm", "everything")
+        bench_runtimes.precisions("openvino", "everything")
 
 
 def test_records_name_the_precision_openvino_chose(monkeypatch) -> None:
@@ -47,8 +48,9 @@ def test_records_name_the_precision_openvino_chose(monkeypatch) -> None:
     label = bench_runtimes.precision_label
     assert [label("openvino", p) for p in ("defaults", "f32", "bf16")] == ["defaults (bf16)", "f32", "bf16"]
     assert label("openvino-int8", "defaults") == "int8 + defaults (bf16)" and label("onnxruntime", "fp32") == "fp32"
-    assert bench.at_defaults("openvino-int8", "int8 + defaults (bf16)") and not bench.at_defaults("openvino", "bf16")
-    assert bench.at_defaults("onnxruntime", "fp32") and bench.at_defaults("eager", "fp32")
+    assert bench_records.at_defaults("openvino-int8", "int8 + defaults (bf16)")
+    assert not bench_records.at_defaults("openvino", "bf16")
+    assert bench_records.at_defaults("onnxruntime", "fp32") and bench_records.at_defaults("eager", "fp32")
 
 
 def test_openvino_default_precision_is_what_openvino_reports() -> None:
@@ -85,44 +87,49 @@ def test_timm_is_compiled_at_defaults_and_pinned_as_recorded(monkeypatch) -> Non
         timed[0].startswith("defaults (") and timed[1].startswith("defaults-static (") and timed[2:] == ["f32", "bf16"]
     )
     assert hints == [None, None, "f32", "bf16"]  # None: no INFERENCE_PRECISION_HINT, OpenVINO's own choice
-    assert bench.at_defaults("openvino", timed[1])  # the static peer is a defaults route
+    assert bench_records.at_defaults("openvino", timed[1])  # the static peer is a defaults route
 
 
-def test_comparisons_take_timms_fastest_route_at_defaults_only() -> None:
-    """Brute force over the records: theirs is the fastest timm runner at defaults (a faster pinned one does not
-    count); ours is litevit's fastest runner at the precision its runner uses; litevit's fastest file (eager is no
-    file) is set against its own fp32 ONNX in onnxruntime and its fp32 IR at OpenVINO's defaults."""
+def test_comparisons_set_the_pick_against_timms_fastest_route_at_defaults_only() -> None:
+    """Brute force over the records: ours is --fastest's pick, not litevit's fastest runner (planted: eager and the
+    unmeasured int8 file are faster); theirs is the fastest timm runner at defaults (a faster pinned one does not
+    count; the IR reshaped to the static shape is the peer when faster); the pick is set against its own fp32 ONNX
+    in onnxruntime and its fp32 IR at OpenVINO's defaults; the unmeasured file stands apart."""
 
     def entry(source: str, runtime: str, precision: str) -> dict:
         return dict(source=source, runtime=runtime, precision=precision, model="m")
 
     meta = {
         "litevit:m:eager@fp32:fused": entry("litevit", "eager", "fp32"),
-        "litevit:m:onnxruntime@fp32:fused": entry("litevit", "onnxruntime", "fp32"),
-        "litevit:m:openvino@f32:fused": entry("litevit", "openvino", "f32"),
-        "litevit:m:openvino@defaults (bf16):fused": entry("litevit", "openvino", "defaults (bf16)"),
+        "litevit:m:ort-fp32@fp32:fused": entry("litevit", "ort-fp32", "fp32"),
+        "litevit:m:ov-fp32@fp32:fused": entry("litevit", "ov-fp32", "fp32"),
+        "litevit:m:ov-int8@int8:fused": entry("litevit", "ov-int8", "int8"),
+        "litevit:m:ov-defaults@defaults (bf16):fused": entry("litevit", "ov-defaults", "defaults (bf16)"),
         "timm:m:eager@fp32": entry("timm", "eager", "fp32"),
         "timm:m:openvino@defaults (bf16)": entry("timm", "openvino", "defaults (bf16)"),
         "timm:m:openvino@f32": entry("timm", "openvino", "f32"),
         "timm:m:openvino@defaults-static (bf16)": entry("timm", "openvino", "defaults-static (bf16)"),
     }
-    # litevit at OV defaults and timm pinned are the fastest of their sides: neither counts; timm's IR reshaped to
-    # the static shape is faster than as convert_model wrote it: it is the peer
-    medians = [2.5, 4.0, 3.0, 1.0, 8.0, 6.0, 2.0, 5.0]
+    medians = [2.5, 4.0, 3.0, 1.0, 1.5, 8.0, 6.0, 2.0, 5.0]
     times = {key: [m * (1 + 0.01 * i) for i in range(5)] for key, m in zip(meta, medians, strict=True)}
-    comparisons = {c.against: c for c in bench._comparisons(times, meta, 1, 1)}
-    assert set(comparisons) == {"fastest", "openvino defaults", "litevit onnxruntime fp32", "litevit openvino defaults"}
+    picked = Picked("ov-fp32", "ort-fp32", "ov-defaults", "ov-int8", {}, ["made among exact files"], False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pick, "race_precision", lambda name: next(m["precision"] for m in meta.values()
+                                                             if m["runtime"] == name))  # fmt: skip
+        comparisons = {c.against: c for c in pick.race_comparisons(times, meta, picked, 1, 1)}
+    assert set(comparisons) == {"fastest", "openvino defaults", "litevit onnxruntime fp32", "litevit openvino defaults",
+                                "unmeasured vs other", "unmeasured vs pick"}  # fmt: skip
     best = comparisons["fastest"]
-    assert best.ours == "litevit:m:eager@fp32:fused" and best.theirs == "timm:m:openvino@defaults-static (bf16)"
+    assert best.ours == "litevit:m:ov-fp32@fp32:fused" and best.theirs == "timm:m:openvino@defaults-static (bf16)"
     assert best.speedup_median == pytest.approx(statistics.median([a / b for a, b in zip(
         times[best.theirs], times[best.ours], strict=True)]))  # fmt: skip
-    assert best.speedup_median == pytest.approx(5.0 / 2.5)
+    assert best.speedup_median == pytest.approx(5.0 / 3.0) and best.note == "made among exact files"
     assert comparisons["openvino defaults"].theirs == "timm:m:openvino@defaults-static (bf16)"
     own_ort, own_ov = comparisons["litevit onnxruntime fp32"], comparisons["litevit openvino defaults"]
-    assert own_ort.ours == own_ov.ours == "litevit:m:openvino@f32:fused"
-    assert own_ort.theirs == "litevit:m:onnxruntime@fp32:fused" and own_ort.speedup_median == pytest.approx(4.0 / 3.0)
-    assert own_ov.theirs == "litevit:m:openvino@defaults (bf16):fused"
-    assert own_ov.speedup_median == pytest.approx(1.0 / 3.0)
+    assert own_ort.ours == own_ov.ours == best.ours
+    assert own_ort.speedup_median == pytest.approx(4.0 / 3.0) and own_ov.speedup_median == pytest.approx(1.5 / 3.0)
+    apart = comparisons["unmeasured vs pick"]
+    assert apart.ours == "litevit:m:ov-int8@int8:fused" and apart.speedup_median == pytest.approx(3.0)
 
 
 def test_quick_models_are_each_familys_smallest_first_version() -> None:
@@ -163,7 +170,7 @@ def test_quick_bench_times_the_candidates_and_puts_the_comparison_first(monkeypa
     assert [(r.source, r.fused) for r in records] == [("litevit", True), ("timm", False)]  # no unfused litevit
     table = bench_report.markdown(bench.BenchResult(records, comparisons))
     body = table.split("\n\n", 1)[1]
-    assert body.startswith("| model | threads | batch | litevit fastest |")
+    assert body.startswith("| model | threads | batch | litevit fastest (--fastest pick) |")
     assert "| levit_128s | 1 | 1 | eager fused |" in body
 
 

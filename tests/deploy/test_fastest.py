@@ -21,6 +21,7 @@ import torch
 import litevit
 from litevit import _extras, cli
 from litevit.deploy import accuracy as A
+from litevit.deploy import candidates as C
 from litevit.deploy import fastest as F
 from litevit.deploy.errors import ExportError
 from litevit.deploy.int8 import CalibrationError
@@ -278,7 +279,7 @@ def test_a_dead_int8_file_stays_in_the_table_with_the_int8_checks_reason(folder,
 def test_int8_calibrated_on_one_class_is_measured_on_every_class(folder, tmp_path, monkeypatch) -> None:
     """Planted: the int8 candidate is calibrated on class0 alone. It is judged on held-out images of all four
     classes (never on its calibration images), and by the bound of what it measured there."""
-    real = F.split_folder
+    real = C.split_folder
     seen: list[list[Path]] = []
 
     def one_class(root: Path, count: int, seed: int = 0) -> tuple[list[Path], list[Path]]:
@@ -286,7 +287,7 @@ def test_int8_calibrated_on_one_class_is_measured_on_every_class(folder, tmp_pat
         seen.append(held_out)
         return [p for p in calibration if p.parent.name == "class0"], held_out
 
-    monkeypatch.setattr(F, "split_folder", one_class)
+    monkeypatch.setattr(C, "split_folder", one_class)
     model = _labelled("levit_128s", folder)
     result = litevit.export(model, tmp_path / "m.onnx", fastest=True, calibration=folder, max_drop=0.0, **FAST)
     assert {p.parent.name for p in seen[0]} == {f"class{c}" for c in range(CLASSES)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..deploy.fastest import DEFAULT_MAX_DROP
 from ..registry import list_models
 from . import report as bench_report
 from . import run as bench
@@ -46,7 +47,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models, device=args.device, batch_sizes=args.batch_size, threads=list(dict.fromkeys(args.threads)),
         img_size=img_size_arg(args.img_size), dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime,
         seconds=args.seconds, warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
-        quick=args.quick,
+        quick=args.quick, calibration=args.calibration, max_drop=args.max_drop,
     )  # fmt: skip
     costs = bench_report.read_int8_costs(args.int8_costs) if args.int8_costs else None
     if args.out:
@@ -86,8 +87,17 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", choices=["timm"], help="also time timm's model with the same weights + 2 CNNs")
     p.add_argument(
         "--quick", action="store_true",
-        help="the fastest way to run each family's smallest model here (litevit's fused --fastest candidates at "
-        "pinned precisions) against timm's routes at their defaults; no reference CNNs (make bench)",
+        help="the fastest way to run each family's smallest model here (litevit's pick by export --fastest's own "
+        "routine) against timm's routes at their defaults; no reference CNNs (make bench)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration", metavar="DIR",
+        help="with --quick: images to gate litevit's pick as export --fastest does (split into calibration and "
+        "held-out images; without, the pick is made among files exact to fp32 and bf16/int8 are shown apart)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-drop", type=float, default=DEFAULT_MAX_DROP,
+        help=f"with --calibration: top-1 points a pick may lose, at 95%% (default {DEFAULT_MAX_DROP:g})",
     )  # fmt: skip
     p.add_argument("--out", help="append JSON-lines records to this file")
     p.add_argument("--markdown", help="also write the markdown tables to this file")

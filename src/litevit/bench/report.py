@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..deploy.routes import route_of
+from ..deploy.fastest import REFERENCE
+from ..deploy.routes import ROUTES, route_of
 from ..registry import family_line, list_models
-from .run import BenchRecord, BenchResult, Comparison, FlopRate, compared, record_key
+from .records import BenchRecord, Comparison, compared, record_key
+from .run import BenchResult, FlopRate
 
 # runtime -> the settings-measurement key whose drop it carries, per source
 _COST_KEYS = {("litevit", "openvino-int8"): "openvino", ("litevit", "onnxruntime-int8"): "onnxruntime",
@@ -105,6 +107,11 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
         lines += [*comparison_table(result, costs), ""]
         own = own_table(result)
         lines += [*own, ""] if len(own) > 2 else []
+        apart = unmeasured_table(result)
+        lines += [*apart, ""] if len(apart) > 2 else []
+        notes = dict.fromkeys(f"- {c.model}, batch {c.batch_size}, {c.threads} thread(s): {c.note}"
+                              for c in result.comparisons if c.note)  # fmt: skip
+        lines += [*notes, ""] if notes else []
     lines += [
         "| model | source | runtime | precision | fused | threads | batch | params (M) | MACs (M) | paper top-1 "
         "| median ms | p90 ms | images/s | speedup vs first litevit runner (p10-p90) |",
@@ -135,7 +142,10 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
 
 
 def route_text(record: BenchRecord, costs: Costs | None = None) -> str:
-    """A runner as the tables name it: runtime, precision where it says more than fp32, and a measured int8 cost."""
+    """A runner as the tables name it: runtime, precision where it says more than fp32, and a measured int8 cost;
+    a route name alone for ``--fastest``'s candidates in the quick bench."""
+    if _is_route(record.runtime):
+        return record.runtime
     precision = f" ({record.precision})" if record.precision not in ("", "fp32", "int8") else ""
     fused = " fused" if record.fused and record.runtime in ("eager", "compile") else ""
     return f"{record.runtime}{fused}{precision}{_cost_text(record, costs or {})}"
@@ -152,8 +162,8 @@ def comparison_table(result: BenchResult, costs: Costs | None = None) -> list[st
     for c in result.comparisons:
         rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
     lines = [
-        "| model | threads | batch | litevit fastest | ms | timm fastest at defaults | ms | speed-up (p10-p90) "
-        "| vs timm's OpenVINO at defaults (p10-p90) |",
+        "| model | threads | batch | litevit fastest (--fastest pick) | ms | timm fastest at defaults | ms "
+        "| speed-up (p10-p90) | vs timm's OpenVINO at defaults (p10-p90) |",
         "|---|---:|---:|---|---:|---|---:|---|---|",
     ]
     for (model, batch, threads), against in rows.items():
@@ -174,6 +184,8 @@ def comparison_table(result: BenchResult, costs: Costs | None = None) -> list[st
 def route_name(runtime: str, precision: str) -> str:
     """The :class:`litevit.deploy.routes.Route` name of a litevit file runtime at a recorded precision
     (``openvino-int8`` at ``int8 + bf16`` is ``ov-int8-bf16``), or the runtime and precision as recorded."""
+    if _is_route(runtime):
+        return runtime
     float_part = precision.split(" + ")[-1]
     int8 = runtime.endswith("-int8")
     format = "openvino" if runtime.startswith("openvino") else "onnx" if runtime.startswith("onnxruntime") else ""
@@ -212,6 +224,41 @@ def own_table(result: BenchResult) -> list[str]:
             f"{ratio(against.get('litevit onnxruntime fp32'))} | {ratio(against.get('litevit openvino defaults'))} |"
         )
     return lines
+
+
+def _is_route(runtime: str) -> bool:
+    """Whether a record's runtime is a route name (the quick bench's ``--fastest`` candidates) or the reference."""
+    return runtime == REFERENCE or any(runtime == route.name for route in ROUTES)
+
+
+def unmeasured_table(result: BenchResult) -> list[str]:
+    """The fastest file the quick bench could not judge without images (bf16, int8 calibrated on noise), apart:
+    against litevit's pick and against the other source's fastest route at its defaults."""
+    by_key = {
+        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
+        for r in result.records
+    }
+    rows: dict[tuple[str, int, int], dict[str, Comparison]] = {}
+    for c in result.comparisons:
+        if c.against.startswith("unmeasured "):
+            rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
+    lines = [
+        "| model | threads | batch | fastest file not measured (needs --calibration) | ms | vs litevit's pick "
+        "(p10-p90) | vs timm fastest at defaults (p10-p90) |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
+    for (model, batch, threads), against in rows.items():
+        any_one = next(iter(against.values()))
+        ours = by_key[(any_one.ours, batch, threads)]
+        lines.append(
+            f"| {model} | {threads} | {batch} | {ours.runtime} | {ours.median_ms:.2f} | "
+            f"{_ratio_text(against.get('unmeasured vs pick'))} | {_ratio_text(against.get('unmeasured vs other'))} |"
+        )
+    return lines
+
+
+def _ratio_text(c: Comparison | None) -> str:
+    return "-" if c is None else f"{c.speedup_median:.2f}x ({c.speedup_p10:.2f}-{c.speedup_p90:.2f})"
 
 
 _MARKERS = {"eager": "o", "compile": "s", "onnxruntime": "^", "onnxruntime-int8": "v", "openvino": "D",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import statistics
 from collections.abc import Callable, Iterable
@@ -21,14 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..deploy.fastest import DEFAULT_MAX_DROP
 from ..deploy.fuse import fuse
 from ..flops import count_macs, count_params
 from ..layers import to_2tuple
 from ..registry import get_variant, list_models
 from ..timing import percentile, time_interleaved
 from ..weights.loading import create_model
+from .pick import Candidacy, race_comparisons, race_precision
+from .records import BenchRecord, Comparison, compared, record_key, round_ratios
 from .runtimes import (
-    DEFAULTS,
     EXPORT_RUNTIMES,
     ExportedFiles,
     installed_runtimes,
@@ -40,52 +43,12 @@ from .timing import FlopRate, device_name, flop_rate, git_commit
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("eager", "compile", *EXPORT_RUNTIMES)
+FASTEST_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # litevit export --fastest's
 # reference CNNs from timm for the papers' comparison: name -> (top-1 %, source)
 REFERENCE_CNNS = {
     "efficientnet_b0": (77.1, "EfficientNet paper (Tan & Le 2019), Table 2"),
     "mobilenetv3_large_100": (75.2, "MobileNetV3 paper (Howard et al. 2019), Table 3"),
 }
-
-
-@dataclass
-class BenchRecord:
-    model: str
-    source: str  # "litevit", "timm"
-    runtime: str  # eager | compile | onnxruntime
-    fused: bool
-    batch_size: int
-    img_size: tuple[int, int]
-    dtype: str
-    channels_last: bool
-    device: str
-    device_name: str
-    threads: int
-    torch_version: str
-    git_commit: str
-    params_m: float
-    macs_m: float
-    paper_top1: float | None
-    median_ms: float  # per call
-    p10_ms: float
-    p90_ms: float
-    images_per_s: float  # batch_size / median call time
-    samples: int
-    baseline: str | None  # the runner the speedups are against (None: this is it)
-    speedup_median: float  # baseline time / this time, per interleaved round
-    speedup_p10: float
-    speedup_p90: float
-    precision: str = ""  # what ran: fp32, int8, OpenVINO's f32 / bf16 / "defaults (bf16)", "int8 + f32"; "" in old runs
-
-
-def record_key(source: str, model: str, runtime: str, precision: str = "", fused: bool = False) -> str:
-    """A runner's name in a group: ``source:model:runtime[@precision][:fused]``."""
-    at = f"@{precision}" if precision else ""
-    return f"{source}:{model}:{runtime}{at}{':fused' if fused else ''}"
-
-
-def at_defaults(runtime: str, precision: str) -> bool:
-    """Whether a route runs as its runtime's defaults give it: every route but OpenVINO with a pinned precision."""
-    return not runtime.startswith("openvino") or precision.split(" + ")[-1].startswith(DEFAULTS)
 
 
 @dataclass
@@ -161,27 +124,6 @@ def _runner(
     return run
 
 
-@dataclass
-class Comparison:
-    """litevit's fastest runner against another source's runner on the same model, batch and machine: that
-    source's fastest route at its runtimes' defaults (``against="fastest"``), or its fp32 OpenVINO IR at OpenVINO's
-    defaults (``against="openvino defaults"``)."""
-
-    model: str
-    batch_size: int
-    ours: str
-    theirs: str
-    speedup_median: float  # their time / our time, per interleaved round
-    speedup_p10: float
-    speedup_p90: float
-    threads: int = 1
-    against: str = "fastest"
-
-
-def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> list[float]:
-    return [a / b for a, b in zip(times[slow], times[fast], strict=True)]
-
-
 def bench_group(
     subjects: list[Subject],
     *,
@@ -196,6 +138,7 @@ def bench_group(
     warmup: float = 1.0,
     exported_files: ExportedFiles | None = None,
     scope: str = "full",
+    candidacy: Candidacy | None = None,
 ) -> tuple[list[BenchRecord], list[Comparison]]:
     """Time every subject (litevit: unfused and fused) under every runtime and precision, all interleaved together.
 
@@ -204,8 +147,10 @@ def bench_group(
     precision its runner compiles with, never at OpenVINO's defaults) against each other source's fastest route at
     its runtimes' defaults, and against that source's fp32 IR at OpenVINO's defaults when it was timed.
     ``exported_files``: the run's exported files, shared between groups (default: built for this group alone).
-    ``scope``: ``"full"`` times every route at every precision; ``"fastest"`` only litevit's fused candidates and
-    timm's routes at their defaults (:func:`.runtimes.precisions`).
+    ``scope``: ``"full"`` times every route at every precision; ``"fastest"``: litevit's exported files are
+    ``export --fastest``'s candidates, built, judged and timed by its routine with the other runners in its rounds
+    (:mod:`.pick`, ``candidacy``: the run's candidates), against timm's routes at their defaults
+    (:func:`.runtimes.precisions`).
     """
     exported_files = exported_files or ExportedFiles()
     if dtype not in ("fp32", "fp16", "bf16"):
@@ -218,6 +163,9 @@ def bench_group(
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     runners: dict[str, Callable[[], Any]] = {}
     meta: dict[str, dict[str, Any]] = {}
+    # litevit's onnxruntime and OpenVINO files: export --fastest's candidates, raced by its rule (:mod:`.pick`)
+    racing = device == "cpu" and dtype == "fp32" and bool(set(runtimes) & set(FASTEST_RUNTIMES))
+    racer: tuple[Subject, nn.Module, dict[str, Any]] | None = None
     for subject in subjects:
         model = subject.build().eval()
         if img_size is not None:
@@ -228,6 +176,10 @@ def bench_group(
         forms = [(False, model)] + ([(True, fuse(model))] if subject.source == "litevit" else [])
         if scope == "fastest" and subject.source == "litevit":
             forms = forms[1:]  # what litevit deploys: the fused form
+        if racing and subject.source == "litevit":
+            info = dict(model=subject.name, source="litevit", fused=True, params_m=params, macs_m=macs,
+                        paper_top1=subject.paper_top1, img_size=(height, width))  # fmt: skip
+            racer = (subject, model, info)
         for fused, form in forms:
             x = torch.randn(batch_size, 3, height, width, device=device)
             form = form.to(device)
@@ -235,9 +187,10 @@ def bench_group(
                 form, x = form.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             for runtime in runtimes:
                 exported = runtime in EXPORT_RUNTIMES
-                if exported and not _exports(runtime, subject.source, fused, device, dtype, scope):
+                raced = racer is not None and subject.source == "litevit" and runtime in FASTEST_RUNTIMES
+                if raced or exported and not _exports(runtime, subject.source, fused, device, dtype, scope):
                     continue
-                for precision in precisions(runtime, subject.source, scope) if exported else [dtype]:
+                for precision in precisions(runtime, scope) if exported else [dtype]:
                     label = precision_label(runtime, precision)
                     key = record_key(subject.source, subject.name, runtime, label, fused)
                     runners[key] = _runner(
@@ -247,16 +200,32 @@ def bench_group(
                         model=subject.name, source=subject.source, runtime=runtime, fused=fused, params_m=params,
                         macs_m=macs, paper_top1=subject.paper_top1, img_size=(height, width), precision=label,
                     )  # fmt: skip
-    times = time_interleaved(runners, seconds * len(runners), warmup, sync)
+    picked = None
+    if racer is not None:
+        subject, model, info = racer
+        candidacy = candidacy or Candidacy(exported_files.folder)
+        raced, picked = candidacy.race(model, subject.name, info["img_size"], batch_size, threads, seconds, warmup,
+                                       runners)  # fmt: skip
+        times = {}
+        for name, samples in raced.items():
+            if name in runners:
+                times[name] = samples
+                continue
+            precision = race_precision(name)
+            key = record_key("litevit", subject.name, name, precision, fused=True)
+            times[key] = samples
+            meta[key] = dict(**info, runtime=name, precision=precision, decision=picked.decisions.get(name, ""))
+    else:
+        times = time_interleaved(runners, seconds * len(runners), warmup, sync)
     common = dict(
         batch_size=batch_size, dtype=dtype, channels_last=channels_last, device=device,
         device_name=device_name(device), threads=threads, torch_version=torch.__version__, git_commit=git_commit(),
     )  # fmt: skip
-    baseline = next(iter(runners))
+    baseline = next(iter(runners), next(iter(times)))
     records = []
     for key, samples in times.items():
         median = statistics.median(samples)
-        ratios = _ratio(times, baseline, key)
+        ratios = round_ratios(times, baseline, key)
         records.append(
             BenchRecord(
                 **meta[key],
@@ -272,6 +241,8 @@ def bench_group(
                 speedup_p90=percentile(ratios, 0.9),
             )  # fmt: skip
         )
+    if picked is not None:
+        return records, race_comparisons(times, meta, picked, batch_size, threads)
     return records, _comparisons(times, meta, batch_size, threads)
 
 
@@ -283,15 +254,14 @@ def _exports(runtime: str, source: str, fused: bool, device: str, dtype: str, sc
         return False  # litevit's exporter always exports the fused model: timed once, as fused
     if runtime == "executorch" and source != "litevit":
         return False  # timm has no ExecuTorch route (bench_runtimes)
-    return bool(precisions(runtime, source, scope))
+    return bool(precisions(runtime, scope))
 
 
 def _comparisons(
     times: dict[str, list[float]], meta: dict[str, dict[str, Any]], batch_size: int, threads: int
 ) -> list[Comparison]:
-    """litevit's fastest runner against each other source's fastest route at defaults and its OpenVINO defaults;
-    and litevit's fastest file (what ``litevit export --fastest`` would write) against litevit's own fp32 ONNX in
-    onnxruntime and fp32 IR at OpenVINO's defaults, where the group timed them (the issue's speed targets)."""
+    """litevit's fastest runner against each other source's fastest route at defaults and its OpenVINO defaults, in
+    groups without exported files (GPU, reduced precision); on CPU at fp32 it is :func:`.pick.race_comparisons`."""
 
     def fastest(keys: Iterable[str]) -> str | None:
         return min(keys, key=lambda k: statistics.median(times[k]), default=None)
@@ -301,7 +271,7 @@ def _comparisons(
 
     def compare(ours: str, theirs: str | None, kind: str) -> None:
         if theirs is not None:
-            ratios = _ratio(times, theirs, ours)
+            ratios = round_ratios(times, theirs, ours)
             comparisons.append(Comparison(
                 meta[ours]["model"], batch_size, ours, theirs, statistics.median(ratios), percentile(ratios, 0.1),
                 percentile(ratios, 0.9), threads, kind,
@@ -318,27 +288,11 @@ def _comparisons(
             compare(ours, fastest(theirs), "fastest")
             # the faster of the plain (dynamic) IR and the IR reshaped to the static shape
             compare(ours, fastest(k for k in theirs if meta[k]["runtime"] == "openvino"), "openvino defaults")
-    ours_file = fastest(k for k in mine if meta[k]["runtime"] in FASTEST_RUNTIMES)
-    if ours_file is not None:
-        own = {
-            (meta[k]["runtime"], meta[k]["precision"].split(" ")[0]): k for k in times if meta[k]["source"] == "litevit"
-        }
-        compare(ours_file, own.get(("onnxruntime", "fp32")), "litevit onnxruntime fp32")
-        compare(ours_file, own.get(("openvino", DEFAULTS)), "litevit openvino defaults")
     return comparisons
-
-
-def compared(source: str, runtime: str, precision: str) -> bool:
-    """Whether a runner takes part in the comparisons: litevit's at the precision its runner compiles with (never at
-    OpenVINO's defaults), another source's only at its runtimes' defaults."""
-    if source == "litevit":
-        return not (runtime.startswith("openvino") and at_defaults(runtime, precision))
-    return at_defaults(runtime, precision)
 
 
 # `litevit bench --quick`: the smallest variant of each family's first version (timm has all but T2T-ViT)
 QUICK_MODELS = ("levit_128s", "efficientvit_m0", "mobilevit_xxs", "t2t_vit_7")
-FASTEST_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # litevit export --fastest's
 QUICK_RUNTIMES = ("eager", *FASTEST_RUNTIMES)
 
 
@@ -376,6 +330,8 @@ def run_bench(
     compare: str | None = None,
     progress: bool = True,
     quick: bool = False,
+    calibration: str | os.PathLike | None = None,
+    max_drop: float = DEFAULT_MAX_DROP,
 ) -> BenchResult:
     """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
 
@@ -386,8 +342,14 @@ def run_bench(
     ``quick``: the question ``make bench`` answers first, what is the fastest way to run each family's smallest
     model here and how that compares with timm: :data:`QUICK_MODELS`, litevit's ``--fastest`` candidates (fused;
     ONNX Runtime and OpenVINO at pinned precisions, :data:`QUICK_RUNTIMES`) against timm's routes at their
-    defaults, without the reference CNNs and the FLOP-rate line.
+    defaults, without the reference CNNs and the FLOP-rate line. litevit's side is ``export --fastest``'s routine
+    (:mod:`.pick`): with ``calibration`` (a folder of images) every candidate is measured on its held-out images and
+    gated by ``max_drop`` top-1 points; without, the pick is made among files exact to fp32.
     """
+    if calibration is not None and not quick:
+        raise ValueError("--calibration gates litevit's --fastest pick: it applies to --quick")
+    if max_drop < 0:
+        raise ValueError(f"--max-drop must be >= 0 top-1 points, got {max_drop:g}")
     names = models or (list(QUICK_MODELS) if quick else default_models())
     scope = "fastest" if quick else "full"
     gpu = device.startswith("cuda")
@@ -414,13 +376,14 @@ def run_bench(
     records: list[BenchRecord] = []
     comparisons: list[Comparison] = []
     exported_files = ExportedFiles()
+    candidacy = Candidacy(exported_files.folder, calibration, max_drop)
     try:
         for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
             group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
             group_records, group_comparisons = bench_group(
                 subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
                 channels_last=channels_last, threads=count, seconds=seconds, warmup=warmup,
-                exported_files=exported_files, scope=scope,
+                exported_files=exported_files, scope=scope, candidacy=candidacy,
             )  # fmt: skip
             records += group_records
             comparisons += group_comparisons

@@ -1,7 +1,6 @@
-"""The exported-file runtimes of ``litevit bench``: litevit's exports and timm's own routes, each built once a run.
+"""The exported-file runtimes of ``litevit bench``: timm's own routes and litevit's ``.pte``, each built once a run.
 
-litevit models go through litevit's exporter (fused; int8 by the family's settings,
-:data:`litevit.deploy.int8.INT8_SETTINGS`).
+litevit's onnxruntime and OpenVINO files are ``export --fastest``'s candidates, built and raced by :mod:`.pick`.
 timm's models take the routes a timm user would: a plain ``torch.onnx.export`` / ``openvino.convert_model`` of the
 unmodified model, and for int8 the quantizers' own defaults (onnxruntime ``quantize_static``, NNCF ``quantize``);
 timm has no ExecuTorch route of its own, so ``executorch`` is timed for litevit only.
@@ -9,8 +8,8 @@ Both sides run with the same session settings: the given thread count, one strea
 
 OpenVINO routes are timed at several inference precisions (:func:`precisions`): ``defaults``, what
 ``compile_model`` gives a user who passes no hint (bf16 on a CPU with native bf16), and pinned ``f32`` and ``bf16``
-(the latter only where the CPU computes bf16 natively); another source's IRs at their defaults also reshaped to the
-static input shape (``defaults-static``), as litevit's runner compiles every IR. Every record names the precision
+(the latter only where the CPU computes bf16 natively); and at their defaults also reshaped to the static input
+shape (``defaults-static``), as litevit's files are written. Every record names the precision
 that ran (:func:`precision_label`), a default one with what OpenVINO chose.
 
 Exporting and quantizing cost far more than timing, so a run builds each file once, with a dynamic batch, and
@@ -25,17 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .._extras import has_native_bf16
+from ..deploy.int8 import SPEED_ONLY_IMAGES, synthetic_calibration
 from ..registry import DataConfig
 
 EXPORT_RUNTIMES = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "executorch")  # CPU, exported files
-# one opset for both sides of an onnxruntime comparison: 17 has LayerNormalization and HardSwish as single ops
+# timm's ONNX files: opset 17, the first with LayerNormalization as one op (litevit's take --fastest's opsets)
 ONNX_OPSET = 17
-CALIBRATION_IMAGES = 16  # timing only: an int8 graph runs as fast whatever its ranges
 _NEEDS = {  # runtime -> the modules it imports
     "onnxruntime": ("onnx", "onnxruntime"),
     "onnxruntime-int8": ("onnx", "onnxruntime"),
@@ -50,27 +48,24 @@ DEFAULTS = "defaults"  # OpenVINO compiled without an inference-precision hint
 STATIC = "defaults-static"  # the same, the IR reshaped to the static input shape first (timm's IRs are dynamic)
 
 
-def precisions(runtime: str, source: str, scope: str = "full", flags: frozenset[str] | None = None) -> list[str]:
-    """The precisions ``runtime`` is timed at for ``source``: fp32 or int8 outside OpenVINO; OpenVINO at its
-    ``defaults`` and pinned to ``f32`` and (on a CPU with native bf16, ``flags``: its feature flags) ``bf16``.
-
-    ``scope="fastest"`` keeps what each side's user runs: litevit's files at the pinned precisions its runner
-    compiles them with (``litevit export --fastest`` picks among them); timm's eager model, plain ONNX in
-    onnxruntime, and OpenVINO and NNCF at their defaults (none for onnxruntime-int8).
+def precisions(runtime: str, scope: str = "full", flags: frozenset[str] | None = None) -> list[str]:
+    """The precisions ``runtime`` is timed at: fp32 or int8 outside OpenVINO; an OpenVINO IR at its ``defaults``, as
+    a plain ``convert_model`` gives it (dynamic) and reshaped to the static input shape (the faster of the two is
+    the peer), and in the full sweep also pinned to ``f32`` and (on a CPU with native bf16, ``flags``: its feature
+    flags) ``bf16``. ``scope="fastest"`` keeps what a plain user runs: the defaults, and no onnxruntime int8
+    (``quantize_static``'s defaults; the int8 route at defaults is NNCF's). litevit's onnxruntime and OpenVINO files
+    are ``export --fastest``'s candidates instead (:mod:`.pick`).
     """
     if scope not in SCOPES:
         raise ValueError(f"bench scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if runtime == "onnxruntime-int8" and source != "litevit" and scope == "fastest":
-        return []  # timm's int8 route at defaults is NNCF's: quantize_static's defaults are not timed there
+    if runtime == "onnxruntime-int8" and scope == "fastest":
+        return []
     if not runtime.startswith("openvino"):
         return ["int8" if runtime.endswith("-int8") else "fp32"]
-    pinned = ["f32", *(["bf16"] if has_native_bf16(flags) else [])]
-    # another source's IR as a plain ``convert_model`` gives it (dynamic) and reshaped to the static shape litevit's
-    # runner compiles: the faster of the two is the peer
-    defaults = [DEFAULTS] if source == "litevit" else [DEFAULTS, STATIC]
+    defaults = [DEFAULTS, STATIC]
     if scope == "fastest":
-        return pinned if source == "litevit" else defaults
-    return [*defaults, *pinned]
+        return defaults
+    return [*defaults, "f32", *(["bf16"] if has_native_bf16(flags) else [])]
 
 
 def openvino_default_precision() -> str:
@@ -94,18 +89,6 @@ def installed_runtimes() -> list[str]:
     """``eager`` and every exported-file runtime whose packages are installed here."""
     found = [r for r, modules in _NEEDS.items() if all(importlib.util.find_spec(m) for m in modules)]
     return ["eager", *found]
-
-
-def calibration_folder(height: int, width: int, count: int = CALIBRATION_IMAGES, parent: Path | None = None) -> Path:
-    """Synthetic calibration images for timing int8 graphs (their accuracy is not what the bench measures), in a new
-    folder under ``parent`` (default: the system's temporary folder)."""
-    from PIL import Image
-
-    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-", dir=parent))
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 class ExportedFiles:
@@ -145,17 +128,11 @@ class ExportedFiles:
     def _litevit(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path, name: str) -> Path:
         from ..deploy.export import export
 
-        size = tuple(x.shape[-2:])
-        if runtime == "executorch":
-            result = export(model, stem.with_suffix(".pte"), batch=x.shape[0], img_size=size)
-            self.delegations[result.path.name] = result.delegation.summary()
-            return result.path
-        int8 = runtime.endswith("-int8")
-        suffix = ".xml" if runtime.startswith("openvino") else ".onnx"
-        opset = ONNX_OPSET if suffix == ".onnx" and not int8 else None
-        calibration = calibration_folder(*size, parent=self.folder) if int8 else None
-        return export(model, stem.with_suffix(suffix), batch="dynamic", img_size=size, opset=opset, int8=int8,
-                      calibration=calibration, calibration_images=CALIBRATION_IMAGES).path  # fmt: skip
+        if runtime != "executorch":  # litevit's onnxruntime and OpenVINO files are --fastest's candidates (.pick)
+            raise ValueError(f"the bench builds litevit's {runtime} files as export --fastest's candidates")
+        result = export(model, stem.with_suffix(".pte"), batch=x.shape[0], img_size=tuple(x.shape[-2:]))
+        self.delegations[result.path.name] = result.delegation.summary()
+        return result.path
 
     def _timm(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path, name: str) -> Path:
         from .._extras import require
@@ -166,7 +143,7 @@ class ExportedFiles:
         if runtime.endswith("-int8"):
             size = tuple(x.shape[-2:])
             batches = calibration_set(
-                calibration_folder(*size, parent=self.folder), DataConfig(), size, CALIBRATION_IMAGES
+                synthetic_calibration(*size, parent=self.folder), DataConfig(), size, SPEED_ONLY_IMAGES
             )
         if runtime.startswith("openvino"):
             ov = require("openvino", "the OpenVINO bench runtime")

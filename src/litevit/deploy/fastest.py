@@ -27,13 +27,11 @@ import torch
 from torch import nn
 
 from .. import _extras
-from ..registry import DataConfig
 from ..timing import time_interleaved
-from .accuracy import CONFIDENCE, Accuracy, judge, labels_of, measure, median_bounds, resolvable, split_folder
-from .accuracy_control import accuracy_controlled
+from .accuracy import CONFIDENCE, median_bounds, resolvable
+from .candidates import Trial, build_candidates
 from .errors import ExportError
-from .fuse import fuse
-from .int8 import Int8Settings, int8_settings_for, load_calibration
+from .int8 import Int8Settings
 from .metadata import META_KEY, SUFFIXES, CandidateRecord, ExportMetadata, Selection
 from .parity import RTOL, compare, int8_check
 from .routes import BASELINE, ROUTES, Route
@@ -41,29 +39,7 @@ from .runtime import ExportedModel
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points
 REFERENCE = "ov-defaults"  # the fp32 IR at OpenVINO's default settings: timed, never chosen
-RANDOM_IMAGES = 8  # without --calibration: random inputs on which exactness to fp32 is checked
 FASTEST_FORMATS = {route.format for route in ROUTES}
-
-
-@dataclass
-class Trial:
-    """One candidate: built, measured and timed (or why not)."""
-
-    route: Route
-    path: Path | None = None
-    accuracy: Accuracy | None = None
-    eligible: bool = False
-    reason: str = ""
-    times: list[float] = field(default_factory=list)
-    ratio: tuple[float, float, float] | None = None  # against the baseline: median, 95 % low, high
-
-    @property
-    def name(self) -> str:
-        return self.route.name
-
-    @property
-    def ms(self) -> float | None:
-        return statistics.median(self.times) * 1e3 if self.times else None
 
 
 @dataclass
@@ -118,10 +94,12 @@ def plan(
     precision: str | None = None,
     calibration: object | None = None,
     flags: frozenset[str] | None = None,
+    speed_only: bool = False,
 ) -> Plan:
     """The candidate routes for these options on this machine, or one-line ValueError when none can be.
 
     ``out``: its suffix (``.onnx``, ``.xml``) restricts the candidates to that format; no suffix leaves the choice.
+    ``speed_only`` (the bench without images): int8 routes stay in, to be timed and shown apart.
     """
     suffix = Path(out).suffix.lower()
     if suffix:
@@ -138,7 +116,7 @@ def plan(
         raise ValueError(f"--fastest chooses among onnx and openvino files, not {format}")
     routes, skipped = [], {}
     for route in ROUTES:
-        why = _excluded(route, format, precision, calibration, flags)
+        why = _excluded(route, format, precision, calibration or speed_only, flags)
         if why is None:
             routes.append(route)
         else:
@@ -151,7 +129,7 @@ def plan(
 
 
 def _excluded(
-    route: Route, format: str | None, precision: str | None, calibration: object | None, flags: frozenset[str] | None
+    route: Route, format: str | None, precision: str | None, calibration: object, flags: frozenset[str] | None
 ) -> str | None:
     """Why ``route`` is not a candidate, or None."""
     if format is not None and route.format != format:
@@ -163,7 +141,7 @@ def _excluded(
             return f"{module} is not installed: pip install 'litevit[{_extras.extra_of(module)}]'"
     if route.precision.endswith("bf16") and not _extras.has_native_bf16(flags):
         return "no native bf16 on this CPU (AVX512_BF16 / AMX-BF16)"
-    if route.int8 and calibration is None:
+    if route.int8 and not calibration:
         return "not measured: needs images (int8 calibrates on --calibration DIR)"
     return None
 
@@ -195,101 +173,66 @@ def find_fastest(
     fp32's logits on the images measured.
     """
     say = progress or (lambda _: None)
-    fused = fuse(model).float().eval()
-    config = getattr(model, "config", None)
-    size = _size(model)
-    data = model.model_info.data if hasattr(model, "model_info") else None
-    held_x, labels, cal_files, cal_arrays, cal_labels = None, None, None, [], None
-    if calibration is not None:
-        cal_files, held_files = split_folder(calibration, calibration_images)
-        say(f"split {calibration}: {len(cal_files)} calibration images, {len(held_files)} held-out images")
-        arrays = load_calibration(held_files, data or DataConfig(), size, calibration)
-        cal_arrays = load_calibration(cal_files, data or DataConfig(), size, calibration)  # unreadable: one line, now
-        held_x = torch.cat([torch.from_numpy(a) for a in arrays])
-        names = model.model_info.class_names if hasattr(model, "model_info") else None
-        labels = labels_of(held_files, names, int(getattr(config, "num_classes", 0)))
-        cal_labels = labels_of(cal_files, names, int(getattr(config, "num_classes", 0)))
-    x = held_x if held_x is not None else torch.randn(
-        RANDOM_IMAGES, int(getattr(config, "in_chans", 3)), *size, generator=torch.Generator().manual_seed(0)
-    )  # fmt: skip
-    with torch.inference_mode():
-        reference = fused(x)
-    images = len(x) if held_x is not None else 0
-    if images and not resolvable(images, max_drop):
-        say(f"{images} held-out images cannot resolve a drop of {max_drop:g} points at {CONFIDENCE:.0%}: "
-            "only candidates exact to fp32 are eligible")  # fmt: skip
     routes = list(the_plan.routes)
     if the_plan.baseline is not None and the_plan.baseline not in routes:
         routes.insert(0, the_plan.baseline)
     work = Path(tempfile.mkdtemp(prefix="litevit-fastest-"))
     try:
-        trials = []
-        for i, route in enumerate(routes, 1):
-            say(f"[{i}/{len(routes)}] building {route.name}")
-            trial = Trial(route)
-            if route.accuracy_control and (labels is None or cal_labels is None):
-                trial.reason = "needs a labelled folder: sub-folders named as the model's classes"
-                trials.append(trial)
-                continue
-            file_batch = "dynamic" if dynamic_batch else batch
-            try:
-                if route.accuracy_control:
-                    fp32 = build(model, work / "ac-fp32.xml", precision="fp32", batch="dynamic").path
-                    trial.path = accuracy_controlled(
-                        fp32, work / f"{route.name}.xml", cal_arrays, cal_labels, max_drop,
-                        int8_settings or int8_settings_for(model), file_batch,
-                    )  # fmt: skip
-                else:
-                    trial.path = build(
-                        model, work / f"{route.name}{route.suffix}", precision=route.precision, batch=file_batch,
-                        calibration=cal_files if route.int8 else None, opset=opset if route.format == "onnx" else None,
-                    ).path  # fmt: skip
-            except (ExportError, RuntimeError) as exc:
-                trial.reason = f"build failed: {str(exc).splitlines()[0][:120]}"
-                trials.append(trial)
-                continue
-            runner = ExportedModel(trial.path, threads=threads)
-            trial.accuracy = measure(runner, x, reference, labels, route.int8)
-            trial.eligible, trial.reason = judge(
-                trial.accuracy if images or trial.accuracy.exact else None, max_drop, images
-            )  # fmt: skip
-            if route not in the_plan.routes:
-                trial.eligible, trial.reason = False, f"baseline only: {the_plan.skipped[route.name]}"
-            trials.append(trial)
+        found = build_candidates(
+            model, build, routes, the_plan.skipped, work, batch="dynamic" if dynamic_batch else batch,
+            calibration=calibration, calibration_images=calibration_images, max_drop=max_drop, threads=threads,
+            opset=opset, int8_settings=int8_settings, say=say,
+        )  # fmt: skip
+        if found.images and not resolvable(found.images, max_drop):
+            say(f"{found.images} held-out images cannot resolve a drop of {max_drop:g} points at {CONFIDENCE:.0%}: "
+                "only candidates exact to fp32 are eligible")  # fmt: skip
+        trials = found.trials
         if not any(t.eligible for t in trials):
             raise ExportError(
                 "--fastest: no candidate is eligible: " + "; ".join(f"{t.name}: {t.reason}" for t in trials)
             )
-        chosen, lines, ref_row = _time_and_choose(trials, batch, x, threads, seconds, time_cap, warmup, say)
-        selection = _selection(trials, chosen, the_plan, threads, batch, images, labels, reference, max_drop, lines)
-        if ref_row is not None:
-            selection = dataclasses.replace(selection, candidates=(*selection.candidates, ref_row))
-        target = target if target.suffix else target.with_suffix(chosen.route.suffix)
-        _write_with_selection(chosen.path, target, selection)
-        report = FastestReport(chosen.name, selection, dict(the_plan.skipped), lines)
-        return target, report, chosen, held_x, reference
+        race = time_and_choose(trials, batch, found.x, threads, seconds, time_cap, warmup, say)
+        selection = _selection(
+            trials, race.chosen, the_plan, threads, batch, found.images, found.labels, found.reference, max_drop,
+            race.lines,
+        )  # fmt: skip
+        if race.reference_row is not None:
+            selection = dataclasses.replace(selection, candidates=(*selection.candidates, race.reference_row))
+        target = target if target.suffix else target.with_suffix(race.chosen.route.suffix)
+        _write_with_selection(race.chosen.path, target, selection)
+        report = FastestReport(race.chosen.name, selection, dict(the_plan.skipped), race.lines)
+        held_x = found.x if found.images else None
+        return target, report, race.chosen, held_x, found.reference
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _size(model: nn.Module) -> tuple[int, int]:
-    size = getattr(getattr(model, "config", None), "img_size", 224)
-    return (size, size) if isinstance(size, int) else tuple(size)
+@dataclass
+class Race:
+    """What the interleaved timing decided: the pick, the lines that say how, every runner's per-call times."""
+
+    chosen: Trial
+    lines: list[str]
+    times: dict[str, list[float]]  # runner name (a route name, REFERENCE, or one of ``others``) -> seconds per call
+    reference_row: CandidateRecord | None  # the fp32 IR at OpenVINO's defaults; None: not timed
 
 
-def _time_and_choose(
+def time_and_choose(
     trials: list[Trial], batch: int, images: torch.Tensor, threads: int, seconds: float,
-    time_cap: float | None, warmup: float, say: Callable[[str], None],
-) -> tuple[Trial, list[str], CandidateRecord | None]:  # fmt: skip
-    """Time every built trial interleaved until the fastest eligible is separated from the next at 95 % (or the cap
-    is spent); the pick, the lines that say how it was decided, and the reference's row (None: not timed)."""
+    time_cap: float | None, warmup: float, say: Callable[[str], None] = lambda _: None,
+    others: dict[str, Callable[[], Any]] | None = None,
+) -> Race:  # fmt: skip
+    """Time every built trial interleaved (with ``others``, runners timed in the same rounds but never chosen: the
+    bench's peers) until the fastest eligible is separated from the next at 95 % or ``time_cap`` seconds (default 3x
+    the first pass) are spent, and choose: the fastest eligible, or when it is not separated the most accurate of
+    those it is not separated from. ``seconds``: the first pass's time per runner."""
     built = [t for t in trials if t.path is not None]
     runners = {t.name: ExportedModel(t.path, threads=threads) for t in built}
     ov_fp32 = next((t for t in built if t.name == "ov-fp32"), None)
     if ov_fp32 is not None:
         runners[REFERENCE] = ExportedModel(ov_fp32.path, threads=threads, inference_precision="defaults")
     x = images[torch.arange(batch) % len(images)].contiguous()
-    calls = {n: (lambda r=r: r(x)) for n, r in runners.items()}
+    calls = {n: (lambda r=r: r(x)) for n, r in runners.items()} | (others or {})
     times: dict[str, list[float]] = {n: [] for n in calls}
     cap = time_cap if time_cap is not None else 3 * seconds * len(calls)
     start = time.perf_counter()
@@ -349,7 +292,7 @@ def _time_and_choose(
             t.reason = "CHOSEN: " + ("fastest eligible" if t is fastest else "most accurate of the tied")
         elif t.eligible:
             t.reason = f"eligible ({t.reason}), slower"
-    return chosen, lines, ref_row
+    return Race(chosen, lines, times, ref_row)
 
 
 def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, float, float]:

@@ -265,3 +265,22 @@ def nncf_options(nncf: Any, settings: Int8Settings) -> dict[str, Any]:
         model_type=nncf.ModelType.TRANSFORMER if settings.transformer else None,
         advanced_parameters=advanced,
     )
+
+
+SPEED_ONLY_IMAGES = 16  # synthetic calibration for timing only: an int8 graph runs as fast whatever its ranges
+
+
+def synthetic_calibration(
+    height: int, width: int, count: int = SPEED_ONLY_IMAGES, parent: Path | None = None
+) -> Path:
+    """A new folder (under ``parent``, default the system's temporary folder) of ``count`` noise images to calibrate
+    int8 files that are only timed: their accuracy is meaningless and never reported."""
+    import tempfile
+
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="litevit-calibration-", dir=parent))
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
