@@ -21,15 +21,17 @@ test-all: $(STAMP)
 # candidates) against timm's routes at their defaults, table first; override with make bench BENCH_ARGS="..."
 BENCH_ARGS ?= --quick --runtime installed --compare timm --threads 1 --seconds 0.3 --warmup 0.1
 bench: $(STAMP)
-	mkdir -p runs/bench && rm -f runs/bench/bench.jsonl
-	$(VENV)/bin/litevit bench $(BENCH_ARGS) --out runs/bench/bench.jsonl --markdown runs/bench/bench.md
+	mkdir -p runs/bench && rm -f runs/bench/bench.jsonl runs/bench/bench.log
+	$(VENV)/bin/litevit bench $(BENCH_ARGS) --log runs/bench/bench.log --out runs/bench/bench.jsonl \
+		--markdown runs/bench/bench.md
 
 # the full sweep: the default set (smallest of each family, LeViT-256, EfficientViT-M4, two reference CNNs), every
 # runtime installed here at every precision, timm's routes, 1 thread and all cores
 BENCH_FULL_ARGS ?= --runtime installed --compare timm --threads 1 all --seconds 2 --warmup 0.5
 bench-full: $(STAMP)
-	mkdir -p runs/bench-full && rm -f runs/bench-full/bench.jsonl
+	mkdir -p runs/bench-full && rm -f runs/bench-full/bench.jsonl runs/bench-full/bench.log
 	$(VENV)/bin/litevit bench $(BENCH_FULL_ARGS) --int8-costs benchmarks/accuracy/int8_settings.jsonl \
+		--log runs/bench-full/bench.log \
 		--out runs/bench-full/bench.jsonl --markdown runs/bench-full/bench.md --plot runs/bench-full/bench.png
 
 lint: $(STAMP)

@@ -241,3 +241,28 @@ def test_the_plot_draws_the_runners_the_comparisons_count() -> None:
     ]
     drawn = {p.record.source: p.record.precision for p in bench_report.plot_points(records)}
     assert drawn == {"litevit": "f32", "timm": "defaults (bf16)"}
+
+
+def test_bench_log_takes_the_libraries_output_and_the_terminal_keeps_the_bar_and_table(
+    monkeypatch, tmp_path, capfd
+) -> None:
+    """What Python and native code print while the bench builds (tracer warnings, NNCF's progress) goes to --log;
+    the progress bar's stream and the table stay on the terminal."""
+    import os
+    import sys
+
+    def noisy(models, **kwargs):
+        print("tracer noise")
+        sys.stderr.write("deprecation noise\n")
+        os.write(2, b"native noise\n")
+        kwargs["progress_to"].write("bar 1/1\n")
+        return bench.BenchResult([], [])
+
+    monkeypatch.setattr(bench, "run_bench", noisy)
+    log = tmp_path / "bench.log"
+    assert cli.main(["bench", "--log", str(log)]) == 0
+    out, err = capfd.readouterr()
+    assert "noise" not in out + err
+    assert "bar 1/1" in err and f"the run's warnings and progress output: {log}" in err
+    assert "| model | source | runtime |" in out  # the table
+    assert log.read_text().split() == "tracer noise deprecation noise native noise".split()

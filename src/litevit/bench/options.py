@@ -4,7 +4,11 @@ thread counts, input sizes, model-name patterns."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
+from typing import TextIO
 
 from ..deploy.fastest import DEFAULT_MAX_DROP
 from ..registry import list_models
@@ -39,16 +43,43 @@ def img_size_arg(values: list[int] | None) -> int | tuple[int, int] | None:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
+@contextlib.contextmanager
+def output_to(log: str | os.PathLike) -> Iterator[TextIO]:
+    """Everything written to standard output and error, by Python and by native libraries (tracer and deprecation
+    warnings, NNCF's progress), appended to ``log``; yields a stream to the terminal's standard error for the
+    progress bar."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        os.dup2(f.fileno(), 1)  # native code writes to the descriptors, Python to sys.stdout / sys.stderr
+        os.dup2(f.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            terminal.close()
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     models = expand(args.models) if args.models else None
     if args.models and not models:
         raise ValueError(f"no registered model matches {args.models}; see `litevit list`")
-    result = bench.run_bench(
-        models, device=args.device, batch_sizes=args.batch_size, threads=list(dict.fromkeys(args.threads)),
-        img_size=img_size_arg(args.img_size), dtype=args.dtype, channels_last=args.channels_last, runtimes=args.runtime,
-        seconds=args.seconds, warmup=args.warmup, compare=args.compare, progress=not args.no_progress,
-        quick=args.quick, calibration=args.calibration, max_drop=args.max_drop,
-    )  # fmt: skip
+    with output_to(args.log) if args.log else contextlib.nullcontext(None) as terminal:
+        result = bench.run_bench(
+            models, device=args.device, batch_sizes=args.batch_size, threads=list(dict.fromkeys(args.threads)),
+            img_size=img_size_arg(args.img_size), dtype=args.dtype, channels_last=args.channels_last,
+            runtimes=args.runtime, seconds=args.seconds, warmup=args.warmup, compare=args.compare,
+            progress=not args.no_progress, progress_to=terminal, quick=args.quick, calibration=args.calibration,
+            max_drop=args.max_drop,
+        )  # fmt: skip
+    if args.log:
+        print(f"the run's warnings and progress output: {args.log}", file=sys.stderr)
     costs = bench_report.read_int8_costs(args.int8_costs) if args.int8_costs else None
     if args.out:
         bench_report.write_jsonl(result, args.out)
@@ -107,4 +138,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         help="measured int8 top-1 drops per family (tools/int8_settings.py output), printed next to int8 speeds",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--log", metavar="FILE",
+        help="send what libraries print while building and timing (warnings, NNCF's progress) to FILE; the terminal "
+        "keeps the progress bar and the tables",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_bench)

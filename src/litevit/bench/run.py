@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -329,12 +329,14 @@ def run_bench(
     warmup: float = 1.0,
     compare: str | None = None,
     progress: bool = True,
+    progress_to: TextIO | None = None,
     quick: bool = False,
     calibration: str | os.PathLike | None = None,
     max_drop: float = DEFAULT_MAX_DROP,
 ) -> BenchResult:
     """The ``litevit bench`` job. Defaults follow the papers: CPU 1 thread batch 1 and 16; GPU batch 256 AMP.
 
+    ``progress_to``: where the progress bar goes (default: standard error).
     ``runtimes``: names from :data:`RUNTIMES`, or ``"installed"`` for eager and every exported-file runtime whose
     packages are installed. ``threads``: one count or several (each a group of its own). ExecuTorch, a phone
     runtime with fixed-batch files, is timed at batch 1 only.
@@ -378,7 +380,7 @@ def run_bench(
     exported_files = ExportedFiles()
     candidacy = Candidacy(exported_files.folder, calibration, max_drop)
     try:
-        for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group"):
+        for subjects, batch, count in tqdm(tasks, desc="bench", disable=not progress, unit="group", file=progress_to):
             group_runtimes = [r for r in runtimes if r != "executorch" or batch == 1]
             group_records, group_comparisons = bench_group(
                 subjects, runtimes=group_runtimes, batch_size=batch, img_size=img_size, device=device, dtype=dtype,
