@@ -270,9 +270,7 @@ def nncf_options(nncf: Any, settings: Int8Settings) -> dict[str, Any]:
 SPEED_ONLY_IMAGES = 16  # synthetic calibration for timing only: an int8 graph runs as fast whatever its ranges
 
 
-def synthetic_calibration(
-    height: int, width: int, count: int = SPEED_ONLY_IMAGES, parent: Path | None = None
-) -> Path:
+def synthetic_calibration(height: int, width: int, count: int = SPEED_ONLY_IMAGES, parent: Path | None = None) -> Path:
     """A new folder (under ``parent``, default the system's temporary folder) of ``count`` noise images to calibrate
     int8 files that are only timed: their accuracy is meaningless and never reported."""
     import tempfile
