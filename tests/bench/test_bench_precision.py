@@ -118,7 +118,8 @@ def test_comparisons_set_the_pick_against_timms_fastest_route_at_defaults_only()
                                                              if m["runtime"] == name))  # fmt: skip
         comparisons = {c.against: c for c in pick.race_comparisons(times, meta, picked, 1, 1)}
     assert set(comparisons) == {"fastest", "openvino defaults", "litevit onnxruntime fp32", "litevit openvino defaults",
-                                "unmeasured vs other", "unmeasured vs pick"}  # fmt: skip
+                                "unmeasured vs other", "unmeasured vs pick", "unmeasured vs litevit onnxruntime fp32",
+                                "unmeasured vs litevit openvino defaults"}  # fmt: skip
     best = comparisons["fastest"]
     assert best.ours == "litevit:m:ov-fp32@fp32:fused" and best.theirs == "timm:m:openvino@defaults-static (bf16)"
     assert best.speedup_median == pytest.approx(statistics.median([a / b for a, b in zip(
@@ -266,3 +267,18 @@ def test_bench_log_takes_the_libraries_output_and_the_terminal_keeps_the_bar_and
     assert "bar 1/1" in err and f"the run's warnings and progress output: {log}" in err
     assert "| model | source | runtime |" in out  # the table
     assert log.read_text().split() == "tracer noise deprecation noise native noise".split()
+
+
+def test_a_verdict_is_decided_on_the_95_percent_interval_of_the_median_ratio() -> None:
+    """Brute force: the interval is the sign test's order statistics of the per-round ratios; a target inside it
+    is not decided, whatever the median says (the old verdicts read "missed (2.496x < 2.5x)" off 3 rounds)."""
+    times = {"slow": [2.5 * (1 + 0.02 * ((7 * i) % 11 - 5)) for i in range(40)], "fast": [1.0] * 40}
+    c = bench_records.Comparison.of(times, "m", 1, "fast", "slow", 1, "litevit onnxruntime fp32")
+    ratios = sorted(a / b for a, b in zip(times["slow"], times["fast"], strict=True))
+    assert c.speedup_median == pytest.approx(statistics.median(ratios))
+    assert (c.median_low, c.median_high) == (ratios[13], ratios[26])  # n = 40: the 14th and 27th of 40, at 95 %
+    assert c.verdict(c.median_low - 0.01) == "met"
+    assert c.verdict(c.median_high + 0.01).startswith("missed")
+    assert c.verdict(c.speedup_median).startswith("not decided at 95%")
+    few = bench_records.Comparison.of({"slow": [2.49, 2.50, 2.51], "fast": [1.0] * 3}, "m", 1, "fast", "slow", 1, "x")
+    assert few.verdict(2.5).startswith("not decided")  # 3 rounds cannot decide at 95 %

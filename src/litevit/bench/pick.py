@@ -24,8 +24,7 @@ from ..deploy.candidates import Candidates, Trial, build_candidates
 from ..deploy.export import export
 from ..deploy.fastest import DEFAULT_MAX_DROP, REFERENCE, Plan, plan, time_and_choose
 from ..deploy.routes import route_named
-from ..timing import percentile
-from .records import Comparison, compared, record_key, round_ratios
+from .records import Comparison, compared, record_key
 from .runtimes import DEFAULTS, openvino_default_precision
 
 
@@ -127,11 +126,7 @@ def race_comparisons(
 
     def compare(ours: str | None, theirs: str | None, kind: str) -> None:
         if ours is not None and theirs is not None:
-            ratios = round_ratios(times, theirs, ours)
-            comparisons.append(Comparison(
-                model, batch_size, ours, theirs, statistics.median(ratios), percentile(ratios, 0.1),
-                percentile(ratios, 0.9), threads, kind, note,
-            ))  # fmt: skip
+            comparisons.append(Comparison.of(times, model, batch_size, ours, theirs, threads, kind, note))
 
     ours, unmeasured = key(picked.chosen), key(picked.unmeasured)
     for source in dict.fromkeys(m["source"] for m in meta.values()):
@@ -144,4 +139,6 @@ def race_comparisons(
     compare(ours, key(picked.baseline), "litevit onnxruntime fp32")
     compare(ours, key(picked.reference), "litevit openvino defaults")
     compare(unmeasured, ours, "unmeasured vs pick")
+    compare(unmeasured, key(picked.baseline), "unmeasured vs litevit onnxruntime fp32")
+    compare(unmeasured, key(picked.reference), "unmeasured vs litevit openvino defaults")
     return comparisons

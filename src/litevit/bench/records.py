@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
+from ..deploy.accuracy import median_bounds
+from ..timing import percentile
 from .runtimes import DEFAULTS
 
 
@@ -65,6 +68,31 @@ class Comparison:
     threads: int = 1
     against: str = "fastest"
     note: str = ""  # how litevit's pick was decided (the quick bench's --fastest race)
+    median_low: float | None = None  # the 95 % interval of the median ratio (None in older runs): verdicts use it
+    median_high: float | None = None
+
+    @classmethod
+    def of(
+        cls, times: dict[str, list[float]], model: str, batch_size: int, ours: str, theirs: str, threads: int,
+        against: str, note: str = "",
+    ) -> Comparison:  # fmt: skip
+        """``ours`` against ``theirs`` from their per-call times, timed in the same interleaved rounds."""
+        ratios = round_ratios(times, theirs, ours)
+        low, high = median_bounds(ratios)
+        return cls(
+            model, batch_size, ours, theirs, statistics.median(ratios), percentile(ratios, 0.1),
+            percentile(ratios, 0.9), threads, against, note, low, high,
+        )  # fmt: skip
+
+    def verdict(self, target: float) -> str:
+        """``met``, ``missed``, or ``not decided`` at 95 % against a speed-up ``target``."""
+        if self.median_low is None or self.median_high is None:
+            return "not decided (no interval recorded)"
+        if self.median_low >= target:
+            return "met"
+        if self.median_high < target:
+            return f"missed ({self.median_high:.2f}x < {target}x at 95%)"
+        return f"not decided at 95% ({self.median_low:.2f}-{self.median_high:.2f}x spans {target}x)"
 
 
 def round_ratios(times: dict[str, list[float]], slow: str, fast: str) -> list[float]:

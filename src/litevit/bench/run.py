@@ -271,11 +271,7 @@ def _comparisons(
 
     def compare(ours: str, theirs: str | None, kind: str) -> None:
         if theirs is not None:
-            ratios = round_ratios(times, theirs, ours)
-            comparisons.append(Comparison(
-                meta[ours]["model"], batch_size, ours, theirs, statistics.median(ratios), percentile(ratios, 0.1),
-                percentile(ratios, 0.9), threads, kind,
-            ))  # fmt: skip
+            comparisons.append(Comparison.of(times, meta[ours]["model"], batch_size, ours, theirs, threads, kind))
 
     mine = [k for k in times if meta[k]["source"] == "litevit" and counted(k)]
     ours = fastest(mine)
