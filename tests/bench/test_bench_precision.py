@@ -16,6 +16,7 @@ from litevit.bench import records as bench_records
 from litevit.bench import report as bench_report
 from litevit.bench import run as bench
 from litevit.bench import runtimes as bench_runtimes
+from litevit.bench.peak import Peak
 from litevit.bench.pick import Picked
 from litevit.registry import family_line, get_variant, list_models
 
@@ -205,12 +206,15 @@ def test_own_table_sets_the_fastest_file_against_its_fp32_onnx_and_openvino_defa
             speedup_p10=1.0, speedup_p90=1.0, precision=precision,
         )  # fmt: skip
 
-    records = [record("openvino-int8", "int8 + bf16", 2.0), record("onnxruntime", "fp32", 5.0)]
-    key = bench.record_key("litevit", "m", "openvino-int8", "int8 + bf16", True)
-    ort = bench.record_key("litevit", "m", "onnxruntime", "fp32", True)
+    records = [record("ov-int8-bf16", "int8-bf16", 2.0), record("ort-fp32", "fp32", 5.0)]
+    key = bench.record_key("litevit", "m", "ov-int8-bf16", "int8-bf16", True)
+    ort = bench.record_key("litevit", "m", "ort-fp32", "fp32", True)
     comparison = bench.Comparison("m", 1, key, ort, 2.5, 2.25, 2.75, 1, "litevit onnxruntime fp32")
-    lines = bench_report.own_table(bench.BenchResult(records, [comparison]))
-    assert lines[2] == "| m | 1 | 1 | ov-int8-bf16 | 2.00 | 2.50x (2.25-2.75) | - |"  # the Route's one name
+    result = bench.BenchResult(records, [comparison])
+    assert bench_report.own_table(result)[2] == "| m | 1 | 1 | ov-int8-bf16 | 2.00 | 2.50x (2.25-2.75) | - | - |"
+    # 1 M MACs an image at 500 images/s: 0.5 G MAC/s, a quarter of an int8 peak of 2 (an int8 file's precision)
+    result.peaks = [Peak(1, {"f32": 0.5, "int8": 2.0})]
+    assert bench_report.own_table(result)[2].endswith("| - | 25% of 2 GMAC/s |")
 
 
 def test_bench_records_map_to_the_one_route_name() -> None:
@@ -282,3 +286,19 @@ def test_a_verdict_is_decided_on_the_95_percent_interval_of_the_median_ratio() -
     assert c.verdict(c.speedup_median).startswith("not decided at 95%")
     few = bench_records.Comparison.of({"slow": [2.49, 2.50, 2.51], "fast": [1.0] * 3}, "m", 1, "fast", "slow", 1, "x")
     assert few.verdict(2.5).startswith("not decided")  # 3 rounds cannot decide at 95 %
+
+
+def test_the_peak_multiplies_in_the_precision_it_is_named_for() -> None:
+    """What OpenVINO executes: the int8 matmul runs in i8, the bf16 one in bf16 (planted: an int8 peak measured on the
+    f32 graph would read as i8-free here)."""
+    pytest.importorskip("nncf", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+    from litevit import _extras
+    from litevit.bench.peak import compiled_matmuls
+
+    _, compiled = compiled_matmuls(1)
+    assert set(compiled) == {"f32", "int8", *(["bf16"] if _extras.has_native_bf16() else [])}
+    for name, model in compiled.items():
+        ran = {op.get_rt_info()["runtimePrecision"].astype(str) for op in model.get_runtime_model().get_ops()
+               if op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul")}  # fmt: skip
+        assert ran == {"i8" if name == "int8" else name}, (name, ran)
+    assert Peak(1, {"f32": 1.0, "int8": 4.0}).of("int8-bf16") == 4.0 and Peak(1, {"f32": 1.0}).of("bf16") is None

@@ -19,6 +19,7 @@ from typing import Any
 from ..deploy.fastest import REFERENCE
 from ..deploy.routes import ROUTES, route_of
 from ..registry import family_line, list_models
+from .peak import Peak
 from .records import BenchRecord, Comparison, compared, record_key
 from .run import BenchResult, FlopRate
 
@@ -45,6 +46,8 @@ def write_jsonl(result: BenchResult, path: str | os.PathLike) -> None:
             f.write(json.dumps({"kind": "comparison", **dataclasses.asdict(comparison)}) + "\n")
         if result.flop_rate is not None:
             f.write(json.dumps({"kind": "flop_rate", **dataclasses.asdict(result.flop_rate)}) + "\n")
+        for peak in result.peaks:
+            f.write(json.dumps({"kind": "peak", **dataclasses.asdict(peak)}) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> BenchResult:
@@ -59,6 +62,8 @@ def read_jsonl(path: str | os.PathLike) -> BenchResult:
             result.comparisons.append(Comparison(**row))
         elif kind == "flop_rate":
             result.flop_rate = FlopRate(**row)
+        elif kind == "peak":
+            result.peaks.append(Peak(**row))
     return result
 
 
@@ -131,6 +136,9 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
         )
     if result.delegations:
         lines += ["", *(f"- `{name}`: {summary}" for name, summary in result.delegations.items())]
+    for peak in result.peaks:
+        rates = ", ".join(f"{name} {gmacs:.0f}" for name, gmacs in peak.gmacs.items())
+        lines += ["", f"This core's peak, a 1024^3 matmul in OpenVINO, {peak.threads} thread(s): {rates} GMAC/s."]
     if (rate := result.flop_rate) is not None:
         lines += [
             "",
@@ -209,21 +217,28 @@ def own_table(result: BenchResult) -> list[str]:
             rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
     lines = [
         "| model | threads | batch | litevit fastest file | ms | vs its fp32 ONNX in onnxruntime (p10-p90) "
-        "| vs its fp32 IR at OpenVINO's defaults (p10-p90) |",
-        "|---|---:|---:|---|---:|---|---|",
+        "| vs its fp32 IR at OpenVINO's defaults (p10-p90) | share of this core's peak |",
+        "|---|---:|---:|---|---:|---|---|---|",
     ]
-
-    def ratio(c: Comparison | None) -> str:
-        return "-" if c is None else f"{c.speedup_median:.2f}x ({c.speedup_p10:.2f}-{c.speedup_p90:.2f})"
-
     for (model, batch, threads), against in rows.items():
         any_one = next(iter(against.values()))
         ours = by_key[(any_one.ours, batch, threads)]
         lines.append(
             f"| {model} | {threads} | {batch} | {route_name(ours.runtime, ours.precision)} | {ours.median_ms:.2f} | "
-            f"{ratio(against.get('litevit onnxruntime fp32'))} | {ratio(against.get('litevit openvino defaults'))} |"
+            f"{_ratio_text(against.get('litevit onnxruntime fp32'))} | "
+            f"{_ratio_text(against.get('litevit openvino defaults'))} | {peak_share(ours, result.peaks)} |"
         )
     return lines
+
+
+def peak_share(record: BenchRecord, peaks: list[Peak]) -> str:
+    """The record's MAC rate (MACs per image x images/s) as a share of the measured peak of its precision."""
+    peak = next((p for p in peaks if p.threads == record.threads), None)
+    rate = None if peak is None else peak.of(record.precision.split(" ")[0])
+    if rate is None:
+        return "-"
+    gmacs = record.macs_m * record.images_per_s / 1e3
+    return f"{gmacs / rate:.0%} of {rate:.0f} GMAC/s"
 
 
 def _is_route(runtime: str) -> bool:
@@ -244,15 +259,16 @@ def unmeasured_table(result: BenchResult) -> list[str]:
             rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
     lines = [
         "| model | threads | batch | fastest file not measured (needs --calibration) | ms | vs litevit's pick "
-        "(p10-p90) | vs timm fastest at defaults (p10-p90) |",
-        "|---|---:|---:|---|---:|---|---|",
+        "(p10-p90) | vs timm fastest at defaults (p10-p90) | share of this core's peak |",
+        "|---|---:|---:|---|---:|---|---|---|",
     ]
     for (model, batch, threads), against in rows.items():
         any_one = next(iter(against.values()))
         ours = by_key[(any_one.ours, batch, threads)]
         lines.append(
             f"| {model} | {threads} | {batch} | {ours.runtime} | {ours.median_ms:.2f} | "
-            f"{_ratio_text(against.get('unmeasured vs pick'))} | {_ratio_text(against.get('unmeasured vs other'))} |"
+            f"{_ratio_text(against.get('unmeasured vs pick'))} | {_ratio_text(against.get('unmeasured vs other'))} | "
+            f"{peak_share(ours, result.peaks)} |"
         )
     return lines
 

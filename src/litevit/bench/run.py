@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from .. import _extras
 from ..deploy.fastest import DEFAULT_MAX_DROP
 from ..deploy.fuse import fuse
 from ..flops import count_macs, count_params
@@ -29,6 +30,7 @@ from ..layers import to_2tuple
 from ..registry import get_variant, list_models
 from ..timing import percentile, time_interleaved
 from ..weights.loading import create_model
+from .peak import Peak, openvino_peak
 from .pick import Candidacy, race_comparisons, race_precision
 from .records import BenchRecord, Comparison, compared, record_key, round_ratios
 from .runtimes import (
@@ -309,6 +311,7 @@ class BenchResult:
     comparisons: list[Comparison]
     flop_rate: FlopRate | None = None  # LeViT-128S against the machine's matmul rate (CPU runs that include it)
     delegations: dict[str, str] = field(default_factory=dict)  # .pte file -> what XNNPACK runs
+    peaks: list[Peak] = field(default_factory=list)  # this core's matmul MAC rate in OpenVINO, per thread count
 
 
 def run_bench(
@@ -390,4 +393,6 @@ def run_bench(
     result = BenchResult(records, comparisons, delegations=exported_files.delegations)
     if "levit_128s" in names and not gpu and img_size is None and not quick:
         result.flop_rate = flop_rate("levit_128s", max(batch_sizes), thread_counts[0], seconds=4 * seconds)
+    if not gpu and "openvino" in runtimes and _extras.available("nncf"):
+        result.peaks = [openvino_peak(count, seconds=max(seconds, 0.5)) for count in thread_counts]
     return result
