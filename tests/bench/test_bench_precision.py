@@ -159,7 +159,8 @@ def test_quick_bench_times_the_candidates_and_puts_the_comparison_first(monkeypa
     monkeypatch.setattr(bench, "ExportedFiles", lambda: made.append(bench_runtimes.ExportedFiles()) or made[-1])
     result = bench.run_bench(runtimes=["eager", "executorch", "openvino"], quick=True, compare="timm", progress=False)
     assert not made[0].folder.exists()  # the run's exported files are removed with it
-    assert [c[0][0] for c in calls] == [n for n in bench.QUICK_MODELS for _ in (1, 16)]
+    rivals = [n for n in bench.QUICK_RIVALS for _ in (1, 16)]  # the models a user would pick instead, after
+    assert [c[0][0] for c in calls] == [n for n in bench.QUICK_MODELS for _ in (1, 16)] + rivals
     assert {tuple(c[1]) for c in calls} == {("eager", "openvino")} and {c[2] for c in calls} == {"fastest"}
     assert result.flop_rate is None
 
@@ -302,3 +303,43 @@ def test_the_peak_multiplies_in_the_precision_it_is_named_for() -> None:
                if op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul")}  # fmt: skip
         assert ran == {"i8" if name == "int8" else name}, (name, ran)
     assert Peak(1, {"f32": 1.0, "int8": 4.0}).of("int8-bf16") == 4.0 and Peak(1, {"f32": 1.0}).of("bf16") is None
+
+
+def test_the_models_a_user_would_pick_instead_stand_beside_the_picks() -> None:
+    """make bench times RepViT-M0.9 (reparameterized) and MobileNetV4-Conv-S at their published top-1 and input
+    size; the table sets litevit's pick beside each rival's fastest route at its defaults (a faster pinned route of
+    the rival does not count), fastest first."""
+    pytest.importorskip("timm")
+    subjects = bench._references(quick=True)
+    assert [(s.name, s.paper_top1, s.img_size) for s in subjects] == [
+        ("repvit_m0_9", 78.7, (224, 224)), ("mobilenetv4_conv_small", 73.8, (224, 224))
+    ]  # fmt: skip
+    import timm
+
+    def norms(model: nn.Module) -> int:
+        return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+    assert norms(subjects[0].build()) < norms(timm.create_model("repvit_m0_9"))  # reparameterized: branches folded
+    assert {s.name for s in bench._references(quick=False)} >= {"fastvit_t8", "efficientnet_b0"}
+
+    def record(model: str, source: str, runtime: str, precision: str, per_s: float) -> bench.BenchRecord:
+        return bench.BenchRecord(
+            model=model, source=source, runtime=runtime, fused=source == "litevit", batch_size=1,
+            img_size=(224, 224), dtype="fp32", channels_last=False, device="cpu", device_name="CPU", threads=1,
+            torch_version="2.x", git_commit="abc", params_m=1.0, macs_m=1.0, paper_top1=70.0, median_ms=1e3 / per_s,
+            p10_ms=1.0, p90_ms=1.0, images_per_s=per_s, samples=3, baseline=None, speedup_median=1.0,
+            speedup_p10=1.0, speedup_p90=1.0, precision=precision,
+        )  # fmt: skip
+
+    records = [
+        record("levit_128s", "litevit", "ov-fp32", "fp32", 200.0),
+        record("levit_128s", "litevit", "ort-fp32", "fp32", 150.0),
+        record("repvit_m0_9", "timm", "openvino", "defaults (bf16)", 300.0),
+        record("repvit_m0_9", "timm", "openvino", "f32", 400.0),  # pinned: not what a plain user gets
+    ]  # fmt: skip
+    ours, ort = (bench.record_key("litevit", "levit_128s", r, "fp32", True) for r in ("ov-fp32", "ort-fp32"))
+    comparison = bench.Comparison("levit_128s", 1, ours, ort, 1.33, 1.3, 1.4, 1, "litevit onnxruntime fp32")
+    lines = bench_report.rivals_table(bench.BenchResult(records, [comparison]))
+    assert [line.split(" | ")[2:5] for line in lines[2:]] == [
+        ["repvit_m0_9", "70.0", "openvino (defaults (bf16))"], ["levit_128s", "70.0", "ov-fp32"]
+    ]  # fmt: skip

@@ -21,7 +21,7 @@ from ..deploy.routes import ROUTES, route_of
 from ..registry import family_line, list_models
 from .peak import Peak
 from .records import BenchRecord, Comparison, compared, record_key
-from .run import BenchResult, FlopRate
+from .run import RIVALS, BenchResult, FlopRate
 
 # runtime -> the settings-measurement key whose drop it carries, per source
 _COST_KEYS = {("litevit", "openvino-int8"): "openvino", ("litevit", "onnxruntime-int8"): "onnxruntime",
@@ -114,6 +114,8 @@ def markdown(result: BenchResult, costs: Costs | None = None) -> str:
         lines += [*own, ""] if len(own) > 2 else []
         apart = unmeasured_table(result)
         lines += [*apart, ""] if len(apart) > 2 else []
+        rivals = rivals_table(result)
+        lines += [*rivals, ""] if len(rivals) > 2 else []
         notes = dict.fromkeys(f"- {c.model}, batch {c.batch_size}, {c.threads} thread(s): {c.note}"
                               for c in result.comparisons if c.note)  # fmt: skip
         lines += [*notes, ""] if notes else []
@@ -270,6 +272,43 @@ def unmeasured_table(result: BenchResult) -> list[str]:
             f"{_ratio_text(against.get('unmeasured vs pick'))} | {_ratio_text(against.get('unmeasured vs other'))} | "
             f"{peak_share(ours, result.peaks)} |"
         )
+    return lines
+
+
+def rivals_table(result: BenchResult) -> list[str]:
+    """Whether a lightweight ViT is worth deploying: litevit's picks (and the files not measured) beside the models
+    a user would pick instead, each at its published top-1 and its fastest route at its runtimes' defaults."""
+    by_key = {
+        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
+        for r in result.records
+    }
+    ours: dict[tuple[str, int, int], tuple[BenchRecord, str]] = {}
+    for c in result.comparisons:
+        label = {"litevit onnxruntime fp32": "litevit's pick", "unmeasured vs pick": "litevit, not measured"}.get(
+            c.against
+        )
+        if label is not None:
+            ours[(c.ours, c.batch_size, c.threads)] = (by_key[(c.ours, c.batch_size, c.threads)], label)
+    best: dict[tuple[str, int, int], BenchRecord] = {}
+    for r in result.records:
+        if r.model in RIVALS and compared(r.source, r.runtime, r.precision):
+            key = (r.model, r.batch_size, r.threads)
+            if key not in best or r.images_per_s > best[key].images_per_s:
+                best[key] = r
+    if not best:
+        return []
+    rows = [*ours.values()] + [
+        (r, "timm at defaults" + (", not measured" if r.runtime.endswith("-int8") else "")) for r in best.values()
+    ]
+    rows.sort(key=lambda row: (row[0].threads, row[0].batch_size, -row[0].images_per_s))
+    lines = [
+        "| threads | batch | model | published top-1 | file or route | whose (int8/bf16 accuracy) | ms | images/s |",
+        "|---:|---:|---|---:|---|---|---:|---:|",
+    ]
+    for r, label in rows:
+        top1 = "-" if r.paper_top1 is None else f"{r.paper_top1:.1f}"
+        lines.append(f"| {r.threads} | {r.batch_size} | {r.model} | {top1} | {route_text(r)} | {label} | "
+                     f"{r.median_ms:.2f} | {r.images_per_s:.1f} |")  # fmt: skip
     return lines
 
 

@@ -51,6 +51,14 @@ REFERENCE_CNNS = {
     "efficientnet_b0": (77.1, "EfficientNet paper (Tan & Le 2019), Table 2"),
     "mobilenetv3_large_100": (75.2, "MobileNetV3 paper (Howard et al. 2019), Table 3"),
 }
+# the models a user would pick instead of a lightweight ViT (timm, reparameterized where they are), at their
+# published ImageNet top-1 and input size: ``make bench`` times the first two, ``make bench-full`` all three
+RIVALS = {
+    "repvit_m0_9": (78.7, "RepViT (Wang et al. 2024), official model zoo, M0.9 at 300 epochs"),
+    "mobilenetv4_conv_small": (73.8, "MobileNetV4 paper (Qin et al. 2024), MNv4-Conv-S"),
+    "fastvit_t8": (76.2, "FastViT (Vasu et al. 2023), official model zoo, T8"),
+}
+QUICK_RIVALS = ("repvit_m0_9", "mobilenetv4_conv_small")
 
 
 @dataclass
@@ -96,6 +104,23 @@ def _subjects(name: str, img_size: int | tuple[int, int] | None, compare: str | 
 
     # both at the litevit variant's size: timm's models carry no input size of their own
     return [Subject(name, "litevit", ours, top1, size), Subject(timm_name, "timm", lambda: theirs, top1, size)]
+
+
+def _references(quick: bool) -> list[Subject]:
+    """timm's models a user would pick instead (:data:`RIVALS`, reparameterized), and the papers' reference CNNs
+    in the full sweep, each at its published top-1 and input size."""
+    import timm
+    from timm.utils.model import reparameterize_model
+
+    def build(name: str) -> Callable[[], nn.Module]:
+        return lambda: reparameterize_model(timm.create_model(name, pretrained=False).eval())
+
+    names = {n: RIVALS[n] for n in QUICK_RIVALS} if quick else {**RIVALS, **REFERENCE_CNNS}
+    subjects = []
+    for name, (top1, _) in names.items():
+        size = timm.create_model(name, pretrained=False).pretrained_cfg["input_size"][1:]
+        subjects.append(Subject(name, "timm", build(name), top1, tuple(size)))
+    return subjects
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int]:
@@ -366,11 +391,8 @@ def run_bench(
     for name in names:
         subjects = _subjects(name, img_size, compare)
         tasks += [(subjects, batch, t) for t in thread_counts for batch in batch_sizes]
-    if compare == "timm" and not quick:
-        import timm
-
-        for cnn, (top1, _) in REFERENCE_CNNS.items():
-            subject = Subject(cnn, "timm", lambda cnn=cnn: timm.create_model(cnn, pretrained=False), top1)
+    if compare == "timm":
+        for subject in _references(quick):
             tasks += [([subject], batch, t) for t in thread_counts for batch in batch_sizes]
     from tqdm import tqdm
 
