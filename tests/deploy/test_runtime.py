@@ -159,6 +159,19 @@ def test_untampered_files_load_and_run(exported: dict[str, Path]) -> None:
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
 
 
+def test_a_result_is_the_callers_own_after_the_next_call(exported: dict[str, Path]) -> None:
+    """The runner reuses one infer request and reads its output buffer in place: each result is copied out, so a
+    later call (same shape, other images) leaves an earlier result as it was, and the input is left unchanged."""
+    for path in exported.values():
+        run = ExportedModel(path)
+        x, y = torch.randn(2, 3, SIZE, SIZE), torch.randn(2, 3, SIZE, SIZE)
+        first = run(x)
+        kept, x_before = first.clone(), x.clone()
+        second = run(y)
+        assert torch.equal(first, kept) and torch.equal(x, x_before), path.suffix
+        assert not torch.allclose(first, second), path.suffix
+
+
 NO_VNNI, AVX512_VNNI, AVX_VNNI = (
     frozenset({"avx2", "avx512f"}),
     frozenset({"avx2", "avx512_vnni"}),

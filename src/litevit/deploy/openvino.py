@@ -117,6 +117,8 @@ def openvino_runner(path: str | os.PathLike, threads: int | None, precision: str
                 hint = None if precision == "defaults" else runnable(precision or recorded)
                 configs.append(openvino_config(threads, hint))
             requests[shape] = core.compile_model(static, "CPU", configs[0]).create_infer_request()
-        return torch.from_numpy(np.array(requests[shape].infer({0: x.numpy()})[0]))
+        # one infer request per shape, reading the caller's tensor in place and its output buffer copied once
+        out = requests[shape].infer({0: x.contiguous().numpy()}, share_inputs=True, share_outputs=True)
+        return torch.from_numpy(np.array(out[0]))
 
     return meta, run
