@@ -21,7 +21,7 @@ import torch
 import litevit
 from litevit.bench.runtimes import ONNX_OPSET, calibration_folder
 from litevit.bench.timing import device_name, git_commit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 
 
 def profile(path: str, x: torch.Tensor, runs: int) -> tuple[float, list[tuple[str, float]]]:

@@ -36,7 +36,7 @@ from PIL import Image
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16, require
 from litevit.bench.timing import git_commit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.openvino import openvino_config
 from litevit.deploy.runtime import ExportedModel
 from litevit.training import train as T

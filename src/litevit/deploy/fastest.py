@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,11 +30,11 @@ from ..registry import DataConfig
 from ..timing import time_interleaved
 from .accuracy import CONFIDENCE, Accuracy, judge, labels_of, measure, median_bounds, resolvable, split_folder
 from .accuracy_control import accuracy_controlled
+from .builder import build_file
 from .errors import ExportError
 from .fuse import fuse
 from .int8 import Int8Settings, int8_settings_for, load_calibration
 from .metadata import META_KEY, SUFFIXES, CandidateRecord, ExportMetadata, Selection
-from .parity import RTOL, compare, int8_check
 from .routes import BASELINE, ROUTES, Route
 from .runtime import ExportedModel
 
@@ -171,7 +170,6 @@ def _excluded(
 def find_fastest(
     model: nn.Module,
     target: Path,
-    build: Callable[..., Any],
     the_plan: Plan,
     *,
     batch: int = 1,
@@ -188,8 +186,8 @@ def find_fastest(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, FastestReport, Trial, torch.Tensor | None, torch.Tensor]:
     """Build, measure, time and pick (module docstring); the pick is written to ``target`` (the pick's suffix added
-    when it has none). ``build``: the single-file exporter (:func:`litevit.deploy.export.export`), passed
-    in so that this module sits below it. ``time_cap``: seconds of timing at most (default 3x the first pass).
+    when it has none); each candidate is written by :func:`.builder.build_file`. ``time_cap``: seconds of timing at
+    most (default 3x the first pass).
 
     Returns the written path, the report, the chosen trial, the held-out images (None without calibration) and
     fp32's logits on the images measured.
@@ -234,15 +232,16 @@ def find_fastest(
             file_batch = "dynamic" if dynamic_batch else batch
             try:
                 if route.accuracy_control:
-                    fp32 = build(model, work / "ac-fp32.xml", precision="fp32", batch="dynamic").path
+                    fp32 = build_file(model, work / "ac-fp32.xml", "openvino", "fp32").path
                     trial.path = accuracy_controlled(
                         fp32, work / f"{route.name}.xml", cal_arrays, cal_labels, max_drop,
                         int8_settings or int8_settings_for(model), file_batch,
                     )  # fmt: skip
                 else:
-                    trial.path = build(
-                        model, work / f"{route.name}{route.suffix}", precision=route.precision, batch=file_batch,
-                        calibration=cal_files if route.int8 else None, opset=opset if route.format == "onnx" else None,
+                    trial.path = build_file(
+                        model, work / f"{route.name}{route.suffix}", route.format, route.precision, batch=file_batch,
+                        opset=opset if route.format == "onnx" else None, calibration=cal_files if route.int8 else None,
+                        int8_settings=int8_settings,
                     ).path  # fmt: skip
             except (ExportError, RuntimeError) as exc:
                 trial.reason = f"build failed: {str(exc).splitlines()[0][:120]}"
@@ -410,13 +409,3 @@ def _write_with_selection(source: Path, target: Path, selection: Selection) -> N
     meta = dataclasses.replace(ExportMetadata.from_json(model.get_rt_info(RT_INFO).astype(str)), selection=selection)
     model.set_rt_info(meta.to_json(), RT_INFO)
     ov.save_model(model, str(target), compress_to_fp16=False)
-
-
-def held_out_check(path: Path, images: torch.Tensor, reference: torch.Tensor, route: Route) -> tuple[str, Any]:
-    """``--check`` on the written file: which check ran, and its result (a ParityCheck)."""
-    out = ExportedModel(path)(images)
-    if route.float_exact:
-        return f"parity with fp32 PyTorch (within {RTOL:g} relative)", compare(out, reference, len(images))
-    return "the int8/bf16 check against fp32 PyTorch (finite, input-dependent, agreement, correlation)", int8_check(
-        out, reference
-    )
