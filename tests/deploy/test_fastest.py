@@ -197,6 +197,8 @@ def test_plan_follows_the_cpu_the_images_and_the_installed_runtimes(monkeypatch:
         (["--out", "m", "--calibration", "FEW"], r"has 12 image file\(s\); --fastest splits them"),
         (["--out", "m", "--calibration", "BROKEN"], r"calibration image\(s\) under .* cannot be read"),
         (["--out", "m", "--calibration-images", "4"], "--calibration-images must be at least 8, got 4"),
+        # the same rules as any export, before a file is read: ort-int8 is a candidate and needs opset 13
+        (["--out", "m.onnx", "--opset", "10", "--calibration", "EMPTY"], r"int8 ONNX .* needs opset >= 13, got 10"),
         (["--out", "m.onnx", "--threads", "2"], None),  # allowed with --fastest; refused without below
     ],
 )
