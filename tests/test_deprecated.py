@@ -41,3 +41,38 @@ def test_python_m_litevit_train_points_to_python_m_litevit_train() -> None:
     assert done.stderr.splitlines() == [
         "python -m litevit.train is now python -m litevit train (also under torchrun; see its --help)"
     ]
+
+
+def test_deploy_export_module_is_a_deprecated_alias_and_leaves_the_function_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``from litevit.deploy.export import export, ExportResult`` still works (and warns), and importing that module
+    does not replace the package's ``export`` function by the module, as the import system would."""
+    import litevit
+    from litevit import deploy
+    from litevit.deploy import builder, exporting
+
+    monkeypatch.delitem(sys.modules, "litevit.deploy.export", raising=False)
+    with pytest.warns(DeprecationWarning, match="renamed litevit.deploy.exporting"):
+        old = importlib.import_module("litevit.deploy.export")
+    assert old.export is exporting.export and old.ExportResult is exporting.ExportResult
+    assert old.quantize is exporting.quantize and old.metadata_for is builder.metadata_for
+    assert deploy.export is exporting.export and litevit.export is exporting.export
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018
+
+
+def test_renamed_check_names_warn_and_answer_as_before(tmp_path) -> None:
+    from litevit.deploy import parity
+    from litevit.deploy.exporting import ExportResult
+
+    with pytest.warns(DeprecationWarning, match="renamed CheckResult"):
+        assert parity.ParityCheck is parity.CheckResult
+    int8 = parity.CheckResult(parity.INT8, 8, 0.1, 0.01, True)
+    pte = parity.CheckResult(parity.PTE_REFERENCE, 8, 0.1, 0.5, True)
+    result = ExportResult(tmp_path / "m.pte", None, int8_check=int8, pte_reference_check=pte)
+    with pytest.warns(DeprecationWarning, match="parity_check or int8_check"):
+        assert result.check is int8
+    with pytest.warns(DeprecationWarning, match="renamed pte_reference_check"):
+        assert result.reference_check is pte
+    assert result.checks == (int8, pte)

@@ -15,7 +15,7 @@ from torch import nn
 import litevit
 from litevit.cli import main
 from litevit.data import eval_transform, imagenet_classes
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.predict import evaluate, load_classifier, predict
 
 NAME = "levit_128s"
@@ -367,7 +367,7 @@ def test_cli_defaults_and_choices_are_the_librarys() -> None:
     import inspect
 
     from litevit.cli import build_parser
-    from litevit.deploy.export import export
+    from litevit.deploy.exporting import export
     from litevit.deploy.metadata import FORMATS
     from litevit.predict import iter_predictions
 

@@ -48,7 +48,7 @@ def export_all(
     only the int8 file, with the family's settings but int8 depthwise convolutions; ``runs``: only the int8 file, of
     the trained checkpoint ``runs/MODEL/best.safetensors``."""
     import litevit
-    from litevit.deploy.export import export
+    from litevit.deploy.exporting import export
     from litevit.deploy.int8 import int8_settings_for
 
     for name in names:

@@ -35,7 +35,7 @@ from litevit._extras import cpu_isa
 from litevit.bench import run as bench
 from litevit.bench.runtimes import ONNX_OPSET
 from litevit.data import eval_transform, image_folder
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.int8 import Int8Settings
 from litevit.deploy.runtime import ExportedModel
 from litevit.predict import evaluate, preprocessing

@@ -22,7 +22,7 @@ import torch
 import litevit
 from litevit.bench.runtimes import ONNX_OPSET
 from litevit.bench.timing import device_name, git_commit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.int8 import synthetic_calibration
 
 

@@ -24,7 +24,7 @@ import litevit
 from litevit.bench.run import model_input_size
 from litevit.bench.runtimes import ONNX_OPSET
 from litevit.bench.timing import device_name, git_commit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.int8 import synthetic_calibration
 from litevit.deploy.openvino import openvino_config
 from litevit.deploy.runtime import ExportedModel

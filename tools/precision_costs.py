@@ -6,7 +6,8 @@ grey levels, shipped inside scikit-learn: no download), upsampled to 64x64 RGB, 
 the family's ``INT8_SETTINGS``, calibrated on 300 training images), plus fp32 and int8 ONNX files, and every route
 is evaluated on the held-out images:
 
-- ``ov-fp32`` and ``ov-bf16``: the fp32 IR compiled with ``INFERENCE_PRECISION_HINT`` f32 / bf16;
+- ``ov-fp32`` and ``ov-bf16``: the fp32 IR compiled with ``INFERENCE_PRECISION_HINT`` f32 / bf16 (litevit's one set
+  of compile settings, ``litevit.deploy.openvino.openvino_config``);
 - ``ov-int8`` and ``ov-int8-bf16``: the int8 IR with its float parts at f32 / bf16;
 - ``ort-fp32`` and ``ort-int8``: onnxruntime.
 
@@ -35,7 +36,8 @@ from PIL import Image
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16, require
 from litevit.bench.timing import git_commit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
+from litevit.deploy.openvino import openvino_config
 from litevit.deploy.runtime import ExportedModel
 from litevit.training import train as T
 
@@ -67,7 +69,7 @@ def _ov_predict(path: Path, precision: str, images: torch.Tensor) -> torch.Tenso
     core = ov.Core()
     model = core.read_model(str(path))
     model.reshape([1, *images.shape[1:]])
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1})
+    compiled = core.compile_model(model, "CPU", openvino_config(None, precision))
     request = compiled.create_infer_request()
     rows = [np.array(request.infer({0: images[i : i + 1].numpy()})[0]) for i in range(len(images))]
     return torch.from_numpy(np.concatenate(rows))

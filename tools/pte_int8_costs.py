@@ -30,7 +30,7 @@ import litevit
 from litevit._extras import cpu_isa, cpu_model
 from litevit.bench.timing import git_commit
 from litevit.deploy.executorch import set_threads
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.runtime import ExportedModel
 from litevit.timing import time_interleaved
 
@@ -57,7 +57,7 @@ def costs(name: str, runs: Path, data_root: Path, work: Path, seconds: float) ->
     x = images[:1].contiguous()
     times = time_interleaved({kind: (lambda m=model: m(x)) for kind, model in files.items()}, seconds, warmup=1.0)
     median = {kind: statistics.median(values) * 1e3 for kind, values in times.items()}
-    check, reference_check, report = int8.check, int8.reference_check, int8.delegation
+    check, reference_check, report = int8.int8_check, int8.pte_reference_check, int8.delegation
     row = dict(
         model=name, images=len(targets), top1_pytorch=round(accuracy(reference, targets), 3),
         top1_pte_fp32=round(accuracy(logits["fp32"], targets), 3),

@@ -4,8 +4,8 @@ For each model (``RUNS/<model>/best.safetensors``, ``tools/precision_costs.py``'
 reference is built as ``litevit export --precision int8`` builds it (300 calibration images of ``DATA/train``, 32
 held out), lowered as is, and lowered again with one layer's per-channel weight scales multiplied by 1.5 and by 1.1
 (the second, middle and last per-channel weight of the graph); each ``.pte`` runs the 32 held-out images and
-:func:`litevit.deploy.executorch.reference_check` gives |.pte - reference| / |reference - fp32|, the ratio that
-``PTE_INT8_MAX_RATIO`` bounds. One JSON line per model.
+:func:`litevit.deploy.executorch.reference_check` (the pte-reference check) gives |.pte - reference| /
+|reference - fp32|, the ratio that ``PTE_INT8_MAX_RATIO`` bounds. One JSON line per model.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/pte_int8_faults.py mobilevitv2_050 mobilevitv3_xxs --runs RUNS \
         --data DATA >> benchmarks/mobile/pte_int8_faults.jsonl

@@ -5,7 +5,7 @@ trains it (its ``make_digits`` split and training settings), or taken from ``--r
 best.safetensors`` trained with those settings). Then, on the held-out images:
 
 - ``fp32``: PyTorch fp32 top-1;
-- post-training int8 per route: ``litevit.deploy.export.export(int8=True, calibration=<train folder>)`` as an
+- post-training int8 per route: ``litevit.deploy.exporting.export(int8=True, calibration=<train folder>)`` as an
   OpenVINO IR run with f32 float parts (``ov-int8``) and as onnxruntime QDQ (``ort-int8``);
 - QAT int8 per route: ``litevit.training.train.train(TrainConfig(..., qat=True, checkpoint=best))`` with the QAT
   defaults (:mod:`litevit.training.qat`) and the float run's batch and augmentation, its ``int8.xml`` and
@@ -34,7 +34,7 @@ from precision_costs import FAMILY_MODELS, SIZE, _ov_predict, make_digits
 import litevit
 from litevit._extras import cpu_isa, cpu_model
 from litevit.bench.timing import git_commit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.runtime import ExportedModel
 from litevit.training import train as T
 from litevit.training.config import QAT_EPOCHS

@@ -15,7 +15,15 @@ from .deploy.executorch import PTE_INT8_MAX_RATIO
 from .deploy.fastest import DEFAULT_MAX_DROP
 from .deploy.int8 import DEFAULT_CALIBRATION_IMAGES, INT8_CHECK_IMAGES
 from .deploy.metadata import FORMATS, SUFFIXES
-from .deploy.parity import INT8_MIN_AGREEMENT, INT8_MIN_CORRELATION, INT8_MIN_SIGNAL, RTOL
+from .deploy.parity import (
+    INT8_MIN_AGREEMENT,
+    INT8_MIN_CORRELATION,
+    INT8_MIN_SIGNAL,
+    PARITY,
+    PTE_REFERENCE,
+    RTOL,
+    CheckResult,
+)
 from .deploy.precision import PRECISIONS
 from .flops import count_params
 from .predict import EVAL_BATCH_SIZE, PREDICT_BATCH_SIZE, TOPK
@@ -158,7 +166,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .deploy.errors import ExportError
-    from .deploy.export import export
+    from .deploy.exporting import export
     from .deploy.runtime import ExportedModel
 
     model = _load(args)
@@ -186,33 +194,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     if result.delegation is not None:
         print(result.delegation.summary())
-    if result.check is None and args.check and meta.format == "coreml":
-        print("check skipped: Core ML predictions run on macOS only")
-    c = result.check
-    if c is not None and result.check_name is not None:
-        print(f"check on {c.batch} images: {result.check_name}: passed")
-    elif c is not None and c.judged is None:
-        print(f"check at batch {c.batch}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e} (passed)")
-    elif c is not None:  # int8: on images held out of calibration
-        agreement = f"top-1 agreement with fp32 {c.agreement:.1%}, " if c.agreement is not None else ""
-        print(
-            f"int8 check on {c.batch} held-out images: {agreement}correlation of the logits {c.correlation:.3f}, "
-            f"max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e}"
-        )
-        if c.judged:
-            bound = f"agreement >= {INT8_MIN_AGREEMENT:.0%}, " if c.agreement is not None else ""
-            print(f"  (passed: {bound}correlation >= {INT8_MIN_CORRELATION:g})")
-        else:
-            print(
-                f"  (passed: finite and input-dependent; agreement and correlation not judged: fp32's logits vary by "
-                f"only {c.signal:.2%} of their size across these images, < {INT8_MIN_SIGNAL:.0%})"
-            )
-    if (r := result.reference_check) is not None:
-        print(
-            f"against its PT2E reference on the same images: distance {r.max_rel_diff:.2f}x the quantization error "
-            f"(passed: <= {PTE_INT8_MAX_RATIO:g})"
-        )
+    if args.check and not result.checks and meta.format == "coreml":
+        print("parity check skipped: Core ML predictions run on macOS only")
+    for check in result.checks:
+        print(_check_lines(check))
     return 0
+
+
+def _check_lines(c: CheckResult) -> str:
+    """What a check that ran on an exported file found, under its name (:mod:`litevit.deploy.parity`)."""
+    images = f"{c.batch} image{'s' if c.batch != 1 else ''}"
+    if c.name == PARITY:
+        return (
+            f"parity check on {images}: max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e} "
+            f"(passed: <= {RTOL:g})"
+        )
+    if c.name == PTE_REFERENCE:
+        return (
+            f"pte-reference check on the same {images}: distance from its PT2E reference {c.max_rel_diff:.2f}x the "
+            f"quantization error (passed: <= {PTE_INT8_MAX_RATIO:g})"
+        )
+    agreement = f"top-1 agreement with fp32 {c.agreement:.1%}, " if c.agreement is not None else ""
+    line = (
+        f"int8 check on {images}: {agreement}correlation of the logits {c.correlation:.3f}, "
+        f"max |diff| {c.max_abs_diff:.2e}, relative {c.max_rel_diff:.2e}"
+    )
+    if c.judged:
+        bound = f"agreement >= {INT8_MIN_AGREEMENT:.0%}, " if c.agreement is not None else ""
+        return f"{line}\n  (passed: {bound}correlation >= {INT8_MIN_CORRELATION:g})"
+    return (
+        f"{line}\n  (passed: finite and input-dependent; agreement and correlation not judged: fp32's logits vary by "
+        f"only {c.signal:.2%} of their size across these images, < {INT8_MIN_SIGNAL:.0%})"
+    )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -232,13 +245,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the lowest that works for the model)")
     p.add_argument(
         "--check", action="store_true",
-        help=(f"run the exported file against PyTorch on another batch size (within {RTOL:g} relative); with --int8, "
-              f"on up to {INT8_CHECK_IMAGES} images of --calibration held out of calibration: fails on a non-finite "
-              f"or constant output and, where fp32's logits vary across the images by >= {INT8_MIN_SIGNAL:.0%} of "
-              f"their size, on top-1 agreement with fp32 < {INT8_MIN_AGREEMENT:.0%} or a correlation of the logits < "
-              f"{INT8_MIN_CORRELATION:g}; an int8 .pte also against its PT2E reference (its distance from it at most "
-              f"{PTE_INT8_MAX_RATIO:g}x the quantization error); with --fastest, the written file again on the "
-              "held-out images, naming the check that ran").replace("%", "%%"),  # argparse formats help with %
+        help=(f"run the written file and fail when the check that fits it fails, naming it: 'parity' for an fp32 "
+              f"file (within {RTOL:g} relative of PyTorch, on another batch size); 'int8' for an int8 or bf16 "
+              f"file (on up to {INT8_CHECK_IMAGES} images of --calibration held out of calibration: a non-finite "
+              f"or constant output fails, and where fp32's logits vary across the images by >= "
+              f"{INT8_MIN_SIGNAL:.0%} of their size, top-1 agreement with fp32 < {INT8_MIN_AGREEMENT:.0%} or a "
+              f"correlation of the logits < {INT8_MIN_CORRELATION:g}); an int8 .pte also 'pte-reference' (its "
+              f"distance from its PT2E reference at most {PTE_INT8_MAX_RATIO:g}x the quantization error); with "
+              "--fastest, the pick's checks on the held-out images").replace("%", "%%"),  # argparse formats help with %
     )  # fmt: skip
     p.add_argument(
         "--int8", action="store_true",

@@ -55,6 +55,8 @@ class Converter(Protocol):
     # litevit's keys written in ``layout``: the same key table read backwards (models/key_table.py)
     def from_litevit(self, state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]: ...
 
+    def key_table(self, layout: str, config: Any) -> Any: ...  # the KeyTable of ``layout`` for ``config``'s network
+
 
 @dataclass(frozen=True)
 class Variant:

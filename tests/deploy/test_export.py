@@ -20,7 +20,7 @@ from litevit._extras import has_vnni
 from litevit.bench.timing import compare_onnx_speed
 from litevit.cli import main
 from litevit.deploy.errors import ExportError
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.metadata import ExportMetadata, MetadataError
 from litevit.deploy.onnx import ONNX_OPSETS
 from litevit.deploy.parity import RTOL
@@ -102,7 +102,8 @@ def test_onnx_parity_every_variant(name: str, tmp_path: Path) -> None:
 def _check_reloaded(name: str, path: Path) -> None:
     model = live_model(name)
     result = export(model, path, check=True)
-    assert result.check is not None and result.check.batch != 2  # checked on a batch other than the exported one
+    check = result.parity_check  # on a batch other than the exported one
+    assert check is not None and check.name == "parity" and check.batch != 2 and result.checks == (check,)
     loaded = ExportedModel(path)
     assert loaded.metadata.variant == name and loaded.metadata.format == result.metadata.format
     x = _input(model, 1)
@@ -164,7 +165,7 @@ def test_cli_export_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     )
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file()
-    assert "opset 13" in printed and "batch dynamic" in printed and "check at batch 3" in printed
+    assert "opset 13" in printed and "batch dynamic" in printed and "parity check on 3 images: max |diff|" in printed
     # the exported weights are the checkpoint's, not a fresh initialisation
     model = live_model("levit_128s")
     x = _input(model, 1)
@@ -208,7 +209,7 @@ def test_onnx_int8_weight_bits_follow_what_the_cpu_reports(flags, bits, tmp_path
     path = tmp_path / "m.onnx"
     result = export(model, path, int8=True, calibration=folder, calibration_images=8, check=True, batch=5)
     assert result.metadata.weight_bits == bits and ExportedModel(path).metadata.weight_bits == bits
-    assert result.check.passed and result.check.batch == 12  # 20 images: 8 calibrate, 12 held out
+    assert result.int8_check.passed and result.int8_check.batch == 12  # 20 images: 8 calibrate, 12 held out
     proto = onnx.load(str(path))
     initializers = {t.name: t for t in proto.graph.initializer}
     weights = [onnx.numpy_helper.to_array(initializers[n.input[0]]).astype(np.int64) for n in proto.graph.node

@@ -23,7 +23,7 @@ import litevit
 from litevit import cli
 from litevit._extras import MissingExtraError
 from litevit.data import eval_transform, image_folder
-from litevit.deploy import parity
+from litevit.deploy import builder, parity
 from litevit.deploy.errors import ExportError
 from litevit.deploy.int8 import (
     INT8_CHECK_IMAGES,
@@ -39,7 +39,6 @@ from litevit.registry import DataConfig, family_line
 from litevit.training import train as T
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
-export_module = importlib.import_module("litevit.deploy.export")  # the package's `export` is the function
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_int8_of_a_trained_model_keeps_its_accuracy(trained, tmp_path, suffix, c
     command = ["export", str(best), "--int8", "--calibration", str(root / "train"), "--out", str(out), "--check"]
     assert cli.main(command) == 0
     printed = capsys.readouterr().out
-    assert "int8 check on 8 held-out images: top-1 agreement with fp32" in printed
+    assert "int8 check on 8 images: top-1 agreement with fp32" in printed
     assert "(passed: agreement >= 50%, correlation >= 0.5)" in printed
     fp32 = litevit.load(best).eval()
     int8 = ExportedModel(out)
@@ -90,7 +89,8 @@ def test_quantize_api_writes_openvino_when_the_suffix_leaves_the_choice_open(tra
     result = litevit.quantize(litevit.load(best), tmp_path / "m", root / "train", calibration_images=16)
     assert result.path == tmp_path / "m.xml" and result.metadata.precision == "int8"
     # on images of the folder that calibration did not use
-    assert result.check is not None and result.check.judged and result.check.agreement >= 0.9
+    check = result.int8_check
+    assert check is not None and check.judged and check.agreement >= 0.9 and result.checks == (check,)
 
 
 def _transform(model: torch.nn.Module):
@@ -102,7 +102,8 @@ def _transform(model: torch.nn.Module):
 def test_openvino_fp32_matches_pytorch(name: str, tmp_path) -> None:
     model = litevit.create_model(name, img_size=96 if name != "levit_128s" else None).eval()
     result = litevit.export(model, tmp_path / f"{name}.xml", check=True)
-    assert result.check is not None and result.check.passed and result.check.max_rel_diff < 1e-4
+    check = result.parity_check
+    assert check is not None and check.passed and check.max_rel_diff < 1e-4 and result.checks == (check,)
     assert result.metadata.format == "openvino" and result.metadata.precision == "fp32"
 
 
@@ -417,10 +418,10 @@ def test_int8_check_passes_a_working_graph_and_fails_dead_ones(name, suffix, tmp
     model = _working_model(name, folder)
     # the graphs of the first export serve the dead-graph exports below (quantizing once)
     for function in ("onnx_model", "onnx_int8", "openvino_ir"):
-        monkeypatch.setattr(export_module, function, _first_result(getattr(export_module, function)))
+        monkeypatch.setattr(builder, function, _first_result(getattr(builder, function)))
     path = tmp_path / f"m{suffix}"
     result = litevit.export(model, path, int8=True, calibration=folder, calibration_images=16, check=True)
-    check = result.check
+    check = result.int8_check
     assert check.passed and check.judged and check.batch == INT8_CHECK_IMAGES
     assert check.agreement >= parity.INT8_MIN_AGREEMENT and check.correlation >= parity.INT8_MIN_CORRELATION
     real_call = ExportedModel.__call__
@@ -442,11 +443,12 @@ def test_int8_check_reports_what_it_could_not_judge(tmp_path, caplog) -> None:
     model = litevit.create_model("levit_128s", **TINY, distilled=False).eval()
     with torch.no_grad():
         model.head.linear.bias.copy_(100 * torch.randn(10))  # a per-class offset far above what varies
-    with caplog.at_level(logging.WARNING, logger="litevit.deploy.export"):
+    with caplog.at_level(logging.WARNING, logger="litevit.deploy.exporting"):
         result = litevit.export(model, tmp_path / "m.onnx", int8=True, calibration=folder, calibration_images=8,
                                 check=True)  # fmt: skip
-    assert result.check.passed and not result.check.judged and result.check.signal < parity.INT8_MIN_SIGNAL
-    assert "int8 accuracy not judged" in caplog.text
+    check = result.int8_check
+    assert check.passed and not check.judged and check.signal < parity.INT8_MIN_SIGNAL
+    assert "int8 check: accuracy not judged" in caplog.text
 
 
 def test_int8_check_bounds_are_stated_where_users_read_them() -> None:

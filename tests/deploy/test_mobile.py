@@ -21,7 +21,7 @@ import litevit
 from litevit import cli
 from litevit._extras import MissingExtraError, require
 from litevit.deploy.coreml import COREML_PREDICTION_SKIP, coreml_available
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.metadata import MetadataError
 from litevit.deploy.parity import RTOL
 from litevit.deploy.runtime import ExportedModel
@@ -185,7 +185,8 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 def _check_pte(name: str, folder: Path) -> None:
     pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'litevit[executorch]'")
     result = export(name, folder / f"{name}.pte", check=True)
-    assert result.check is not None and result.check.passed and result.check.max_rel_diff <= RTOL
+    check = result.parity_check
+    assert check is not None and check.passed and check.max_rel_diff <= RTOL and result.checks == (check,)
     assert result.metadata.batch == 1 and result.metadata.variant == name
     assert result.delegation is not None and result.delegation.share >= MIN_SHARE, result.delegation.summary()
     loaded = ExportedModel(result.path)
@@ -220,7 +221,8 @@ def levit_pte(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_cli_pte_reports_delegation(levit_pte: tuple[Path, str]) -> None:
     path, printed = levit_pte
-    assert "executorch fp32, batch 1" in printed and "XNNPACK runs" in printed and "(passed)" in printed
+    assert "executorch fp32, batch 1" in printed and "XNNPACK runs" in printed
+    assert "parity check on 1 image: max |diff|" in printed and "(passed: <= 0.0001)" in printed, printed
     share = float(printed.split("XNNPACK runs ")[1].split("%")[0]) / 100
     assert share >= MIN_SHARE, printed
     assert ExportedModel(path).metadata.variant == "levit_128s"
@@ -252,8 +254,7 @@ def _check_coreml(name: str, folder: Path) -> None:
     path = folder / f"{name}.mlpackage"
     result = export(name, path, check=coreml_available())
     assert path.is_dir() and result.metadata.format == "coreml"
-    if result.check is not None:
-        assert result.check.passed
+    assert [c.passed for c in result.checks] == ([True] if coreml_available() else [])
 
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)

@@ -8,7 +8,7 @@ import collections
 import pytest
 
 import litevit
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.models.efficientvit_msra import CascadedGroupAttention
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")

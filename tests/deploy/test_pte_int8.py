@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import io
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 import litevit
 from litevit import cli
 from litevit.data import eval_transform, load_image
+from litevit.deploy import builder
 from litevit.deploy.errors import ExportError
 from litevit.deploy.executorch import PTE_INT8_MAX_RATIO, lower_pte, quantize_int8
 from litevit.deploy.int8 import INT8_SETTINGS, CalibrationError, Int8Settings
@@ -31,7 +31,6 @@ from litevit.deploy.runtime import ExportedModel
 from litevit.training import train as T
 
 pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'litevit[executorch]'")
-export_module = importlib.import_module("litevit.deploy.export")  # the package's `export` is the function
 
 SIZE = 64
 DEFAULT_FAMILY = "levit_128s"  # bad input only: refused before anything is lowered
@@ -60,14 +59,14 @@ def _keep_reference(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.nn.Modul
     """Make export hand over the PT2E module each ``.pte`` is lowered from (``"reference"``), and the fused fp32
     model it was quantized from (``"fp32"``)."""
     kept: dict[str, torch.nn.Module] = {}
-    real = export_module.save_pte_int8
+    real = builder.save_pte_int8
 
     def keeping(*args: object) -> object:
         report, reference = real(*args)
         kept["reference"], kept["fp32"] = reference, args[0]
         return report, reference
 
-    monkeypatch.setattr(export_module, "save_pte_int8", keeping)
+    monkeypatch.setattr(builder, "save_pte_int8", keeping)
     return kept
 
 
@@ -124,9 +123,9 @@ def test_cli_exports_int8_pte_at_a_fixed_batch(trained: tuple[Path, Path], tmp_p
     with contextlib.redirect_stdout(printed):
         assert cli.main(command) == 0
     text = printed.getvalue()
-    assert "executorch int8, batch 2" in text and "int8 check on 32 held-out images" in text, text
+    assert "executorch int8, batch 2" in text and "int8 check on 32 images" in text, text
     assert "(passed: agreement >= 50%" in text, text  # judged: a trained model's logits vary with the image
-    assert "against its PT2E reference on the same images: distance" in text, text
+    assert "pte-reference check on the same 32 images: distance from its PT2E reference" in text, text
     assert f"(passed: <= {PTE_INT8_MAX_RATIO:g})" in text, text
     share = float(text.split("XNNPACK runs ")[1].split("%")[0]) / 100
     assert share >= 0.95 and "int8 in XNNPACK:" in text, text
@@ -223,7 +222,7 @@ def test_export_hands_the_familys_settings_to_the_pte_quantizer(calibration: Pat
         seen.append(settings)
         raise Handed
 
-    monkeypatch.setattr(export_module, "save_pte_int8", capture)
+    monkeypatch.setattr(builder, "save_pte_int8", capture)
     model = litevit.create_model("t2t_vit_7", img_size=SIZE).eval()
     own = Int8Settings(calibration="percentile")
     for given in (None, own):
@@ -240,7 +239,7 @@ def test_reference_check_fails_on_a_corrupted_scale(calibration: Path, tmp_path:
     export = litevit.export  # unchanged first: the same network passes
     result = export(model, tmp_path / "ok.pte", img_size=SIZE, precision="int8", calibration=calibration,
                     calibration_images=16, check=True)  # fmt: skip
-    assert result.reference_check is not None and result.reference_check.passed
+    assert result.pte_reference_check is not None and result.pte_reference_check.passed
 
     def corrupted(model, example, path, meta_json, batches, settings):
         reference, _ = quantize_int8(model, example, batches, settings)
@@ -251,8 +250,8 @@ def test_reference_check_fails_on_a_corrupted_scale(calibration: Path, tmp_path:
         path.write_bytes(data)
         return report, reference
 
-    monkeypatch.setattr(export_module, "save_pte_int8", corrupted)
-    with pytest.raises(ExportError, match="differs from its PT2E int8 reference") as info:
+    monkeypatch.setattr(builder, "save_pte_int8", corrupted)
+    with pytest.raises(ExportError, match="the pte-reference check failed: the .pte differs from its PT2E") as info:
         export(model, tmp_path / "bad.pte", img_size=SIZE, precision="int8", calibration=calibration,
                calibration_images=16, check=True)  # fmt: skip
     assert "\n" not in str(info.value)

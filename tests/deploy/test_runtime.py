@@ -18,7 +18,7 @@ from torch import nn
 from litevit import _extras
 from litevit._extras import quiet_nncf
 from litevit.cli import main
-from litevit.deploy.export import export
+from litevit.deploy.exporting import export
 from litevit.deploy.metadata import META_KEY, ExportMetadata, MetadataError
 from litevit.deploy.onnx import weight_bits_mismatch
 from litevit.deploy.openvino import RT_INFO

@@ -146,11 +146,11 @@ def test_layout_detection_and_unknown_keys() -> None:
     assert convert.detect({"conv_1.block.conv.weight": torch.zeros(1)}) == "official"
     assert convert.detect({"stem.conv.weight": torch.zeros(1)}) == "timm"
     assert convert.detect(litevit.create_model("mobilevit_xxs").state_dict()) is None
-    # an unknown key is kept as it is, so that loading reports it among the unexpected keys
-    renamed = convert.to_litevit(
-        {"conv_1.block.conv.weight": torch.zeros(1), "mystery.weight": torch.zeros(1)}, "official"
-    )
-    assert renamed.keys() == {"stem.0.conv.weight", "mystery.weight"}
+    # an unknown key is an error that names it (the official key table has no row for it)
+    renamed = convert.to_litevit({"conv_1.block.conv.weight": torch.zeros(1)}, "official")
+    assert renamed.keys() == {"stem.0.conv.weight"}
+    with pytest.raises(ValueError, match="unknown official-layout checkpoint key 'mystery.weight'"):
+        convert.to_litevit({"conv_1.block.conv.weight": torch.zeros(1), "mystery.weight": torch.zeros(1)}, "official")
 
 
 def test_fresh_head_for_other_num_classes(tmp_path) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 from torch import nn
 
 from ..deploy.candidates import Candidates, Trial, build_candidates
-from ..deploy.export import export
 from ..deploy.fastest import DEFAULT_MAX_DROP, REFERENCE, Plan, plan, time_and_choose
 from ..deploy.routes import route_named
 from .records import Comparison, compared, record_key
@@ -58,7 +57,7 @@ class Candidacy:
             work = self.folder / f"{name}-{size[0]}x{size[1]}-b{batch}"
             work.mkdir(parents=True, exist_ok=True)
             found = build_candidates(
-                model, export, routes, the_plan.skipped, work, batch=batch,
+                model, routes, the_plan.skipped, work, batch=batch,
                 calibration=self.calibration, max_drop=self.max_drop, speed_only=self.calibration is None,
             )  # fmt: skip
             self.built[key] = (the_plan, found)

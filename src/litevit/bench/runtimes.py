@@ -126,7 +126,7 @@ class ExportedFiles:
         return key
 
     def _litevit(self, model: nn.Module, runtime: str, x: torch.Tensor, stem: Path, name: str) -> Path:
-        from ..deploy.export import export
+        from ..deploy.exporting import export
 
         if runtime != "executorch":  # litevit's onnxruntime and OpenVINO files are --fastest's candidates (.pick)
             raise ValueError(f"the bench builds litevit's {runtime} files as export --fastest's candidates")

@@ -15,7 +15,6 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from torch import nn
 from ..registry import DataConfig
 from .accuracy import Accuracy, judge, labels_of, measure, split_folder
 from .accuracy_control import accuracy_controlled
+from .builder import build_file
 from .errors import ExportError
 from .fuse import fuse
 from .int8 import Int8Settings, int8_settings_for, load_calibration, synthetic_calibration
@@ -72,7 +72,6 @@ def model_size(model: nn.Module) -> tuple[int, int]:
 
 def build_candidates(
     model: nn.Module,
-    build: Callable[..., Any],
     routes: Sequence[Route],
     excluded: dict[str, str],
     work: Path,
@@ -89,8 +88,7 @@ def build_candidates(
 ) -> Candidates:
     """Build each of ``routes`` in ``work`` at ``batch`` (``"dynamic"`` or a static batch), measure and judge it;
     those named in ``excluded`` (route name -> why the options exclude it: the baseline, kept for the speed-ups) are
-    built and timed, never chosen.
-    ``build``: the single-file exporter (:func:`litevit.deploy.export.export`)."""
+    built and timed, never chosen. Each file is written by :func:`.builder.build_file`."""
     fused = fuse(model).float().eval()
     config = getattr(model, "config", None)
     size = model_size(model)
@@ -123,15 +121,16 @@ def build_candidates(
             continue
         try:
             if route.accuracy_control:
-                fp32 = build(model, work / "ac-fp32.xml", precision="fp32", batch="dynamic").path
+                fp32 = build_file(model, work / "ac-fp32.xml", "openvino", "fp32").path
                 trial.path = accuracy_controlled(
                     fp32, work / f"{route.name}.xml", cal_arrays, cal_labels, max_drop,
                     int8_settings or int8_settings_for(model), batch,
                 )  # fmt: skip
             else:
-                trial.path = build(
-                    model, work / f"{route.name}{route.suffix}", precision=route.precision, batch=batch,
-                    calibration=cal_files if route.int8 else None, opset=opset if route.format == "onnx" else None,
+                trial.path = build_file(
+                    model, work / f"{route.name}{route.suffix}", route.format, route.precision, batch=batch,
+                    opset=opset if route.format == "onnx" else None, calibration=cal_files if route.int8 else None,
+                    int8_settings=int8_settings,
                 ).path  # fmt: skip
         except (ExportError, RuntimeError) as exc:
             trial.reason = f"build failed: {str(exc).splitlines()[0][:120]}"

@@ -1,6 +1,6 @@
 """Mobile and edge export: ExecuTorch ``.pte`` with the XNNPACK delegate, and Core ML ``.mlpackage``.
 
-Both start from the fused eval model that :func:`litevit.deploy.export.export` hands over, at a fixed batch size.
+Both start from the fused eval model that :func:`litevit.deploy.builder.build_file` hands over, at a fixed batch size.
 
 - ExecuTorch (optional extra ``litevit[executorch]``): ``torch.export`` then ``to_edge_transform_and_lower`` with
   the XNNPACK partitioner. :class:`Delegation` counts the edge operators that ended inside XNNPACK subgraphs and
@@ -32,7 +32,7 @@ from torch import nn
 from .._extras import require
 from .errors import ExportError
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings
-from .parity import ParityCheck, flat_outputs
+from .parity import PTE_REFERENCE, CheckResult, flat_outputs
 from .xnnpack_rewrite import rewrite_for_xnnpack
 
 # what Int8Settings.pte_float_elementwise leaves float (the quantizer's filter; its cat annotator ignores filters)
@@ -218,9 +218,10 @@ def save_pte_int8(
     return dataclasses.replace(report, rewritten=rewritten), reference
 
 
-def reference_check(output: Any, reference: Any, fp32: Any) -> ParityCheck:
-    """The int8 ``.pte``'s ``output`` against its PT2E ``reference`` on a batch, measured against the quantization
-    error ``reference - fp32``; ``max_rel_diff`` is the ratio of the two (:data:`PTE_INT8_MAX_RATIO` at most)."""
+def reference_check(output: Any, reference: Any, fp32: Any) -> CheckResult:
+    """The pte-reference check: the int8 ``.pte``'s ``output`` against its PT2E ``reference`` on a batch, measured
+    against the quantization error ``reference - fp32``; ``max_rel_diff`` is the ratio of the two
+    (:data:`PTE_INT8_MAX_RATIO` at most)."""
     output, reference, fp32 = flat_outputs(output), flat_outputs(reference), flat_outputs(fp32)
     if output.shape != reference.shape:
         raise ExportError(f"the .pte returns shape {tuple(output.shape)}, its PT2E reference {tuple(reference.shape)}")
@@ -230,7 +231,7 @@ def reference_check(output: Any, reference: Any, fp32: Any) -> ParityCheck:
     ratio = diff.norm().item() / max(error.norm().item(), floor, 1e-30)
     passed = bool(diff.isfinite().all()) and ratio <= PTE_INT8_MAX_RATIO
     failures = () if passed else (f"|.pte - reference| / |reference - fp32| = {ratio:.3g} > {PTE_INT8_MAX_RATIO:g}",)
-    return ParityCheck(output.shape[0], diff.abs().max().item(), ratio, passed, failures=failures)
+    return CheckResult(PTE_REFERENCE, output.shape[0], diff.abs().max().item(), ratio, passed, failures=failures)
 
 
 def set_threads(threads: int) -> None:

@@ -33,7 +33,6 @@ from .candidates import Trial, build_candidates
 from .errors import ExportError
 from .int8 import Int8Settings
 from .metadata import META_KEY, SUFFIXES, CandidateRecord, ExportMetadata, Selection
-from .parity import RTOL, compare, int8_check
 from .routes import BASELINE, ROUTES, Route
 from .runtime import ExportedModel
 
@@ -149,7 +148,6 @@ def _excluded(
 def find_fastest(
     model: nn.Module,
     target: Path,
-    build: Callable[..., Any],
     the_plan: Plan,
     *,
     batch: int = 1,
@@ -166,8 +164,8 @@ def find_fastest(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, FastestReport, Trial, torch.Tensor | None, torch.Tensor]:
     """Build, measure, time and pick (module docstring); the pick is written to ``target`` (the pick's suffix added
-    when it has none). ``build``: the single-file exporter (:func:`litevit.deploy.export.export`), passed
-    in so that this module sits below it. ``time_cap``: seconds of timing at most (default 3x the first pass).
+    when it has none); each candidate is written by :func:`.builder.build_file`. ``time_cap``: seconds of timing at
+    most (default 3x the first pass).
 
     Returns the written path, the report, the chosen trial, the held-out images (None without calibration) and
     fp32's logits on the images measured.
@@ -179,7 +177,7 @@ def find_fastest(
     work = Path(tempfile.mkdtemp(prefix="litevit-fastest-"))
     try:
         found = build_candidates(
-            model, build, routes, the_plan.skipped, work, batch="dynamic" if dynamic_batch else batch,
+            model, routes, the_plan.skipped, work, batch="dynamic" if dynamic_batch else batch,
             calibration=calibration, calibration_images=calibration_images, max_drop=max_drop, threads=threads,
             opset=opset, int8_settings=int8_settings, say=say,
         )  # fmt: skip
@@ -264,9 +262,9 @@ def time_and_choose(
     else:
         tied = [t for t in eligible if t is fastest or _faster(times, fastest.name, t.name) is not True]
         chosen = min(tied, key=lambda t: (not t.accuracy.exact, t.accuracy.drop_bound, statistics.median(t.times)))
-        others = ", ".join(t.name for t in tied if t is not fastest)
+        tied_names = ", ".join(t.name for t in tied if t is not fastest)
         lines.append(
-            f"{fastest.name} is not separated from {others} at 95% within the {cap:.0f} s time cap "
+            f"{fastest.name} is not separated from {tied_names} at 95% within the {cap:.0f} s time cap "
             f"({len(times[baseline])} rounds): chose the most accurate of them, {chosen.name}"
             + (" (exact to fp32)" if chosen.accuracy.exact else "")
         )
@@ -353,13 +351,3 @@ def _write_with_selection(source: Path, target: Path, selection: Selection) -> N
     meta = dataclasses.replace(ExportMetadata.from_json(model.get_rt_info(RT_INFO).astype(str)), selection=selection)
     model.set_rt_info(meta.to_json(), RT_INFO)
     ov.save_model(model, str(target), compress_to_fp16=False)
-
-
-def held_out_check(path: Path, images: torch.Tensor, reference: torch.Tensor, route: Route) -> tuple[str, Any]:
-    """``--check`` on the written file: which check ran, and its result (a ParityCheck)."""
-    out = ExportedModel(path)(images)
-    if route.float_exact:
-        return f"parity with fp32 PyTorch (within {RTOL:g} relative)", compare(out, reference, len(images))
-    return "the int8/bf16 check against fp32 PyTorch (finite, input-dependent, agreement, correlation)", int8_check(
-        out, reference
-    )

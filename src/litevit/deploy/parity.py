@@ -1,4 +1,12 @@
-"""Parity of an exported graph against the fused PyTorch model, and the int8 check against fp32.
+"""The checks of an exported file against the fused PyTorch model, each with its one name.
+
+- ``parity`` (:func:`compare`): a file that computes in fp32 gives fp32 PyTorch's outputs within :data:`RTOL`.
+- ``int8`` (:func:`int8_check`): a file that does not compute in fp32 (int8, and bf16 float parts) still computes
+  the model, on images held out of calibration (below).
+- ``pte-reference`` (:func:`litevit.deploy.executorch.reference_check`): an int8 ``.pte`` stays as close to the PT2E
+  module it was lowered from as that module is to fp32.
+
+``litevit export --check`` runs those that fit the file and prints which ran; each result names its check.
 
 An int8 graph is not expected to match fp32 closely, so its check asks instead whether it still computes the model:
 on calibration-folder images held out of calibration, its output must be finite and vary with the input, and where
@@ -15,6 +23,7 @@ and correlation are then reported and not judged.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +37,17 @@ INT8_MIN_CORRELATION = 0.5  # correlation of int8 with fp32 logits, each centred
 INT8_MIN_SIGNAL = 0.05  # fp32 logits' variation across the images / their RMS, below which int8 is not judged
 _CONSTANT = 1e-6  # an output varying less than this (relative to its RMS) across the images is constant
 
+# the name of each check, as results, errors, the CLI and the docs give it
+PARITY = "parity"  # compare(): a file that computes in fp32 against fp32 PyTorch, within RTOL
+INT8 = "int8"  # int8_check(): an int8 or bf16 file still computes the model
+PTE_REFERENCE = "pte-reference"  # executorch.reference_check(): an int8 .pte against its PT2E module
+
 
 @dataclass(frozen=True)
-class ParityCheck:
-    """The exported model against the fused PyTorch model on one batch (int8: the held-out images)."""
+class CheckResult:
+    """An exported file against a reference on one batch of images: the result of the check ``name``."""
 
+    name: str  # PARITY, INT8 or PTE_REFERENCE
     batch: int
     max_abs_diff: float
     max_rel_diff: float  # max |exported - pytorch| / max |pytorch|
@@ -44,8 +59,15 @@ class ParityCheck:
     failures: tuple[str, ...] = ()  # why it did not pass
 
 
-def compare(exported: Any, reference: Any, batch: int, rtol: float = RTOL) -> ParityCheck:
-    """Parity of one output, or the worst of several (a features model's maps)."""
+def __getattr__(name: str) -> Any:
+    if name == "ParityCheck":
+        warnings.warn("litevit.deploy.parity.ParityCheck is renamed CheckResult", DeprecationWarning, stacklevel=2)
+        return CheckResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def compare(exported: Any, reference: Any, batch: int, rtol: float = RTOL) -> CheckResult:
+    """The parity check of one output, or the worst of several (a features model's maps)."""
     if isinstance(reference, (list, tuple)):
         if not isinstance(exported, (list, tuple)) or len(exported) != len(reference):
             raise ExportError(f"exported model does not return the {len(reference)} outputs of the PyTorch model")
@@ -56,7 +78,7 @@ def compare(exported: Any, reference: Any, batch: int, rtol: float = RTOL) -> Pa
     scale = max(reference.abs().max().item(), 1e-12)
     passed = diff <= rtol * scale
     failures = () if passed else (f"relative difference {diff / scale:.3e} > {rtol:g}",)
-    return ParityCheck(batch, diff, diff / scale, passed, failures=failures)
+    return CheckResult(PARITY, batch, diff, diff / scale, passed, failures=failures)
 
 
 def _same_shape(exported: torch.Tensor, reference: torch.Tensor) -> None:
@@ -70,8 +92,9 @@ def flat_outputs(output: Any) -> torch.Tensor:
     return torch.cat([o.double().flatten(1) for o in outputs], dim=1)
 
 
-def int8_check(exported: Any, reference: Any) -> ParityCheck:
-    """The int8 output on a batch of held-out images against fp32 PyTorch's (bounds: the module docstring).
+def int8_check(exported: Any, reference: Any) -> CheckResult:
+    """The int8 check: the int8 (or bf16) output on a batch of held-out images against fp32 PyTorch's (bounds: the
+    module docstring).
 
     Agreement is measured on classifiers only (one ``(B, classes)`` output); a features model is judged by the
     correlation of its maps.
@@ -107,6 +130,6 @@ def int8_check(exported: Any, reference: Any) -> ParityCheck:
             failures.append(f"top-1 agreement with fp32 {agreement:.1%} < {INT8_MIN_AGREEMENT:.0%}")
         if correlation < INT8_MIN_CORRELATION:
             failures.append(f"correlation with fp32 logits {correlation:.3f} < {INT8_MIN_CORRELATION:g}")
-    return ParityCheck(
-        batch, diff, diff / scale, not failures, agreement, correlation, signal, judged, tuple(failures)
+    return CheckResult(
+        INT8, batch, diff, diff / scale, not failures, agreement, correlation, signal, judged, tuple(failures)
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Exported files loaded for inference: every format :func:`litevit.deploy.export.export` writes, with its metadata.
+"""Exported files loaded for inference: every format :func:`litevit.deploy.exporting.export` writes, with its metadata.
 
 A file's metadata is read as untrusted input: every field is checked (:meth:`ExportMetadata.from_json`), and against
 the graph where the format states its shapes (input size, batch, class count); a file that disagrees with itself is
@@ -112,7 +112,7 @@ class ExportedModel:
         if x.ndim != 4 or tuple(x.shape[-2:]) != meta.img_size:
             raise ValueError(f"{self.path.name} expects images of shape (B, C, {meta.img_size[0]}, {meta.img_size[1]})")
         if meta.batch != "dynamic" and x.shape[0] != meta.batch:
-            return _in_fixed_batches(self, x, meta.batch)
+            return in_fixed_batches(self, x, meta.batch, self.path.name)
         with torch.inference_mode():
             out = self._run(x.float().contiguous())
         # formats that state no output shape (TorchScript, Core ML) are checked on their first output
@@ -124,12 +124,12 @@ class ExportedModel:
         return out
 
 
-def _in_fixed_batches(model: ExportedModel, x: torch.Tensor, batch: int) -> Any:
-    """``model`` (a file of a fixed ``batch``) on every row of ``x``: in chunks of ``batch`` rows, the last one filled
-    up with repeated rows whose outputs are dropped."""
+def in_fixed_batches(model: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, name: str) -> Any:
+    """``model`` (a graph of a fixed ``batch``, called ``name``) on every row of ``x``: in chunks of ``batch`` rows,
+    the last one filled up with repeated rows whose outputs are dropped."""
     n = x.shape[0]
     if n == 0:
-        raise ValueError(f"{model.path.name}: no images to run (an empty batch)")
+        raise ValueError(f"{name}: no images to run (an empty batch)")
     outputs = []
     for start in range(0, n, batch):
         chunk = x[start : start + batch]

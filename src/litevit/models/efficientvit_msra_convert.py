@@ -10,6 +10,7 @@ flattened, ``(heads, window ** 2)``; litevit keeps ``(heads, window_h, window_w)
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -19,8 +20,9 @@ from .key_table import KeyTable
 
 LAYOUTS = ("official", "timm")
 
-_SUBSAMPLE_PARTS = {"0.0": "pre.dw", "0.1": "pre.ffn", "2.0": "post.dw", "2.1": "post.ffn"}
 _TIMM_SUBSAMPLE = {"res1.0": "pre.dw", "res1.1": "pre.ffn", "res2.0": "post.dw", "res2.1": "post.ffn"}
+# the official subsample block's entries 0, 1, 2 of a stage's list: DWConv+FFN, patch merging, DWConv+FFN
+_OFFICIAL_SUBSAMPLE = {"0.0": "pre.dw", "0.1": "pre.ffn", "1": "merge", "2.0": "post.dw", "2.1": "post.ffn"}
 
 # timm's keys against litevit's (both directions: models/key_table.py); timm's patch_embed.conv{1..4} are our
 # stem.{0,2,4,6}, and timm's block projection is Sequential(ReLU, ConvNorm)
@@ -49,40 +51,60 @@ def detect(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _inside_block(rest: str) -> str:
-    """Names inside a sandwich block, shared by both layouts once ``c``/``l`` became ``conv``/``linear``."""
-    return rest.replace("mixer.m.attn.proj.1.", "mixer.m.attn.proj.")
+def official_table(depths: Sequence[int], subsampled: Collection[int]) -> KeyTable:
+    """The official keys against litevit's (both directions: models/key_table.py) for a network of ``depths``
+    sandwich blocks per stage, the stages in ``subsampled`` opening with a subsample block (entries 0, 1, 2 of the
+    official list; :func:`_structure_of_state` or the config say which). Official ``Conv2d_BN`` holds ``c`` and
+    ``bn``, ``BN_Linear`` ``bn`` and ``l``; a block's projection is ``Sequential(ReLU, Conv2d_BN)``."""
+    rows: list[tuple[str, str | None]] = [
+        ("{rest}.attention_bias_idxs", None),  # rebuilt by the model
+        ("patch_embed.{i}.c.weight", "stem.{i}.conv.weight"),
+        ("patch_embed.{i}.bn.{rest}", "stem.{i}.bn.{rest}"),
+    ]
+    for stage, depth in enumerate(depths):
+        theirs, ours = f"blocks{stage + 1}", f"stages.{stage}"
+        places = []  # (official prefix, litevit's) of each module whose inner names both layouts share
+        if stage in subsampled:
+            places = [(f"{theirs}.{index}", f"{ours}.downsample.{part}") for index, part in _OFFICIAL_SUBSAMPLE.items()]
+        first = 3 if stage in subsampled else 0  # the blocks follow the subsample block's three entries
+        for block in range(depth):
+            official, mine = f"{theirs}.{first + block}", f"{ours}.blocks.{block}"
+            proj, our_proj = f"{official}.mixer.m.attn.proj.1", f"{mine}.mixer.m.attn.proj"
+            rows += [(f"{proj}.c.weight", f"{our_proj}.conv.weight"), (f"{proj}.{{rest}}", f"{our_proj}.{{rest}}")]
+            places.append((official, mine))
+        for official, mine in places:
+            rows += [
+                (f"{official}.{{rest}}.c.weight", f"{mine}.{{rest}}.conv.weight"),
+                (f"{official}.{{rest}}", f"{mine}.{{rest}}"),
+            ]
+    rows += [("head.bn.{rest}", "head.bn.{rest}"), ("head.l.{rest}", "head.linear.{rest}")]
+    return KeyTable("official", tuple(rows))
 
 
-def _official_key(key: str, stages_with_subsample: set[int]) -> str:
-    # Conv2d_BN holds ``c`` and ``bn``, BN_Linear ``bn`` and ``l``: litevit's ConvBN / BNLinear say conv, linear
-    key = re.sub(r"\.c\.(weight|bias)$", r".conv.\1", key)
-    key = re.sub(r"^(head(?:_dist)?)\.l\.", r"\1.linear.", key)
-    if m := re.match(r"^patch_embed\.(\d+)\.(.*)$", key):
-        return f"stem.{m[1]}.{m[2]}"
-    if m := re.match(r"^blocks(\d+)\.(\d+)\.(.*)$", key):
-        stage, index, rest = int(m[1]) - 1, int(m[2]), m[3]
-        if stage not in stages_with_subsample:
-            return f"stages.{stage}.blocks.{index}.{_inside_block(rest)}"
-        if index == 1:
-            return f"stages.{stage}.downsample.merge.{rest}"
-        if index in (0, 2):
-            part, tail = rest.split(".", 1)
-            return f"stages.{stage}.downsample.{_SUBSAMPLE_PARTS[f'{index}.{part}']}.{tail}"
-        return f"stages.{stage}.blocks.{index - 3}.{_inside_block(rest)}"
-    return key
+def _structure_of_state(state: dict[str, torch.Tensor]) -> tuple[list[int], set[int]]:
+    """The sandwich blocks per stage of an official checkpoint, and the stages that open with a subsample block
+    (``blocks{n}.1`` is then the patch merging)."""
+    indices: dict[int, set[int]] = {}
+    for key in state:
+        if m := re.match(r"^blocks(\d+)\.(\d+)\.", key):
+            indices.setdefault(int(m[1]) - 1, set()).add(int(m[2]))
+    subsampled = {stage for stage in indices if any(k.startswith(f"blocks{stage + 1}.1.conv1.") for k in state)}
+    stages = range(max(indices, default=-1) + 1)
+    return [len(indices.get(stage, ())) - (3 if stage in subsampled else 0) for stage in stages], subsampled
+
+
+def key_table(layout: str, config: Any) -> KeyTable:
+    """The key table of ``layout`` for the network ``config`` describes (every stage but the first subsamples)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown EfficientViT checkpoint layout {layout!r}; expected one of {LAYOUTS}")
+    return official_table(config.depths, range(1, len(config.depths))) if layout == "official" else TIMM
 
 
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    if layout == "official":
-        # blocks{n}.1 is the patch merging of stage n - 1 when that stage opens with a subsample block
-        subsampled = {int(m[1]) - 1 for k in state if (m := re.match(r"^blocks(\d+)\.1\.conv1\.", k))}
-        rename = lambda k: None if k.endswith("attention_bias_idxs") else _official_key(k, subsampled)  # noqa: E731
-    else:
-        rename = TIMM.to_litevit
+    table = official_table(*_structure_of_state(state)) if layout == "official" else TIMM
     out = {}
     for key, value in state.items():
-        new = rename(key)
+        new = table.to_litevit(key)
         if new is None:
             continue  # rebuilt by the model
         if new.endswith("attention_biases") and value.ndim == 2:
@@ -95,7 +117,7 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
 
 
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
-    """``state`` (litevit's keys) in timm's ``efficientvit_m*`` layout, bias tables flattened as timm keeps them
-    (heads, window_h, window_w -> heads, window_h * window_w)."""
+    """``state`` (litevit's keys) in the official layout of ``config``'s network or in timm's ``efficientvit_m*``,
+    bias tables flattened as both keep them (heads, window_h, window_w -> heads, window_h * window_w)."""
     flat = {key: value.flatten(1) if key.endswith("attention_biases") else value for key, value in state.items()}
-    return TIMM.write(flat, layout)
+    return key_table(layout, config).write(flat)

@@ -64,8 +64,6 @@ class KeyTable:
         """``state`` (this layout's keys) under litevit's keys, rebuilt keys dropped."""
         return {new: value for key, value in state.items() if (new := self.to_litevit(key)) is not None}
 
-    def write(self, state: Mapping[str, T], layout: str | None = None) -> dict[str, T]:
-        """``state`` (litevit's keys) under this layout's keys; ``layout``, when given, must be this table's."""
-        if layout is not None and layout != self.layout:
-            raise ValueError(f"this family's state dicts are written in the {self.layout} layout only, not {layout!r}")
+    def write(self, state: Mapping[str, T]) -> dict[str, T]:
+        """``state`` (litevit's keys) under this layout's keys."""
         return {self.from_litevit(key): value for key, value in state.items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -30,13 +29,6 @@ TIMM = KeyTable(
     ),
 )
 
-# official sub-module names -> ours, inside one attention / MLP / stem entry
-_OFFICIAL_SUB = [
-    (re.compile(r"^(qkv|kv|proj\.1|q\.1|0|2)\.c\.(.*)$"), "linear"),
-    (re.compile(r"^(qkv|kv|proj\.1|q\.1|0|2)\.bn\.(.*)$"), "bn"),
-]
-_OFFICIAL_NAMES = {"qkv": "qkv", "kv": "kv", "proj.1": "proj", "q.1": "q", "0": "fc1", "2": "fc2"}
-
 
 def detect(state: dict[str, torch.Tensor]) -> str | None:
     if any(k.startswith("patch_embed.") for k in state) and any(k.startswith("blocks.") for k in state):
@@ -46,9 +38,36 @@ def detect(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _official_block_prefixes(state: dict[str, torch.Tensor]) -> dict[int, str]:
-    """Map each official ``blocks.{n}`` to its place in our stages (the official list is flat)."""
-    indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+def official_table(prefixes: dict[int, str]) -> KeyTable:
+    """The official keys against litevit's (both directions: models/key_table.py) for a network whose official flat
+    ``blocks.{n}`` are litevit's ``prefixes[n]``: :func:`_prefixes_of_state` (reading) or :func:`_prefixes_of_config`
+    (writing) list them. Official ``Linear_BN``/``Conv2d_BN`` hold ``c`` and ``bn``, ``BN_Linear`` ``bn`` and ``l``."""
+    rows: list[tuple[str, str | None]] = [
+        ("patch_embed.{i}.c.{rest}", "stem.{i}.conv.{rest}"),
+        ("patch_embed.{i}.bn.{rest}", "stem.{i}.bn.{rest}"),
+    ]
+    for n, prefix in prefixes.items():
+        if prefix.endswith("downsample.attn."):  # AttentionSubsample: no Residual around it
+            theirs, parts = f"blocks.{n}.", (("kv", "kv"), ("q.1", "q"), ("proj.1", "proj"))
+        elif prefix.endswith("attn.m."):
+            theirs, parts = f"blocks.{n}.m.", (("qkv", "qkv"), ("proj.1", "proj"))
+        else:  # an MLP: Residual(Sequential(Linear_BN, act, Linear_BN))
+            theirs, parts = f"blocks.{n}.m.", (("0", "fc1"), ("2", "fc2"))
+        if "attn" in prefix:
+            rows += [(f"{theirs}attention_bias_idxs", None), (f"{theirs}attention_biases", f"{prefix}attention_biases")]
+        for official, ours in parts:
+            rows += [
+                (f"{theirs}{official}.c.{{rest}}", f"{prefix}{ours}.linear.{{rest}}"),
+                (f"{theirs}{official}.bn.{{rest}}", f"{prefix}{ours}.bn.{{rest}}"),
+            ]
+    for head in ("head", "head_dist"):
+        rows += [(f"{head}.bn.{{rest}}", f"{head}.bn.{{rest}}"), (f"{head}.l.{{rest}}", f"{head}.linear.{{rest}}")]
+    return KeyTable("official", tuple(rows))
+
+
+def _prefixes_of_state(state: dict[str, torch.Tensor]) -> dict[int, str]:
+    """Each official ``blocks.{n}`` of a checkpoint and its place in our stages (the official list is flat)."""
+    indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()})
     prefixes, stage, block, after_downsample = {}, 0, 0, False
     for n in indices:
         if f"blocks.{n}.kv.c.weight" in state:  # shrinking attention: opens the next stage
@@ -66,36 +85,30 @@ def _official_block_prefixes(state: dict[str, torch.Tensor]) -> dict[int, str]:
     return prefixes
 
 
-def _official_key(key: str, prefixes: dict[int, str]) -> str | None:
-    if key.endswith("attention_bias_idxs"):
-        return None  # rebuilt by the model
-    if m := re.match(r"^patch_embed\.(\d+)\.c\.(.*)$", key):
-        return f"stem.{m[1]}.conv.{m[2]}"
-    if key.startswith("patch_embed."):
-        return "stem." + key.removeprefix("patch_embed.")
-    if m := re.match(r"^(head(?:_dist)?)\.l\.(.*)$", key):
-        return f"{m[1]}.linear.{m[2]}"
-    if key.startswith(("head.", "head_dist.")):
-        return key
-    if m := re.match(r"^blocks\.(\d+)\.(?:m\.)?(.*)$", key):
-        prefix, rest = prefixes[int(m[1])], m[2]
-        if rest == "attention_biases":
-            return prefix + rest
-        for pattern, kind in _OFFICIAL_SUB:
-            if sub := pattern.match(rest):
-                return f"{prefix}{_OFFICIAL_NAMES[sub[1]]}.{kind}.{sub[2]}"
-    return key  # unknown: kept, so that loading lists it among the unexpected keys
+def _prefixes_of_config(config: Any) -> dict[int, str]:
+    """The official flat ``blocks`` list of the network ``config`` describes, in litevit's prefixes: each stage after
+    the first opens with a shrinking attention and its MLP; every block is an attention and an MLP."""
+    prefixes: list[str] = []
+    for stage, depth in enumerate(config.depths):
+        if stage > 0:
+            prefixes += [f"stages.{stage}.downsample.attn.", f"stages.{stage}.downsample.mlp.m."]
+        for block in range(depth):
+            prefixes += [f"stages.{stage}.blocks.{block}.attn.m.", f"stages.{stage}.blocks.{block}.mlp.m."]
+    return dict(enumerate(prefixes))
+
+
+def key_table(layout: str, config: Any) -> KeyTable:
+    """The key table of ``layout`` for the network ``config`` describes."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown LeViT checkpoint layout {layout!r}; expected one of {LAYOUTS}")
+    return official_table(_prefixes_of_config(config)) if layout == "official" else TIMM
 
 
 def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    if layout == "official":
-        prefixes = _official_block_prefixes(state)
-        rename = lambda k: _official_key(k, prefixes)  # noqa: E731
-    else:
-        rename = TIMM.to_litevit
+    table = official_table(_prefixes_of_state(state)) if layout == "official" else TIMM
     out = {}
     for key, value in state.items():
-        new = rename(key)
+        new = table.to_litevit(key)
         if new is None:
             continue
         # levit_conv_*: 1x1 conv weights (out, in, 1, 1) become linear weights, except in the conv stem
@@ -106,5 +119,6 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
 
 
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
-    """``state`` (litevit's keys) in timm's ``levit_*`` layout (linear weights, as ``levit_*`` keeps them)."""
-    return TIMM.write(state, layout)
+    """``state`` (litevit's keys) in the official layout of ``config``'s network or in timm's ``levit_*`` (linear
+    weights, as both keep them)."""
+    return key_table(layout, config).write(state)

@@ -51,7 +51,13 @@ def to_litevit(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.T
     return OFFICIAL_PERFORMER.read(state)
 
 
+def key_table(layout: str, config: Any) -> KeyTable:
+    """The key table of ``layout`` for ``config``'s tokens-to-token module."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown T2T-ViT checkpoint layout {layout!r}; expected one of {LAYOUTS}")
+    return OFFICIAL_PERFORMER if config.tokens_type == "performer" else OFFICIAL_TRANSFORMER
+
+
 def from_litevit(state: dict[str, torch.Tensor], layout: str, config: Any) -> dict[str, torch.Tensor]:
     """``state`` (litevit's keys) in the official layout of ``config``'s tokens-to-token module."""
-    table = OFFICIAL_PERFORMER if config.tokens_type == "performer" else OFFICIAL_TRANSFORMER
-    return table.write(state, layout)
+    return key_table(layout, config).write(state)

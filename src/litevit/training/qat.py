@@ -68,7 +68,7 @@ from torch import nn
 
 from .._extras import quiet_nncf, require
 from .._files import replace_together, stage
-from ..deploy.export import metadata_for
+from ..deploy.builder import metadata_for
 from ..deploy.int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     MIN_CALIBRATION_IMAGES,
