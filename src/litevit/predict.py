@@ -305,12 +305,18 @@ def decode(
 
 
 def forward(model: Classifier, x: torch.Tensor, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits of a batch, and its pre-logits features with ``embeddings`` (eager models)."""
-    if not embeddings:
-        return logits(model, x), None
+    """Logits of a batch, and its pre-logits features with ``embeddings`` (eager models); an eager model's batch goes
+    to its device."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"{model.path}: an exported file gives class logits only; --embeddings needs the eager model")
+        if embeddings:
+            raise ValueError(
+                f"{model.path}: an exported file gives class logits only; --embeddings needs the eager model"
+            )
+        return logits(model, x), None
+    x = x.to(next(model.parameters()).device)
     with torch.inference_mode():
+        if not embeddings:
+            return model(x), None
         features = model.forward_features(x)
         return model.forward_head(features), model.forward_head(features, pre_logits=True).flatten(1)
 
