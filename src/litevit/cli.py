@@ -346,7 +346,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="results file, one row per image (path, error, top-k indices, names, probabilities): .csv, .jsonl "
         "(metadata in OUT.meta.json) or .parquet (metadata in the schema); written in parts, see --resume",
     )
-    p.add_argument("--embeddings", action="store_true", help="with --out: add the pre-logits features (eager model)")
+    p.add_argument(
+        "--embeddings", action="store_true",
+        help="with --out: add the pre-logits features (the eager model, or a file exported with an embedding output)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="with --out: go on from the parts of an interrupted run")
     p.add_argument(
         "--workers", type=int,

@@ -14,6 +14,7 @@ from ..predict import (
     PREDICT_BATCH_SIZE,
     TOPK,
     Classifier,
+    check_embeddings,
     check_sources,
     is_exported,
     load_classifier,
@@ -58,14 +59,14 @@ def predict_files(
     :class:`Summary`.
 
     ``model``: a loaded classifier, or a name or file for :func:`litevit.predict.load_classifier` (with ``checkpoint``
-    or ``pretrained``). ``embeddings``: add the pre-logits features (the eager model). ``workers``: decoding processes
-    (default :func:`litevit.data.default_workers`; 0 decodes in this process); with ``engine="ray"``, the model
-    actors. ``resume``: go on from the parts of an interrupted run into the same ``out`` (:class:`.files.Parts`);
-    without it an existing ``out`` or unfinished run is an error. ``decoder``: ``"pil"``, predict's own preprocessing
-    (rows equal :func:`litevit.predict.predict`'s), or ``"torchvision"``, JPEGs through libjpeg-turbo and torch's
-    resizing (:func:`litevit.data.load_image_decoder`). ``engine="ray"`` runs on Ray Data (:mod:`.ray_engine`),
-    ``ray_address`` naming a cluster, ``gpus_per_worker`` the GPUs each model actor asks for (the eager model then
-    runs on CUDA).
+    or ``pretrained``). ``embeddings``: add the pre-logits features (the eager model, or an exported file with an
+    ``embedding`` output). ``workers``: decoding processes (default :func:`litevit.data.default_workers`; 0 decodes in
+    this process); with ``engine="ray"``, the model actors. ``resume``: go on from the parts of an interrupted run
+    into the same ``out`` (:class:`.files.Parts`); without it an existing ``out`` or unfinished run is an error.
+    ``decoder``: ``"pil"``, predict's own preprocessing (rows equal :func:`litevit.predict.predict`'s), or
+    ``"torchvision"``, JPEGs through libjpeg-turbo and torch's resizing (:func:`litevit.data.load_image_decoder`).
+    ``engine="ray"`` runs on Ray Data (:mod:`.ray_engine`), ``ray_address`` naming a cluster, ``gpus_per_worker``
+    the GPUs each model actor asks for (the eager model then runs on CUDA).
     """
     fmt = out_format(out)
     if engine not in ENGINES:
@@ -86,10 +87,8 @@ def predict_files(
             raise ValueError(f"--gpus-per-worker: {Path(str(getattr(model, 'path', model))).name} runs on CPUs (its "
                              "runtime); GPUs run the eager model (a name or a weights file)")  # fmt: skip
     classifier = _load(model, checkpoint, pretrained)
-    if embeddings and not isinstance(classifier, nn.Module):
-        raise ValueError(
-            f"{classifier.path}: an exported file gives class logits only; --embeddings needs the eager model"
-        )
+    if embeddings:
+        check_embeddings(classifier)
     meta = describe(classifier, topk, embeddings, decoder)
     options = {"resume": resume, "progress": progress, "part_rows": part_rows, "batch_size": batch_size}
     if engine == "ray":
