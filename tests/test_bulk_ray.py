@@ -128,6 +128,10 @@ if float(seconds) == 0:  # the resumed run; first, what must be refused in one l
         except ValueError as exc:
             refused[name] = str(exc)
 summary = bulk.predict_files(model, [images], out, **run)
+if float(seconds) == 0:  # once more on the finished folder, with the run.json that a kill after the rename leaves
+    open(out + "/run.json", "w").write("{}")
+    again = bulk.predict_files(model, [images], out, **run)
+    refused["again"] = [again.rows, again.resumed, again.errors]
 with open(result, "w") as handle:
     json.dump({"rows": summary.rows, "resumed": summary.resumed, "errors": summary.errors, **refused}, handle)
 '''
@@ -165,6 +169,7 @@ def test_ray_run_killed_then_resumed_gives_every_image_once(
         assert message in summary[name] and "\n" not in summary[name], summary[name]
     expected = _all_images(collection["images"])
     assert (summary["rows"], summary["resumed"], summary["errors"]) == (len(expected), 2 * len(finished), 3)
+    assert summary["again"] == [len(expected), len(expected), 3]  # complete: checked, nothing run
     assert not parts.exists() and [p.name for p in out.iterdir() if not p.name.startswith("part-")] == []
     assert not (tmp_path / "gpus.parquet.parts").exists()  # refused before anything was written
     rows = sorted((row for part in sorted(out.glob("*.parquet")) for row in _read(part)),
@@ -172,28 +177,35 @@ def test_ray_run_killed_then_resumed_gives_every_image_once(
     _check_rows(rows, expected, load_classifier("levit_128s", collection["ckpt"]), 3)  # each path once, = predict's
 
 
-class _Dataset:
-    """Ray Data's dataset as the Ray engine uses it: ``map_batches`` records its arguments; no rows come back."""
+class _RayError(Exception):
+    """The stand-in's ``ray.exceptions.RayError``."""
 
-    def __init__(self, calls: list[dict]) -> None:
-        self.calls = calls
+
+class _Dataset:
+    """Ray Data's dataset as the Ray engine uses it: ``map_batches`` records its arguments; no rows come back, or
+    ``failure`` is raised as Ray raises a task's exception."""
+
+    def __init__(self, calls: list[dict], failure: str | None) -> None:
+        self.calls, self.failure = calls, failure
 
     def map_batches(self, fn: type, **kwargs: object) -> _Dataset:
         self.calls.append({"fn": fn, **kwargs})
         return self
 
     def iter_batches(self, **kwargs: object) -> list:
+        if self.failure is not None:
+            raise _RayError(self.failure)
         return []
 
 
-def _fake_ray(resources: dict[str, float], calls: list[dict]) -> types.ModuleType:
+def _fake_ray(resources: dict[str, float], calls: list[dict], failure: str | None = None) -> types.ModuleType:
     """A stand-in for ``ray``: a cluster of ``resources``, already started."""
     ray = types.ModuleType("ray")
     ray.is_initialized = lambda: True
     ray.cluster_resources = lambda: dict(resources)
-    ray.exceptions = types.SimpleNamespace(RayError=RuntimeError)
+    ray.exceptions = types.SimpleNamespace(RayError=_RayError)
     ray.data = types.ModuleType("ray.data")
-    ray.data.from_items = lambda items: _Dataset(calls)
+    ray.data.from_items = lambda items: _Dataset(calls, failure)
     ray.data.ActorPoolStrategy = lambda size: ("actor pool", size)
     return ray
 
@@ -215,6 +227,28 @@ def test_gpus_per_worker_reach_map_batches(
     (call,) = calls
     assert call["fn"] is ray_engine._RayPredictor and call["fn_constructor_kwargs"]["gpus"] == 0.5
     assert (call["num_gpus"], call["num_cpus"], call["compute"]) == (0.5, 1, ("actor pool", 4))  # 2 GPUs / 0.5
+
+
+def test_a_failed_ray_run_and_an_empty_one(
+    collection: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = load_classifier("levit_128s", collection["ckpt"])
+    failing = _fake_ray({"CPU": 2.0}, [], failure="ray::MapWorker(...)\n  File ...\nValueError: bad batch\n")
+    monkeypatch.setitem(sys.modules, "ray", failing)
+    monkeypatch.setitem(sys.modules, "ray.data", failing.data)
+    one_line = r"^the Ray run failed: ValueError: bad batch; the 0 finished part\(s\) in .*r.parquet.parts stay"
+    with pytest.raises(bulk.ResultsError, match=one_line + r" readable and --resume goes on from them$"):
+        bulk.predict_files(model, [collection["images"]], tmp_path / "r.parquet", engine="ray", progress=False)
+    empty = _fake_ray({"CPU": 2.0}, [])
+    monkeypatch.setitem(sys.modules, "ray", empty)
+    monkeypatch.setitem(sys.modules, "ray.data", empty.data)
+    (tmp_path / "none").mkdir()  # no image at all: a dataset of no rows, with its schema and description
+    summary = bulk.predict_files(model, [tmp_path / "none"], tmp_path / "empty.parquet", engine="ray", progress=False)
+    assert (summary.rows, summary.errors) == (0, 0)
+    (part,) = (tmp_path / "empty.parquet").iterdir()
+    assert _read(part) == [] and bulk.read_meta(part)["model"] == "levit_128s"
 
 
 def test_actor_count_refuses_gpus_the_cluster_lacks() -> None:
