@@ -286,6 +286,6 @@ class Parts:
 
     def rename(self) -> None:
         """The folder of parts renamed as the Parquet dataset folder ``out`` (``--engine ray``), ``run.json``
-        removed after (a kill between the two leaves it in ``out``, which :func:`finished` ignores)."""
+        removed after (a kill between the two leaves it in ``out``, which :meth:`finished` removes)."""
         os.replace(self.folder, self.out)
         (self.out / RUN_FILE).unlink(missing_ok=True)
