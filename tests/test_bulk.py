@@ -20,9 +20,11 @@ from test_predict import NAME, _calibrated_state, _picture
 
 import litevit
 from litevit import bulk
+from litevit.bulk import files as bulk_files
+from litevit.bulk import local
 from litevit.cli import main
 from litevit.data import eval_transform
-from litevit.predict import check_sources, iter_sources, load_classifier, predict
+from litevit.predict import check_sources, columns, iter_sources, load_classifier, predict
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +167,7 @@ def test_one_line_errors(collection: dict[str, Path], tmp_path: Path, capsys: py
         ([images, "--out", str(tmp_path / "r.txt")], "expected a .csv, .jsonl or .parquet suffix"),
         ([str(tmp_path / "none"), "--out", str(tmp_path / "r.csv")], "image source not found"),
         ([images, "--embeddings"], "need --out"),
+        ([images, "--gpus-per-worker", "1"], "--gpus-per-worker need --out"),
     ]
     for args, message in cases:
         assert main(["predict", NAME, *ckpt, "--quiet", *args]) == 2
@@ -192,7 +195,7 @@ def test_ray_engine_without_the_extra(collection: dict[str, Path], tmp_path: Pat
 def test_full_disk_keeps_the_finished_parts(collection: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     model = load_classifier(NAME, collection["ckpt"])
     out = tmp_path / "r.parquet"
-    real, calls = bulk.atomic_write, []
+    real, calls = bulk_files.atomic_write, []
 
     def fills_up(path: Path, write) -> None:
         calls.append(path)
@@ -200,14 +203,14 @@ def test_full_disk_keeps_the_finished_parts(collection: dict[str, Path], tmp_pat
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, write)
 
-    monkeypatch.setattr(bulk, "atomic_write", fills_up)
+    monkeypatch.setattr(bulk_files, "atomic_write", fills_up)
     with pytest.raises(bulk.ResultsError, match="No space left on device; the 2 finished part") as caught:
         bulk.predict_files(model, [collection["images"]], out, batch_size=4, part_rows=4, workers=0, progress=False)
     assert "\n" not in str(caught.value)
     parts = sorted((tmp_path / "r.parquet.parts").glob("part-*.parquet"))
     assert len(parts) == 2 and all(len(_read(p)) == 4 for p in parts)  # readable, whole
     assert not list((tmp_path / "r.parquet.parts").glob(".*tmp"))
-    monkeypatch.setattr(bulk, "atomic_write", real)
+    monkeypatch.setattr(bulk_files, "atomic_write", real)
     other = litevit.create_model(NAME)  # other weights: the interrupted run's parts are not its rows
     with pytest.raises(bulk.ResultsError, match=r"^--resume: .*r.parquet.parts was written by .*write a new --out$"):
         bulk.predict_files(other, [collection["images"]], out, batch_size=4, part_rows=4, workers=0, progress=False,
@@ -228,7 +231,7 @@ def _decode_or_die(chunk: list[str], *args: object) -> object:
 
 def test_a_dead_decoding_worker_ends_in_one_line(collection: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     model = load_classifier(NAME, collection["ckpt"])
-    monkeypatch.setattr(bulk, "decode", _decode_or_die)
+    monkeypatch.setattr(local, "decode", _decode_or_die)
     with pytest.raises(bulk.ResultsError, match="decoding worker process ended unexpectedly") as caught:
         bulk.predict_files(model, [collection["images"]], tmp_path / "r.csv", batch_size=2, part_rows=2, workers=1,
                            progress=False)  # fmt: skip
@@ -246,11 +249,11 @@ def test_resume_checks_the_sources_did_not_change(collection: dict[str, Path], t
     done = _read(out)
     out.unlink()  # as if killed after the two parts: rebuild the parts folder from the finished file's rows
     parts.mkdir()
-    (parts / bulk.RUN_FILE).write_text(json.dumps(bulk.describe(model, 5, False)))
+    (parts / bulk_files.RUN_FILE).write_text(json.dumps(bulk.describe(model, 5, False)))
     with open(parts / "part-00000000.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(bulk.columns(5, False))
-        writer.writerows([bulk._csv_cell(row[c]) for c in bulk.columns(5, False)] for row in done[:3])
+        writer.writerow(columns(5, False))
+        writer.writerows([bulk_files.csv_cell(row[c]) for c in columns(5, False)] for row in done[:3])
     with pytest.raises(bulk.ResultsError, match="sources no longer give the paths"):
         bulk.predict_files(model, everything[1:], out, batch_size=3, part_rows=3, workers=0, progress=False,
                            resume=True)  # fmt: skip

@@ -35,7 +35,8 @@ from PIL import Image
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model
-from litevit.bulk import decoded, predict_files
+from litevit.bulk import predict_files
+from litevit.bulk.local import decoded
 from litevit.data import DECODERS, eval_transform, load_image
 from litevit.deploy.runtime import ExportedModel
 from litevit.predict import preprocessing

@@ -302,7 +302,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.out is None:
         extra = [flag for flag, on in (("--embeddings", args.embeddings), ("--resume", args.resume),
-                                       ("--engine ray", args.engine == "ray")) if on]  # fmt: skip
+                                       ("--engine ray", args.engine == "ray"),
+                                       ("--gpus-per-worker", args.gpus_per_worker)) if on]  # fmt: skip
         if extra:
             raise ValueError(f"{', '.join(extra)} need --out (a .csv, .jsonl or .parquet results file)")
         check_sources(args.sources, missing_files=True)  # a missing file is reported by its prediction, as before
@@ -313,7 +314,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             _load(args, img_size_arg(args.img_size)), args.sources, args.out, topk=args.topk,
             batch_size=args.batch_size, workers=args.workers, embeddings=args.embeddings, resume=args.resume,
             progress=not args.quiet, part_rows=args.part_rows, engine=args.engine, ray_address=args.ray_address,
-            decoder=args.decoder,
+            gpus_per_worker=args.gpus_per_worker, decoder=args.decoder,
         )  # fmt: skip
         resumed = f", {summary.resumed} from the interrupted run" if summary.resumed else ""
         print(
@@ -359,7 +360,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="results file, one row per image (path, error, top-k indices, names, probabilities): .csv, .jsonl "
         "(metadata in OUT.meta.json) or .parquet (metadata in the schema); written in parts, see --resume",
     )
-    p.add_argument("--embeddings", action="store_true", help="with --out: add the pre-logits features (eager model)")
+    p.add_argument(
+        "--embeddings", action="store_true",
+        help="with --out: add the pre-logits features (the eager model, or a file exported with an embedding output)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="with --out: go on from the parts of an interrupted run")
     p.add_argument(
         "--workers", type=int,
@@ -378,6 +382,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="local (default) or ray: Ray Data's map_batches, one model per actor, a Parquet dataset (litevit[ray])",
     )  # fmt: skip
     p.add_argument("--ray-address", help="--engine ray: a Ray cluster address (default: a local Ray instance)")
+    p.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="F",
+        help="--engine ray: GPUs each model actor asks for (map_batches' num_gpus; 0.5: two actors a GPU); the eager "
+        "model runs on CUDA",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_predict)
 
 

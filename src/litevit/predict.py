@@ -31,6 +31,7 @@ from .data import (
     load_image_decoder,
 )
 from .deploy.accuracy import folder_targets
+from .deploy.embeddings import EMBEDDING, with_embeddings
 from .deploy.metadata import SUFFIXES
 from .deploy.runtime import ExportedModel
 from .layers import to_2tuple
@@ -304,15 +305,25 @@ def decode(
     return (np.stack(images) if images else None), errors
 
 
+def check_embeddings(model: Classifier) -> None:
+    """One line when ``model`` gives no pre-logits features: an exported file without an ``embedding`` output, or a
+    module without timm's ``forward_features`` / ``forward_head``."""
+    if isinstance(model, ExportedModel):
+        if not model.has_embedding:
+            raise ValueError(f"{model.path}: the file has no {EMBEDDING!r} output, so no --embeddings: export it with "
+                             "its embeddings, or give the eager model")  # fmt: skip
+    else:
+        with_embeddings(model)
+
+
 def forward(model: Classifier, x: torch.Tensor, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits of a batch, and its pre-logits features with ``embeddings`` (eager models)."""
-    if not embeddings:
-        return logits(model, x), None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{model.path}: an exported file gives class logits only; --embeddings needs the eager model")
+    """Logits of a batch, and its pre-logits features with ``embeddings`` (:func:`check_embeddings` says whether
+    ``model`` gives them); an eager model's batch goes to its device."""
+    if isinstance(model, ExportedModel):
+        return model.embed(x) if embeddings else (logits(model, x), None)
+    x = x.to(next(model.parameters()).device)
     with torch.inference_mode():
-        features = model.forward_features(x)
-        return model.forward_head(features), model.forward_head(features, pre_logits=True).flatten(1)
+        return with_embeddings(model)(x) if embeddings else (model(x), None)
 
 
 def batch_rows(

@@ -23,6 +23,7 @@ from torch import nn
 
 from .._extras import has_vnni, require
 from ..models.features import FeatureExtractor
+from .embeddings import EMBEDDING, WithEmbeddings
 from .errors import ExportError
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings, onnx_ends
 from .metadata import META_KEY, ExportMetadata
@@ -144,7 +145,10 @@ def _exporter_log_to_debug() -> Iterator[None]:
 
 
 def _output_names(model: nn.Module) -> list[str]:
-    """``logits`` for a classifier; ``features_0``, ``features_1``, ... for a features model."""
+    """``logits`` for a classifier (and ``embedding`` for :func:`.embeddings.with_embeddings`'s); ``features_0``,
+    ``features_1``, ... for a features model."""
+    if isinstance(model, WithEmbeddings):
+        return [OUTPUT_NAME, EMBEDDING]
     info = getattr(model, "feature_info", None)
     if isinstance(model, FeatureExtractor) or (info is not None and not isinstance(info, list)):
         return [f"features_{i}" for i in range(len(info))]

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from .._extras import quiet_nncf, require
+from .embeddings import EMBEDDING, WithEmbeddings
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings, nncf_options, openvino_ends
+from .onnx import OUTPUT_NAME
 from .precision import runnable
 
 RT_INFO = ["litevit", "json"]  # where an IR keeps litevit's metadata
@@ -30,11 +32,15 @@ def openvino_ir(
     calibration: list | None,
     settings: Int8Settings = DEFAULT_INT8_SETTINGS,
 ) -> Any:
-    """The fused model as an OpenVINO model, int8 by NNCF with ``settings`` when ``calibration`` is given."""
+    """The fused model as an OpenVINO model, int8 by NNCF with ``settings`` when ``calibration`` is given; a model
+    from :func:`.embeddings.with_embeddings` has two outputs, named ``logits`` and ``embedding``."""
     ov = require("openvino", "OpenVINO export")
     shape = [-1 if dynamic_batch else example.shape[0], *example.shape[1:]]
     with torch.no_grad():
         model = ov.convert_model(fused, example_input=example, input=[ov.PartialShape(shape)])
+    if isinstance(fused, WithEmbeddings):
+        for port, name in zip(model.outputs, (OUTPUT_NAME, EMBEDDING), strict=True):
+            port.get_tensor().set_names({name})
     if calibration is not None:
         nncf = require("nncf", "int8 quantization for OpenVINO")
         with quiet_nncf():
@@ -80,7 +86,7 @@ def openvino_config(threads: int | None, precision: str | None = "f32") -> dict[
 
 
 def openvino_runner(path: str | os.PathLike, threads: int | None, precision: str | None = None) -> tuple[str, Any]:
-    """The metadata JSON of an IR and a callable running it on CPU.
+    """The metadata JSON of an IR and a callable running it on CPU: its output, or its outputs in order.
 
     ``precision``: None compiles at the inference precision the file records (f32 for files that record none; bf16
     falls back to f32 on a CPU without native bf16, :func:`.precision.runnable`); ``"f32"`` or ``"bf16"`` forces one;
@@ -104,7 +110,7 @@ def openvino_runner(path: str | os.PathLike, threads: int | None, precision: str
     requests: dict[tuple[int, ...], Any] = {}
     static_shapes = not any(op.get_type_name().startswith("Interpolate") for op in model.get_ops())
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         shape = tuple(x.shape) if static_shapes else ()
         if shape not in requests:
             if len(requests) >= _STATIC_SHAPES:
@@ -117,8 +123,9 @@ def openvino_runner(path: str | os.PathLike, threads: int | None, precision: str
                 hint = None if precision == "defaults" else runnable(precision or recorded)
                 configs.append(openvino_config(threads, hint))
             requests[shape] = core.compile_model(static, "CPU", configs[0]).create_infer_request()
-        # one infer request per shape, reading the caller's tensor in place and its output buffer copied once
-        out = requests[shape].infer({0: x.contiguous().numpy()}, share_inputs=True, share_outputs=True)
-        return torch.from_numpy(np.array(out[0]))
+        # one infer request per shape, reading the caller's tensor in place; each output buffer copied once
+        result = requests[shape].infer({0: x.contiguous().numpy()}, share_inputs=True, share_outputs=True)
+        outputs = [torch.from_numpy(np.array(result[i])) for i in range(len(model.outputs))]
+        return outputs[0] if len(outputs) == 1 else outputs
 
     return meta, run

@@ -1,5 +1,8 @@
 """Exported files loaded for inference: every format :func:`litevit.deploy.exporting.export` writes, with its metadata.
 
+A file with a second output named ``embedding`` (:mod:`.embeddings`; ONNX and OpenVINO) gives the pre-logits features
+beside the logits: :meth:`ExportedModel.embed`.
+
 A file's metadata is read as untrusted input: every field is checked (:meth:`ExportMetadata.from_json`), and against
 the graph where the format states its shapes (input size, batch, class count); a file that disagrees with itself is
 a :class:`MetadataError` naming the field.
@@ -18,6 +21,7 @@ import torch
 
 from .._extras import require
 from .coreml import coreml_runner
+from .embeddings import EMBEDDING
 from .executorch import pte_runner
 from .metadata import FIXED_BATCH_FORMATS, META_KEY, ExportMetadata, MetadataError, format_from
 from .onnx import ort_session, run_onnx, weight_bits_mismatch
@@ -26,6 +30,7 @@ from .routes import route_of
 
 log = logging.getLogger(__name__)
 Shape = tuple[int | None, ...]  # a graph's tensor shape, None for a dynamic dim
+Output = torch.Tensor | list[torch.Tensor]  # a graph's output, or its outputs in order
 
 
 class ExportedModel:
@@ -40,13 +45,14 @@ class ExportedModel:
         if not self.path.exists():  # a .mlpackage is a folder
             raise FileNotFoundError(f"exported model not found: {self.path}")
         self.format = format_from(self.path, None)
-        self._run: Callable[[torch.Tensor], torch.Tensor]
+        self._run: Callable[[torch.Tensor], Output]
         graph: tuple[Shape, list[Shape]] | None = None  # (input, outputs) as the file states them; None: unstated
+        names: list[str] = []  # the graph's output names, where the format keeps them
         if inference_precision is not None and self.format != "openvino":
             raise ValueError(f"inference_precision applies to OpenVINO files only, not {self.format}")
         if self.format == "openvino":
             meta_json, self._run = openvino_runner(self.path, threads, inference_precision)
-            graph = _openvino_shapes(self.path)
+            graph, names = _openvino_graph(self.path)
         elif self.format in FIXED_BATCH_FORMATS:
             if self.format == "executorch":
                 meta_json, self._run, graph = pte_runner(self.path, threads)
@@ -59,9 +65,11 @@ class ExportedModel:
                 raise ValueError(f"{self.path} was not exported by litevit (no {META_KEY!r} metadata)")
             meta_json = props[META_KEY]
             graph = _dims(session.get_inputs()[0].shape), [_dims(o.shape) for o in session.get_outputs()]
+            names = [o.name for o in session.get_outputs()]
             self._run = lambda x: run_onnx(session, x)
         else:
             meta_json, self._run, graph = self._load_torch()
+        self.has_embedding = names[1:] == [EMBEDDING] and len(names) == 2  # (logits, embedding), as exported
         try:
             self.metadata = ExportMetadata.from_json(meta_json)
             if self.metadata.format != self.format:
@@ -69,7 +77,7 @@ class ExportedModel:
                     f"litevit metadata field 'format' is {self.metadata.format!r} but the file is {self.format}"
                 )
             if graph is not None:
-                check_graph(self.metadata, *graph)
+                check_graph(self.metadata, *graph, embedding=self.has_embedding)
         except MetadataError as exc:
             raise MetadataError(f"{self.path}: {exc}") from None
         if self.format == "onnx" and (mismatch := weight_bits_mismatch(self.metadata.weight_bits)):
@@ -107,25 +115,41 @@ class ExportedModel:
             )
         return line
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> Output:
+        """The class logits of a batch (a features model's file: its feature maps)."""
+        out = self._outputs(x)
+        return out[0] if self.has_embedding else out
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class logits and the pre-logits features of a batch, from a file with an ``embedding`` output."""
+        if not self.has_embedding:
+            raise ValueError(
+                f"{self.path}: the file has no {EMBEDDING!r} output (export the model with its embeddings: "
+                "litevit.deploy.embeddings.with_embeddings), or give the eager model"
+            )
+        logits, embedding = self._outputs(x)
+        return logits, embedding
+
+    def _outputs(self, x: torch.Tensor) -> Output:
         meta = self.metadata
         if x.ndim != 4 or tuple(x.shape[-2:]) != meta.img_size:
             raise ValueError(f"{self.path.name} expects images of shape (B, C, {meta.img_size[0]}, {meta.img_size[1]})")
         if meta.batch != "dynamic" and x.shape[0] != meta.batch:
-            return in_fixed_batches(self, x, meta.batch, self.path.name)
+            return in_fixed_batches(self._outputs, x, meta.batch, self.path.name)
         with torch.inference_mode():
             out = self._run(x.float().contiguous())
+        logits = out[0] if self.has_embedding else out
         # formats that state no output shape (TorchScript, Core ML) are checked on their first output
-        if meta.num_classes and not (isinstance(out, torch.Tensor) and out.shape[-1] == meta.num_classes):
-            got = f"{out.shape[-1]} classes" if isinstance(out, torch.Tensor) else f"{len(out)} outputs"
+        if meta.num_classes and not (isinstance(logits, torch.Tensor) and logits.shape[-1] == meta.num_classes):
+            got = f"{logits.shape[-1]} classes" if isinstance(logits, torch.Tensor) else f"{len(logits)} outputs"
             raise MetadataError(
                 f"{self.path}: litevit metadata field 'num_classes' is {meta.num_classes} but the graph gives {got}"
             )
         return out
 
 
-def in_fixed_batches(model: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, name: str) -> Any:
-    """``model`` (a graph of a fixed ``batch``, called ``name``) on every row of ``x``: in chunks of ``batch`` rows,
+def in_fixed_batches(run: Callable[[torch.Tensor], Any], x: torch.Tensor, batch: int, name: str) -> Any:
+    """``run`` (a graph of a fixed ``batch``, called ``name``) on every row of ``x``: in chunks of ``batch`` rows,
     the last one filled up with repeated rows whose outputs are dropped."""
     n = x.shape[0]
     if n == 0:
@@ -133,15 +157,16 @@ def in_fixed_batches(model: Callable[[torch.Tensor], Any], x: torch.Tensor, batc
     outputs = []
     for start in range(0, n, batch):
         chunk = x[start : start + batch]
-        out = model(torch.cat([chunk, x[torch.arange(batch - len(chunk)) % n]]))
+        out = run(torch.cat([chunk, x[torch.arange(batch - len(chunk)) % n]]))
         outputs.append([o[: len(chunk)] for o in out] if isinstance(out, (list, tuple)) else out[: len(chunk)])
     if isinstance(outputs[0], list):
         return [torch.cat(maps) for maps in zip(*outputs, strict=True)]
     return torch.cat(outputs)
 
 
-def check_graph(meta: ExportMetadata, inputs: Shape, outputs: Sequence[Shape]) -> None:
-    """Raise :class:`MetadataError` naming the metadata field that contradicts the graph's input or output shapes."""
+def check_graph(meta: ExportMetadata, inputs: Shape, outputs: Sequence[Shape], embedding: bool = False) -> None:
+    """Raise :class:`MetadataError` naming the metadata field that contradicts the graph's input or output shapes
+    (``embedding``: the outputs are the logits and the pre-logits features)."""
     if len(inputs) != 4:
         raise MetadataError(f"the graph's input has shape {list(inputs)}, not B, C, H, W")
     if any(g is not None and g != m for g, m in zip(inputs[2:], meta.img_size, strict=True)):
@@ -150,7 +175,10 @@ def check_graph(meta: ExportMetadata, inputs: Shape, outputs: Sequence[Shape]) -
         )
     if inputs[0] is not None and meta.batch != inputs[0]:
         raise MetadataError(f"litevit metadata field 'batch' is {meta.batch!r} but the graph takes batch {inputs[0]}")
+    if embedding and len(outputs[1]) != 2:
+        raise MetadataError(f"the graph's {EMBEDDING!r} output has shape {list(outputs[1])}, not B, C")
     if meta.num_classes:
+        outputs = outputs[:1] if embedding else outputs
         if len(outputs) != 1:
             raise MetadataError(
                 f"litevit metadata field 'num_classes' is {meta.num_classes} but the graph has {len(outputs)} outputs"
@@ -167,14 +195,16 @@ def _dims(shape: Sequence[Any]) -> Shape:
     return tuple(d if isinstance(d, int) else None for d in shape)
 
 
-def _openvino_shapes(path: Path) -> tuple[Shape, list[Shape]]:
+def _openvino_graph(path: Path) -> tuple[tuple[Shape, list[Shape]], list[str]]:
+    """An IR's input and output shapes, and its output names (one of each output's names; ``""`` for none)."""
     model = require("openvino", f"running {path.name}").Core().read_model(str(path))
 
     def shape(port: Any) -> Shape:
         partial = port.get_partial_shape()
         return tuple(d.get_length() if d.is_static else None for d in partial) if partial.rank.is_static else ()
 
-    return shape(model.inputs[0]), [shape(port) for port in model.outputs]
+    names = [EMBEDDING if EMBEDDING in port.get_names() else next(iter(port.get_names()), "") for port in model.outputs]
+    return (shape(model.inputs[0]), [shape(port) for port in model.outputs]), names
 
 
 def _program_shapes(program: torch.export.ExportedProgram) -> tuple[Shape, list[Shape]]:

@@ -1,0 +1,118 @@
+"""The local engine: images decoded in worker processes while the model runs in this one, rows written in parts in
+the order of the sources; ``--resume`` goes on after the last complete part."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import itertools
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..predict import Classifier, Row, batch_rows, class_names, columns, decode, iter_sources, preprocessing
+from ..registry import DataConfig
+from .files import Parts, ResultsError, Summary, read_paths_and_errors
+
+
+def _worker_init(parent: int) -> None:
+    """A decoding process: one torch thread (the cores are the model's), and it ends when the process that started
+    it is gone (a killed run would otherwise leave it waiting for work, holding its memory)."""
+    torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def decoded(
+    paths: Iterator[str], data: DataConfig, img_size: tuple[int, int], batch_size: int, workers: int, decoder: str
+) -> Iterator[tuple[list[str], np.ndarray | None, list[str | None]]]:
+    """Batches of paths with their decoded images, in order; with ``workers`` processes, at most ``2 * workers``
+    batches decoded ahead of the model (memory does not grow with the number of paths)."""
+    chunks = iter(lambda: list(itertools.islice(paths, batch_size)), [])
+    if workers == 0:
+        yield from ((chunk, *decode(chunk, data, img_size, decoder)) for chunk in chunks)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: as DataLoader on Linux
+    context = multiprocessing.get_context(method)
+    pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        pending: deque[tuple[list[str], futures.Future]] = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(decode, chunk, data, img_size, decoder)))
+            while len(pending) > 2 * workers or (pending and pending[0][1].done()):
+                chunk_done, future = pending.popleft()
+                yield (chunk_done, *future.result())
+        while pending:
+            chunk_done, future = pending.popleft()
+            yield (chunk_done, *future.result())
+    except futures.process.BrokenProcessPool:
+        raise ResultsError(
+            "a decoding worker process ended unexpectedly (killed, or out of memory); the finished parts stay "
+            "readable and --resume goes on from them"
+        ) from None
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def run_local(
+    classifier: Classifier,
+    meta: dict[str, Any],
+    sources: Sequence[str],
+    out: Path,
+    fmt: str,
+    *,
+    batch_size: int,
+    workers: int,
+    resume: bool,
+    progress: bool,
+    part_rows: int,
+) -> Summary:
+    """:func:`litevit.bulk.predict_files` on this machine (its arguments checked, the model loaded, ``meta`` its
+    description): the rows in the order of the sources, parts joined into ``out`` at the end."""
+    started = time.perf_counter()
+    parts = Parts(out, fmt, columns(meta["topk"], meta["embeddings"]), meta)
+    if out.exists():
+        return parts.finished(resume, started)
+    paths = iter_sources(sources)
+    done = errors = 0
+    for index, part in enumerate(parts.open(resume)):
+        part_paths, part_errors = read_paths_and_errors(part, fmt)
+        if list(itertools.islice(paths, len(part_paths))) != part_paths:
+            raise ResultsError(f"--resume: the sources no longer give the paths of {part} (part {index}) in "
+                               "order; they changed since the interrupted run: write a new --out")  # fmt: skip
+        done, errors = done + len(part_paths), errors + part_errors
+    resumed = done
+    data, img_size, _ = preprocessing(classifier)
+    names = class_names(classifier)
+    from tqdm import tqdm
+
+    bar = tqdm(desc="predict", unit="img", initial=done, disable=not progress, dynamic_ncols=True)
+    buffer: list[Row] = []
+    try:
+        for chunk, images, chunk_errors in decoded(paths, data, img_size, batch_size, workers, meta["decoder"]):
+            buffer += batch_rows(classifier, chunk, images, chunk_errors, names, meta["topk"], meta["embeddings"])
+            errors += sum(e is not None for e in chunk_errors)
+            done += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(errors=errors, refresh=False)
+            while len(buffer) >= part_rows:
+                parts.write(buffer[:part_rows])
+                buffer = buffer[part_rows:]
+        if buffer:
+            parts.write(buffer)
+    finally:
+        bar.close()
+    parts.join({**meta, "rows": done, "errors": errors})
+    return Summary(str(out), done, errors, resumed, time.perf_counter() - started)
