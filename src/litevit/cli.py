@@ -177,7 +177,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             model, args.out, args.format, batch=args.batch, img_size=img_size_arg(args.img_size), opset=args.opset,
             check=args.check, int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
             precision=args.precision, fastest=args.fastest, max_drop=args.max_drop, threads=args.threads,
-            dynamic_batch=args.dynamic_batch,
+            dynamic_batch=args.dynamic_batch, embeddings=args.embeddings,
             progress=lambda line: print(f"litevit export: {line}", file=sys.stderr, flush=True),
         )  # fmt: skip
     except ExportError as exc:
@@ -190,7 +190,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     h, w = meta.img_size
     print(
         f"{result.path}: {meta.format}{opset} {meta.precision}, batch {meta.batch}, input {h}x{w}, "
-        f"{meta.num_classes} classes"
+        f"{meta.num_classes} classes" + (", pre-logits features as output 'embedding'" if args.embeddings else "")
     )
     if result.delegation is not None:
         print(result.delegation.summary())
@@ -284,6 +284,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dynamic-batch", action="store_true",
         help="--fastest: write the pick with a dynamic batch axis (default: the static batch it was timed at)",
+    )  # fmt: skip
+    p.add_argument(
+        "--embeddings", action="store_true",
+        help="add the pre-logits features as a second output, 'embedding' (.onnx, .xml), which predict --embeddings "
+        "writes",
     )  # fmt: skip
     p.add_argument(
         "--calibration",

@@ -28,6 +28,7 @@ from ..models.features import FeatureExtractor
 from ..registry import DataConfig
 from ..weights.loading import model_info
 from .coreml import save_coreml
+from .embeddings import with_embeddings
 from .executorch import Delegation, save_pte, save_pte_int8
 from .fuse import fuse
 from .int8 import Int8Settings, int8_settings_for, load_calibration
@@ -97,6 +98,9 @@ def check_batch(batch: str | int) -> int:
     return CHECK_BATCH if batch == "dynamic" else int(batch)
 
 
+EMBEDDING_FORMATS = ("onnx", "openvino")  # the formats whose runtimes read a second output
+
+
 def build_file(
     model: nn.Module,
     path: Path,
@@ -108,6 +112,7 @@ def build_file(
     opset: int | None = None,
     calibration: Sequence[Path] | None = None,
     int8_settings: Int8Settings | None = None,
+    embeddings: bool = False,
 ) -> Built:
     """Write the fused eval form of ``model`` to ``path``.
 
@@ -116,10 +121,15 @@ def build_file(
     opset (default: the lowest that works). ``img_size``: the input size (default: the one ``model`` was built for;
     :func:`.exporting.export` rebuilds a litevit model for another size first). ``calibration``: the image files an
     int8 file is calibrated on, read with the model's data config. ``int8_settings``: what int8 keeps float
-    (default: the family's).
+    (default: the family's). ``embeddings``: the graph has a second output, the pre-logits features
+    (:func:`.embeddings.with_embeddings`; ONNX and OpenVINO only).
     """
+    if embeddings and format not in EMBEDDING_FORMATS:
+        raise ValueError(f"embeddings are a second graph output of .onnx and .xml files, not of {format}")
     size, chans = img_size or image_size(model), in_chans(model)
     fused = fuse(model).float()
+    if embeddings:
+        fused = with_embeddings(fused)
     for parameter in fused.parameters():
         parameter.requires_grad_(False)
     example = example_batch(batch, size, chans, seed=0)

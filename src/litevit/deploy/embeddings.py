@@ -38,4 +38,4 @@ def with_embeddings(model: nn.Module) -> WithEmbeddings:
             f"{type(model).__name__} is not a classifier with forward_features / forward_head (timm's API): it has no "
             "pre-logits features to give"
         )
-    return WithEmbeddings(model)
+    return WithEmbeddings(model).train(model.training)  # a new module trains by default: keep the model's mode

@@ -30,6 +30,7 @@ from ..models.features import FeatureExtractor
 from ..weights.loading import create_model, model_info
 from .builder import (
     CHECK_BATCH,
+    EMBEDDING_FORMATS,
     INT8_FORMATS,
     INT8_MIN_OPSET,
     build_file,
@@ -111,6 +112,7 @@ class Options:
     dynamic_batch: bool
     seconds: float
     time_cap: float | None
+    embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def export(
     seconds: float = 2.0,
     time_cap: float | None = None,
     progress: Callable[[str], None] | None = None,
+    embeddings: bool = False,
 ) -> ExportResult:
     """Export the fused eval form of ``model`` (a litevit model, or a registered name for random weights).
 
@@ -200,13 +203,17 @@ def export(
     ``max_drop``: the largest top-1 drop accepted, points, at 95 % confidence. ``check``: the pick's checks, on the
     same held-out images. ``result.fastest`` holds what was tried; ``progress`` gets a line per step.
 
+    ``embeddings``: the graph gets a second output, ``embedding``, the pre-logits features
+    (:mod:`.embeddings`), which ``predict --embeddings`` writes (ONNX and OpenVINO files; not with ``fastest``). Its
+    checks cover both outputs.
+
     The model may be passed as :func:`litevit.create_model` returns it or already fused: fusing is idempotent.
     """
     raw = Options(
         path=Path(path), format=format, precision=precision, batch=batch,
         img_size=None if img_size is None else to_2tuple(img_size), opset=opset, check=check, calibration=calibration,
         calibration_images=calibration_images, int8_settings=int8_settings, fastest=fastest, max_drop=max_drop,
-        threads=threads, dynamic_batch=dynamic_batch, seconds=seconds, time_cap=time_cap,
+        threads=threads, dynamic_batch=dynamic_batch, seconds=seconds, time_cap=time_cap, embeddings=embeddings,
     )  # fmt: skip
     options = _validated(raw, int8, recipe)
     route = _route(options)
@@ -238,6 +245,8 @@ def _validated(options: Options, int8: bool, recipe: Int8Settings | None) -> Opt
         raise ValueError(f"--threads must be at least 1, got {threads}")
     if options.max_drop < 0:
         raise ValueError(f"--max-drop must be >= 0 top-1 points, got {options.max_drop:g}")
+    if options.embeddings and options.fastest:
+        raise ValueError("--embeddings applies to one file: export the --fastest pick's route with --embeddings")
     if options.calibration is not None and not isinstance(options.calibration, (str, os.PathLike)):
         raise ValueError(f"calibration is a folder of images, not {type(options.calibration).__name__}")
     if options.calibration_images < MIN_CALIBRATION_IMAGES:
@@ -285,6 +294,8 @@ def _refuse(files: Sequence[Target | Route], options: Options) -> None:
     if options.opset is not None and "onnx" not in formats:
         raise ValueError(f"opset applies to ONNX files, and these options write {' or '.join(formats)}")
     for f in files:
+        if options.embeddings and f.format not in EMBEDDING_FORMATS:
+            raise ValueError(f"--embeddings adds a second output to .onnx and .xml files, not to {f.format}")
         if float_precision(f.precision) == "bf16" and f.format != "openvino":
             raise ValueError(f"precision {f.precision!r} runs in OpenVINO only: write .xml, not {f.format}")
         if not is_int8(f.precision):
@@ -344,7 +355,7 @@ def _build(
         files, held_out = calibration_files(options.calibration, options.calibration_images, held)
     built = build_file(
         model, route.path, route.format, route.precision, batch=route.batch, img_size=size, opset=options.opset,
-        calibration=files, int8_settings=options.int8_settings,
+        calibration=files, int8_settings=options.int8_settings, embeddings=options.embeddings,
     )  # fmt: skip
     if held_out:  # images the int8 graph was not calibrated on
         arrays = load_calibration(held_out, data_config(model), size, options.calibration)
@@ -392,7 +403,12 @@ def _check(written: _Written) -> dict[str, CheckResult]:
     if written.format == "coreml" and not coreml_available():
         log.warning("%s: converted; its parity check skipped: %s", path, COREML_PREDICTION_SKIP)
         return {}
-    output = ExportedModel(path)(written.images)
+    exported = ExportedModel(path)
+    if exported.has_embedding:  # both outputs checked as one: logits and features side by side
+        output, reference = torch.cat(exported.embed(written.images), 1), torch.cat(written.reference, 1)
+        written = dataclasses.replace(written, reference=reference)
+    else:
+        output = exported(written.images)
     checks = {}
     if written.pte_reference is not None:  # the .pte against the PT2E module it was lowered from: what XNNPACK keeps
         with torch.no_grad():
