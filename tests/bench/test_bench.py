@@ -17,6 +17,7 @@ from litevit.bench import report as bench_report
 from litevit.bench import run as bench
 from litevit.bench import runtimes as bench_runtimes
 from litevit.bench.pick import Candidacy
+from litevit.deploy.runtime import ExportedModel
 from litevit.flops import count_macs
 
 TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
@@ -150,9 +151,9 @@ def test_installed_runtimes_follow_the_importable_packages(monkeypatch) -> None:
         assert {"onnxruntime", "onnxruntime-int8"} <= set(runtimes)
 
 
-def test_candidates_are_built_once_per_model_and_batch(tmp_path) -> None:
-    """export --fastest's candidates are written at the batch they are timed at: one set per batch, shared by the
-    thread counts."""
+def test_candidates_are_built_once_per_model(tmp_path) -> None:
+    """export --fastest's candidates are built once per model and input size, with a dynamic batch that the runner
+    compiles at each group's static shape; every batch and thread count races the same files."""
     pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'litevit[export]'")
     subject = bench.Subject("tiny_levit", "litevit", lambda: litevit.create_model("levit_128s", **TINY), None)
     candidacy = Candidacy(tmp_path)
@@ -162,7 +163,9 @@ def test_candidates_are_built_once_per_model_and_batch(tmp_path) -> None:
             candidacy=candidacy,
         )  # fmt: skip
         assert ("ort-fp32", threads, batch) in [(r.runtime, r.threads, r.batch_size) for r in records]
-    assert sorted(key[2] for key in candidacy.built) == [1, 3]
+    assert list(candidacy.built) == [("tiny_levit", (64, 64))]
+    _, found = candidacy.built[("tiny_levit", (64, 64))]
+    assert {ExportedModel(t.path).metadata.batch for t in found.trials if t.path is not None} == {"dynamic"}
 
 
 def test_int8_costs_are_printed_next_to_int8_speeds(tmp_path) -> None:

@@ -426,3 +426,24 @@ def test_nncf_accuracy_control_is_a_candidate_for_a_labelled_folder_only(folder:
     rows = {c.route: c for c in result.metadata.selection.candidates}
     assert rows["ov-int8-ac"].decision == "needs a labelled folder: sub-folders named as the model's classes"
     assert rows["ov-int8-ac"].ms is None and rows["ov-int8"].agreement is not None
+
+
+def test_the_bf16_candidates_are_their_f32_twins_graphs_recorded_at_bf16(tmp_path) -> None:
+    """An IR records the float precision it runs at: ov-bf16 is ov-fp32's graph and ov-int8-bf16 ov-int8's (one
+    quantization, not two), each recording its own precision, which the runner compiles it at."""
+    pytest.importorskip("nncf", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+    ov = pytest.importorskip("openvino")
+    model = litevit.create_model("levit_128s", img_size=64, num_classes=CLASSES)
+    routes = [route_named(n) for n in ("ov-fp32", "ov-bf16", "ov-int8", "ov-int8-bf16")]
+    found = C.build_candidates(model, routes, {}, tmp_path, speed_only=True)
+    paths = {t.name: t.path for t in found.trials}
+
+    def ops(path: Path) -> list[tuple[str, str]]:
+        return [(op.get_type_name(), op.get_friendly_name()) for op in ov.Core().read_model(str(path)).get_ordered_ops()]
+
+    for twin, of in (("ov-bf16", "ov-fp32"), ("ov-int8-bf16", "ov-int8")):
+        assert ops(paths[twin]) == ops(paths[of])
+        meta, original = ExportedModel(paths[twin]).metadata, ExportedModel(paths[of]).metadata
+        assert (meta.precision, meta.inference_precision) == (twin[3:], "bf16")
+        assert original.inference_precision == "f32" and meta.variant == original.variant
+    assert any(op == "FakeQuantize" for op, _ in ops(paths["ov-int8"]))

@@ -1,12 +1,13 @@
 """litevit's fastest in ``litevit bench --quick``: ``litevit export --fastest``'s own routine, timed with the peers.
 
-The candidates are :func:`litevit.deploy.candidates.build_candidates`'s for :func:`litevit.deploy.fastest.plan`,
-built at the group's batch as ``export --fastest --batch B`` writes them (the family's opsets, int8 by the family's
-settings); the rounds and the choice are :func:`litevit.deploy.fastest.time_and_choose`'s, with the group's other
-runners (litevit's eager model, timm's routes) timed in the same interleaved rounds. Without ``--calibration`` the
-pick is made among files exact to fp32, and the bf16 and int8 files are timed and shown apart (their accuracy is not
-measured: int8 is calibrated on noise); with it, every candidate runs on the held-out images and is gated by
-``max_drop`` as in ``--fastest``.
+The candidates are :func:`litevit.deploy.candidates.build_candidates`'s for :func:`litevit.deploy.fastest.plan`
+(the family's opsets, int8 by the family's settings), built once per model with a dynamic batch: litevit's runner
+compiles each at the group's static shape, the graph ``export --fastest --batch B`` writes at that batch. The rounds
+and the choice are :func:`litevit.deploy.fastest.time_and_choose`'s, with the group's other runners (litevit's eager
+model, timm's routes) timed in the same interleaved rounds. Without ``--calibration`` the pick is made among files
+exact to fp32, and the bf16 and int8 files are timed and shown apart (their accuracy is not measured: int8 is
+calibrated on noise); with it, every candidate runs on the held-out images and is gated by ``max_drop`` as in
+``--fastest``.
 """
 
 from __future__ import annotations
@@ -41,23 +42,23 @@ class Picked:
 
 
 class Candidacy:
-    """The run's candidates, built once per model, input size and batch (exporting costs far more than timing)."""
+    """The run's candidates, built once per model and input size (exporting costs far more than timing)."""
 
     def __init__(self, folder: Path, calibration: str | Path | None = None, max_drop: float = DEFAULT_MAX_DROP):
         self.folder, self.calibration, self.max_drop = folder, calibration, max_drop
-        self.built: dict[tuple[str, tuple[int, int], int], tuple[Plan, Candidates]] = {}
+        self.built: dict[tuple[str, tuple[int, int]], tuple[Plan, Candidates]] = {}
 
-    def candidates(self, model: nn.Module, name: str, size: tuple[int, int], batch: int) -> tuple[Plan, Candidates]:
-        key = (name, size, batch)
+    def candidates(self, model: nn.Module, name: str, size: tuple[int, int]) -> tuple[Plan, Candidates]:
+        key = (name, size)
         if key not in self.built:
             the_plan = plan("", calibration=self.calibration, speed_only=self.calibration is None)
             routes = list(the_plan.routes)
             if the_plan.baseline is not None and the_plan.baseline not in routes:
                 routes.insert(0, the_plan.baseline)
-            work = self.folder / f"{name}-{size[0]}x{size[1]}-b{batch}"
+            work = self.folder / f"{name}-{size[0]}x{size[1]}"
             work.mkdir(parents=True, exist_ok=True)
             found = build_candidates(
-                model, routes, the_plan.skipped, work, batch=batch,
+                model, routes, the_plan.skipped, work, batch="dynamic",
                 calibration=self.calibration, max_drop=self.max_drop, speed_only=self.calibration is None,
             )  # fmt: skip
             self.built[key] = (the_plan, found)
@@ -68,7 +69,7 @@ class Candidacy:
         warmup: float, others: dict[str, Callable[[], Any]],
     ) -> tuple[dict[str, list[float]], Picked]:  # fmt: skip
         """Every candidate and ``others`` timed in the same rounds by ``--fastest``'s rule; times by runner name."""
-        the_plan, found = self.candidates(model, name, size, batch)
+        the_plan, found = self.candidates(model, name, size)
         trials = [copy.copy(t) for t in found.trials]  # each race decides afresh (threads, timings)
         if not any(t.eligible for t in trials):
             raise RuntimeError(f"{name}: no --fastest candidate is eligible: " + _reasons(trials))

@@ -11,6 +11,8 @@ apart as ineligible: their accuracy is not measured.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._extras import require
 from ..registry import DataConfig
 from .accuracy import Accuracy, judge, labels_of, measure, split_folder
 from .accuracy_control import accuracy_controlled
@@ -26,6 +29,9 @@ from .builder import build_file
 from .errors import ExportError
 from .fuse import fuse
 from .int8 import Int8Settings, int8_settings_for, load_calibration, synthetic_calibration
+from .metadata import META_KEY, ExportMetadata
+from .openvino import RT_INFO
+from .precision import float_precision
 from .routes import Route
 from .runtime import ExportedModel
 
@@ -70,6 +76,10 @@ def model_size(model: nn.Module) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
+def _at_precision(meta: ExportMetadata, precision: str) -> ExportMetadata:
+    return dataclasses.replace(meta, precision=precision, inference_precision=float_precision(precision))
+
+
 def build_candidates(
     model: nn.Module,
     routes: Sequence[Route],
@@ -112,6 +122,7 @@ def build_candidates(
         reference = fused(x)
     images = len(x) if held_x is not None else 0
     trials = []
+    graphs: dict[tuple[str, bool], Path] = {}  # (format, int8) -> a file built: the bf16 twin is the same graph
     for i, route in enumerate(routes, 1):
         say(f"[{i}/{len(routes)}] building {route.name}")
         trial = Trial(route)
@@ -119,8 +130,12 @@ def build_candidates(
         if route.accuracy_control and (labels is None or cal_labels is None):
             trial.reason = "needs a labelled folder: sub-folders named as the model's classes"
             continue
+        twin = graphs.get((route.format, route.int8)) if not route.accuracy_control else None
         try:
-            if route.accuracy_control:
+            if twin is not None:  # an IR records the float precision it runs at; its graph is the same
+                trial.path = work / f"{route.name}{route.suffix}"
+                rewritten(twin, trial.path, functools.partial(_at_precision, precision=route.precision))
+            elif route.accuracy_control:
                 fp32 = build_file(model, work / "ac-fp32.xml", "openvino", "fp32").path
                 trial.path = accuracy_controlled(
                     fp32, work / f"{route.name}.xml", cal_arrays, cal_labels, max_drop,
@@ -135,6 +150,8 @@ def build_candidates(
         except (ExportError, RuntimeError) as exc:
             trial.reason = f"build failed: {str(exc).splitlines()[0][:120]}"
             continue
+        if not route.accuracy_control:
+            graphs.setdefault((route.format, route.int8), trial.path)
         trial.accuracy = measure(ExportedModel(trial.path, threads=threads), x, reference, labels, route.int8)
         measured = images > 0 or trial.accuracy.exact
         trial.eligible, trial.reason = judge(trial.accuracy if measured else None, max_drop, images)
@@ -143,3 +160,23 @@ def build_candidates(
         elif route.name in excluded:
             trial.eligible, trial.reason = False, f"baseline only: {excluded[route.name]}"
     return Candidates(trials, x, reference, labels, images)
+
+
+def rewritten(source: Path, target: Path, change: Callable[[ExportMetadata], ExportMetadata]) -> None:
+    """``source`` (an ``.onnx`` or ``.xml``) written to ``target`` with its metadata passed through ``change``: the
+    same graph and weights."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(source))
+        props = {p.key: p.value for p in proto.metadata_props}
+        props[META_KEY] = change(ExportMetadata.from_json(props[META_KEY])).to_json()
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, props)
+        onnx.save_model(proto, str(target), save_as_external_data=False)
+        return
+    ov = require("openvino", "rewriting an OpenVINO file's metadata")
+    model = ov.Core().read_model(str(source))
+    model.set_rt_info(change(ExportMetadata.from_json(model.get_rt_info(RT_INFO).astype(str))).to_json(), RT_INFO)
+    ov.save_model(model, str(target), compress_to_fp16=False)

@@ -29,10 +29,10 @@ from torch import nn
 from .. import _extras
 from ..timing import time_interleaved
 from .accuracy import CONFIDENCE, median_bounds, resolvable
-from .candidates import Trial, build_candidates
+from .candidates import Trial, build_candidates, rewritten
 from .errors import ExportError
 from .int8 import Int8Settings
-from .metadata import META_KEY, SUFFIXES, CandidateRecord, ExportMetadata, Selection
+from .metadata import SUFFIXES, CandidateRecord, Selection
 from .routes import BASELINE, ROUTES, Route
 from .runtime import ExportedModel
 
@@ -197,7 +197,7 @@ def find_fastest(
         if race.reference_row is not None:
             selection = dataclasses.replace(selection, candidates=(*selection.candidates, race.reference_row))
         target = target if target.suffix else target.with_suffix(race.chosen.route.suffix)
-        _write_with_selection(race.chosen.path, target, selection)
+        rewritten(race.chosen.path, target, lambda meta: dataclasses.replace(meta, selection=selection))
         report = FastestReport(race.chosen.name, selection, dict(the_plan.skipped), race.lines)
         held_x = found.x if found.images else None
         return target, report, race.chosen, held_x, found.reference
@@ -328,26 +328,3 @@ def _selection(
         chosen.name, _extras.cpu_model(), _extras.cpu_isa(), threads, batch, baseline, images, fp32_top1, max_drop,
         CONFIDENCE, versions, tuple(records), " ".join(lines),
     )  # fmt: skip
-
-
-def _write_with_selection(source: Path, target: Path, selection: Selection) -> None:
-    """``source`` written to ``target`` with ``selection`` added to its metadata."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.suffix == ".onnx":
-        import onnx
-
-        proto = onnx.load(str(source))
-        props = {p.key: p.value for p in proto.metadata_props}
-        meta = dataclasses.replace(ExportMetadata.from_json(props[META_KEY]), selection=selection)
-        props[META_KEY] = meta.to_json()
-        del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, props)
-        onnx.save_model(proto, str(target), save_as_external_data=False)
-        return
-    ov = _extras.require("openvino", "writing the OpenVINO pick")
-    from .openvino import RT_INFO
-
-    model = ov.Core().read_model(str(source))
-    meta = dataclasses.replace(ExportMetadata.from_json(model.get_rt_info(RT_INFO).astype(str)), selection=selection)
-    model.set_rt_info(meta.to_json(), RT_INFO)
-    ov.save_model(model, str(target), compress_to_fp16=False)
