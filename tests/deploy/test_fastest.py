@@ -439,7 +439,8 @@ def test_the_bf16_candidates_are_their_f32_twins_graphs_recorded_at_bf16(tmp_pat
     paths = {t.name: t.path for t in found.trials}
 
     def ops(path: Path) -> list[tuple[str, str]]:
-        return [(op.get_type_name(), op.get_friendly_name()) for op in ov.Core().read_model(str(path)).get_ordered_ops()]
+        graph = ov.Core().read_model(str(path))
+        return [(op.get_type_name(), op.get_friendly_name()) for op in graph.get_ordered_ops()]
 
     for twin, of in (("ov-bf16", "ov-fp32"), ("ov-int8-bf16", "ov-int8")):
         assert ops(paths[twin]) == ops(paths[of])
