@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="model-alone timing per round")
     parser.add_argument("--decoder-images", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--note", default="random weights; images generated (make_jpegs)", help="the machine's state")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = [str(p) for p in make_jpegs(args.images, args.count)]
@@ -153,7 +154,7 @@ def main() -> None:
         "torch": torch.__version__, "openvino": __import__("openvino").__version__, "python": platform.python_version(),
         "litevit": litevit.__version__, "command": "python " + shlex.join(sys.argv), "images": len(paths),
         "batch": args.batch, "threads": args.threads, "workers": args.workers,
-        "note": "machine shared with other jobs while measured; random weights; images generated (make_jpegs)",
+        "note": args.note,
     }  # fmt: skip
     records = []
     with tempfile.TemporaryDirectory() as tmp:

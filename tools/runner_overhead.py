@@ -45,7 +45,10 @@ def benchmark_app(path: Path, precision: str, seconds: int) -> float:
          "-infer_precision", precision, "-t", str(seconds)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return float(re.search(r"Median:\s+([\d.]+) ms", out).group(1))
+    found = re.search(r"Median:\s+([\d.]+)\s*ms", out)
+    if found is None:
+        raise RuntimeError("benchmark_app printed no median latency: " + " | ".join(out.splitlines()[-5:]))
+    return float(found.group(1))
 
 
 def main() -> int:

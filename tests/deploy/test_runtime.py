@@ -246,3 +246,26 @@ def _minimal() -> str:
     data["channel_order"] = "BGR"
     return json.dumps({"variant": None, "img_size": [224, 192], "num_classes": 2, "data": data, "batch": 1,
                        "format": "onnx"})  # fmt: skip
+
+
+def test_an_ir_and_its_bin_are_replaced_as_one_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_openvino stages the pair and moves it as a set: a write that dies between the .xml and the .bin
+    (planted) leaves the old pair whole, and no staging folder behind."""
+    ov = pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'litevit[openvino]'")
+    from litevit.deploy.openvino import save_openvino
+
+    path = tmp_path / "m.xml"
+    save_openvino(ov.convert_model(nn.Linear(4, 2), example_input=torch.zeros(1, 4)), path)
+    old = (path.read_bytes(), path.with_suffix(".bin").read_bytes())
+    real = ov.save_model
+
+    def dies_after_the_xml(model: Any, target: str, **kwargs: Any) -> None:
+        real(model, target, **kwargs)
+        Path(target).with_suffix(".bin").unlink()
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ov, "save_model", dies_after_the_xml)
+    with pytest.raises(OSError, match="No space left"):
+        save_openvino(ov.convert_model(nn.Linear(4, 3), example_input=torch.zeros(1, 4)), path)
+    assert (path.read_bytes(), path.with_suffix(".bin").read_bytes()) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]

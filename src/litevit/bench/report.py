@@ -209,28 +209,37 @@ def route_name(runtime: str, precision: str) -> str:
 def own_table(result: BenchResult) -> list[str]:
     """litevit's fastest exported file (what ``litevit export --fastest`` writes) against its own fp32 ONNX in
     onnxruntime and its own fp32 IR compiled at OpenVINO's defaults."""
-    by_key = {
-        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
-        for r in result.records
-    }
-    rows: dict[tuple[str, int, int], dict[str, Comparison]] = {}
-    for c in result.comparisons:
-        if c.against.startswith("litevit "):
-            rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
     lines = [
         "| model | threads | batch | litevit fastest file | ms | vs its fp32 ONNX in onnxruntime (p10-p90) "
         "| vs its fp32 IR at OpenVINO's defaults (p10-p90) | share of this core's peak |",
         "|---|---:|---:|---|---:|---|---|---|",
     ]
-    for (model, batch, threads), against in rows.items():
-        any_one = next(iter(against.values()))
-        ours = by_key[(any_one.ours, batch, threads)]
+    for (model, batch, threads), against, ours in _comparisons_by_group(result, "litevit "):
         lines.append(
             f"| {model} | {threads} | {batch} | {route_name(ours.runtime, ours.precision)} | {ours.median_ms:.2f} | "
             f"{_ratio_text(against.get('litevit onnxruntime fp32'))} | "
             f"{_ratio_text(against.get('litevit openvino defaults'))} | {peak_share(ours, result.peaks)} |"
         )
     return lines
+
+
+def _comparisons_by_group(
+    result: BenchResult, kind: str
+) -> list[tuple[tuple[str, int, int], dict[str, Comparison], BenchRecord]]:
+    """The comparisons whose kind starts with ``kind``, by (model, batch, threads), with the record of their
+    ``ours`` side."""
+    by_key = {
+        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
+        for r in result.records
+    }
+    rows: dict[tuple[str, int, int], dict[str, Comparison]] = {}
+    for c in result.comparisons:
+        if c.against.startswith(kind):
+            rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
+    return [
+        (group, against, by_key[(next(iter(against.values())).ours, group[1], group[2])])
+        for group, against in rows.items()
+    ]
 
 
 def peak_share(record: BenchRecord, peaks: list[Peak]) -> str:
@@ -251,22 +260,12 @@ def _is_route(runtime: str) -> bool:
 def unmeasured_table(result: BenchResult) -> list[str]:
     """The fastest file the quick bench could not judge without images (bf16, int8 calibrated on noise), apart:
     against litevit's pick and against the other source's fastest route at its defaults."""
-    by_key = {
-        (record_key(r.source, r.model, r.runtime, r.precision, r.fused), r.batch_size, r.threads): r
-        for r in result.records
-    }
-    rows: dict[tuple[str, int, int], dict[str, Comparison]] = {}
-    for c in result.comparisons:
-        if c.against.startswith("unmeasured "):
-            rows.setdefault((c.model, c.batch_size, c.threads), {})[c.against] = c
     lines = [
         "| model | threads | batch | fastest file not measured (needs --calibration) | ms | vs litevit's pick "
         "(p10-p90) | vs timm fastest at defaults (p10-p90) | share of this core's peak |",
         "|---|---:|---:|---|---:|---|---|---|",
     ]
-    for (model, batch, threads), against in rows.items():
-        any_one = next(iter(against.values()))
-        ours = by_key[(any_one.ours, batch, threads)]
+    for (model, batch, threads), against, ours in _comparisons_by_group(result, "unmeasured "):
         lines.append(
             f"| {model} | {threads} | {batch} | {ours.runtime} | {ours.median_ms:.2f} | "
             f"{_ratio_text(against.get('unmeasured vs pick'))} | {_ratio_text(against.get('unmeasured vs other'))} | "

@@ -30,7 +30,7 @@ from .errors import ExportError
 from .fuse import fuse
 from .int8 import Int8Settings, int8_settings_for, load_calibration, synthetic_calibration
 from .metadata import META_KEY, ExportMetadata
-from .openvino import RT_INFO
+from .openvino import RT_INFO, save_openvino
 from .precision import float_precision
 from .routes import Route
 from .runtime import ExportedModel
@@ -179,4 +179,4 @@ def rewritten(source: Path, target: Path, change: Callable[[ExportMetadata], Exp
     ov = require("openvino", "rewriting an OpenVINO file's metadata")
     model = ov.Core().read_model(str(source))
     model.set_rt_info(change(ExportMetadata.from_json(model.get_rt_info(RT_INFO).astype(str))).to_json(), RT_INFO)
-    ov.save_model(model, str(target), compress_to_fp16=False)
+    save_openvino(model, target)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from .._extras import quiet_nncf, require
+from .._files import replace_together, stage
 from .embeddings import EMBEDDING, WithEmbeddings
 from .int8 import DEFAULT_INT8_SETTINGS, Int8Settings, nncf_options, openvino_ends
 from .onnx import OUTPUT_NAME
@@ -67,7 +69,18 @@ def _nncf_quantize(nncf: Any, model: Any, calibration: list, settings: Int8Setti
 
 
 def save_openvino(model: Any, path: Path) -> None:
-    require("openvino", "OpenVINO export").save_model(model, str(path), compress_to_fp16=False)
+    """The IR ``path`` (.xml) and its .bin written as one set: into a staging folder beside them, then moved there
+    together (:func:`litevit._files.replace_together`), so that a killed or failed write leaves the old pair or the
+    new one, never one of each."""
+    ov = require("openvino", "OpenVINO export")
+    path = Path(path)
+    staging = stage(path.parent, path.stem)
+    try:
+        ov.save_model(model, str(staging / path.name), compress_to_fp16=False)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_together(staging, [path.with_suffix(".bin").name, path.name])
 
 
 _STATIC_SHAPES = 8  # compiled input shapes an OpenVINO runner keeps
