@@ -65,6 +65,7 @@ def test_without_images_the_pick_is_exact_and_bf16_and_int8_stand_apart(tmp_path
     assert not own.endswith("| - |")  # the "vs its fp32 IR at OpenVINO's defaults" column is filled
 
 
+@pytest.mark.slow  # builds every candidate twice, accuracy control included: about 100 s of CPU
 def test_with_images_the_bench_judges_every_candidate_as_fastest_does(tmp_path) -> None:
     """The same held-out images, candidates and gate: each route is eligible in the bench exactly when it is in
     ``export --fastest`` (which of the eligible is fastest is the timing's, and may differ between two runs)."""
