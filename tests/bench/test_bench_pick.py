@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import litevit
 from litevit import _extras
@@ -33,10 +34,22 @@ def _decided(records: list[bench.BenchRecord]) -> dict[str, str]:
     return {r.runtime: r.decision for r in records if r.source == "litevit" and r.runtime != "eager"}
 
 
-def test_without_images_the_pick_is_exact_and_bf16_and_int8_stand_apart(tmp_path) -> None:
-    model = litevit.create_model("levit_128s", **TINY)
-    ours = bench.Subject("levit_128s", "litevit", lambda: model, 76.6)
-    theirs = bench.Subject("levit_128s", "timm", lambda: litevit.create_model("levit_128s", **TINY), 76.6)
+# every family (the rule is --fastest's, and every family goes through it); LeViT in the default run
+FAMILIES = [
+    pytest.param("levit_128s", TINY, id="levit_128s"),
+    *(pytest.param(name, dict(img_size=size, num_classes=10), id=name, marks=pytest.mark.slow) for name, size in (
+        ("efficientvit_m0", 64), ("mobilevit_xxs", 192), ("mobilevitv2_050", 192), ("mobilevitv3_xxs", 192),
+        ("t2t_vit_7", 64),
+    )),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, config", FAMILIES)
+def test_without_images_the_pick_is_exact_and_bf16_and_int8_stand_apart(name: str, config: dict, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = litevit.create_model(name, **config).eval()
+    ours = bench.Subject(name, "litevit", lambda: model, 76.6)
+    theirs = bench.Subject(name, "timm", lambda: litevit.create_model(name, **config), 76.6)
     records, comparisons = bench.bench_group(
         [ours, theirs], runtimes=RUNTIMES, batch_size=2, seconds=0.05, warmup=0.01, scope="fastest",
         candidacy=Candidacy(tmp_path),
@@ -45,12 +58,12 @@ def test_without_images_the_pick_is_exact_and_bf16_and_int8_stand_apart(tmp_path
     the_plan = plan("", speed_only=True)
     # every route --fastest plans here, timed (accuracy control needs labelled images), and the fp32 IR at defaults
     assert set(decided) == {r.name for r in the_plan.routes if not r.accuracy_control} | {REFERENCE}
-    chosen = [name for name, why in decided.items() if why.startswith("CHOSEN")]
+    chosen = [route for route, why in decided.items() if why.startswith("CHOSEN")]
     assert len(chosen) == 1 and chosen[0] in ("ort-fp32", "ov-fp32")  # exact files only, without images
-    for name, why in decided.items():
-        if "int8" in name and name != "ov-int8-ac":
-            assert why == SPEED_ONLY, (name, why)
-        if name == "ov-bf16":
+    for route, why in decided.items():
+        if "int8" in route and route != "ov-int8-ac":
+            assert why == SPEED_ONLY, (route, why)
+        if route == "ov-bf16":
             assert why.startswith("not measured"), why
     kinds = {c.against: c for c in comparisons}
     assert {"fastest", "litevit onnxruntime fp32", "litevit openvino defaults", "unmeasured vs pick"} <= set(kinds)
@@ -61,7 +74,7 @@ def test_without_images_the_pick_is_exact_and_bf16_and_int8_stand_apart(tmp_path
     assert len({r.samples for r in records}) == 1
     table = bench_report.markdown(bench.BenchResult(records, comparisons))
     assert "made among files exact to fp32" in table and "fastest file not measured (needs --calibration)" in table
-    own = next(line for line in table.splitlines() if line.startswith(f"| levit_128s | 1 | 2 | {chosen[0]} |"))
+    own = next(line for line in table.splitlines() if line.startswith(f"| {name} | 1 | 2 | {chosen[0]} |"))
     assert not own.endswith("| - |")  # the "vs its fp32 IR at OpenVINO's defaults" column is filled
 
 
