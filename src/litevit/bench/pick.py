@@ -75,7 +75,7 @@ class Candidacy:
             raise RuntimeError(f"{name}: no --fastest candidate is eligible: " + _reasons(trials))
         result = time_and_choose(trials, batch, found.x, threads, seconds, None, warmup, others=others)
         unmeasured = min([t for t in trials if _unmeasured(t)], key=lambda t: statistics.median(t.times), default=None)
-        decisions = {t.name: t.reason for t in trials} | {n: why for n, why in the_plan.skipped.items()}
+        decisions = dict(the_plan.skipped) | {t.name: t.reason for t in trials}  # a built baseline: its own reason
         if found.images:
             lines = [f"litevit's pick is gated on {found.images} held-out images of {self.calibration} "
                      f"(top-1 drop <= {self.max_drop:g} points at 95%)"]  # fmt: skip
