@@ -8,7 +8,7 @@ from test_contract import randomise_for_fuse_test
 from torch import nn
 
 import litevit
-from litevit.layers import BNLinear, ConvBN, LinearBN, Residual, SplitConv, channel_groups, make_divisible
+from litevit.layers import BNLinear, ConvBN, LinearBN, Residual, SplitLayer, make_divisible, qkv_heads
 
 
 @pytest.mark.parametrize(
@@ -57,18 +57,44 @@ def test_fuse_refuses_lonely_batchnorm() -> None:
         litevit.fuse(model)
 
 
-def test_split_conv_equals_conv_then_split() -> None:
-    """Each part is the rows of the one convolution: outputs equal ``conv(x).split(sizes)``, with and without bias."""
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_split_layer_equals_layer_then_split(kind: str) -> None:
+    """Each part is the rows of the one layer: outputs equal ``layer(x).split(sizes, dim)``, with and without bias;
+    the parts are independent of the layer they came from."""
     torch.manual_seed(0)
+    dim = 1 if kind == "conv" else -1
     for bias in (True, False):
-        conv = nn.Conv2d(8, 1 + 2 * 6, 3, padding=1, bias=bias).double()
-        x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
-        split = SplitConv.from_conv(conv, [1, 6, 6])
+        if kind == "conv":
+            layer: nn.Module = nn.Conv2d(8, 1 + 2 * 6, 3, padding=1, bias=bias).double()
+            x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+        else:
+            layer = nn.Linear(8, 1 + 2 * 6, bias=bias).double()
+            x = torch.randn(2, 5, 8, dtype=torch.float64)
+        split = SplitLayer.from_layer(layer, [1, 6, 6])
         with torch.no_grad():
-            expected = conv(x).split([1, 6, 6], dim=1)
-            got = channel_groups(split(x), [1, 6, 6])
-        assert [t.shape[1] for t in got] == [1, 6, 6]
-        for g, e in zip(got, expected, strict=True):
+            expected = layer(x).split([1, 6, 6], dim=dim)
+            got = split(x)
+            layer.weight.zero_()
+            after = split(x)
+        assert [t.shape[dim] for t in got] == [1, 6, 6]
+        for g, e, a in zip(got, expected, after, strict=True):
             torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)
+            assert torch.equal(a, g)
     with pytest.raises(ValueError, match="cannot split the 13 outputs"):
-        SplitConv.from_conv(conv, [1, 6])
+        SplitLayer.from_layer(layer, [1, 6])
+
+
+def test_qkv_heads_of_joint_and_split_projections_agree() -> None:
+    """The heads of a joint ``B, N, 3C`` projection equal, element by element, those of its three-layer fused form,
+    and head h holds channels h*c .. (h+1)*c of its part (brute force)."""
+    torch.manual_seed(0)
+    qkv, x = nn.Linear(8, 3 * 12).double(), torch.randn(2, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        joint = qkv_heads(qkv(x), 4)
+        split = qkv_heads(SplitLayer.from_layer(qkv, [12] * 3)(x), 4)
+        full = qkv(x)
+    for j, s, part in zip(joint, split, range(3), strict=True):
+        assert j.shape == (2, 4, 5, 3)
+        torch.testing.assert_close(j, s, atol=1e-12, rtol=1e-12)
+        for h in range(4):
+            assert torch.equal(j[:, h], full[:, :, 12 * part + 3 * h : 12 * part + 3 * h + 3])

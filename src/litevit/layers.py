@@ -7,6 +7,7 @@ equivalent plain module; :func:`litevit.fuse` walks a model and calls them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import math
@@ -162,30 +163,34 @@ class BNLinear(nn.Module):
         return fused
 
 
-class SplitConv(nn.Module):
-    """A convolution whose output is cut into channel groups, as one convolution per group: the fused form of
-    ``conv(x).split(sizes, dim=1)``. An exported graph then holds no split node (OpenVINO runs a channel split as a
-    reference-kernel copy, a large share of the batch-1 time of the small attention models)."""
+class SplitLayer(nn.Module):
+    """A convolution or linear layer whose outputs are cut into groups, as one layer per group: the fused form of
+    ``layer(x).split(sizes, dim)`` (dim 1 for a convolution, -1 for a linear layer). An exported graph then holds no
+    split node (OpenVINO runs a channel split as a reference-kernel copy, a large share of the batch-1 time of the
+    small attention models), and each group is a layer output of its own, which OpenVINO's attention fusion takes as
+    an input."""
 
-    def __init__(self, parts: list[nn.Conv2d]) -> None:
+    def __init__(self, parts: list[nn.Conv2d] | list[nn.Linear]) -> None:
         super().__init__()
         self.parts = nn.ModuleList(parts)
 
     @classmethod
     @torch.no_grad()
-    def from_conv(cls, conv: nn.Conv2d, sizes: list[int]) -> SplitConv:
-        """``conv``'s output channels cut into consecutive groups of ``sizes`` (their sum must be all of them)."""
-        if sum(sizes) != conv.out_channels or conv.groups != 1:
-            raise ValueError(f"cannot split the {conv.out_channels} outputs of {conv} into groups of {sizes}")
+    def from_layer(cls, layer: nn.Conv2d | nn.Linear, sizes: list[int]) -> SplitLayer:
+        """``layer``'s outputs cut into consecutive groups of ``sizes`` (their sum must be all of them)."""
+        outputs = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        if sum(sizes) != outputs or getattr(layer, "groups", 1) != 1:
+            raise ValueError(f"cannot split the {outputs} outputs of {layer} into groups of {sizes}")
         parts, start = [], 0
         for size in sizes:
-            part = nn.Conv2d(
-                conv.in_channels, size, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                bias=conv.bias is not None, padding_mode=conv.padding_mode,
-            ).to(conv.weight)  # fmt: skip
-            part.weight.copy_(conv.weight[start : start + size])
-            if conv.bias is not None:
-                part.bias.copy_(conv.bias[start : start + size])
+            part = copy.deepcopy(layer)
+            part.weight = nn.Parameter(layer.weight[start : start + size].clone())
+            if layer.bias is not None:
+                part.bias = nn.Parameter(layer.bias[start : start + size].clone())
+            if isinstance(part, nn.Conv2d):
+                part.out_channels = size
+            else:
+                part.out_features = size
             parts.append(part)
             start += size
         return cls(parts)
@@ -194,11 +199,55 @@ class SplitConv(nn.Module):
         return tuple(part(x) for part in self.parts)
 
 
+@torch.no_grad()
+def split_scaled_qkv(qkv: nn.Linear, scale: float) -> SplitLayer:
+    """The fused form of a joint query-key-value projection (``qkv(x)`` cut into q, k, v on the last dim): three
+    linear layers, the attention ``scale`` folded into the query's rows (the attention then runs with scale 1)."""
+    split = SplitLayer.from_layer(qkv, [qkv.out_features // 3] * 3)
+    query = split.parts[0]
+    query.weight.mul_(scale)
+    if query.bias is not None:
+        query.bias.mul_(scale)
+    return split
+
+
+def qkv_heads(qkv: torch.Tensor | tuple[torch.Tensor, ...], num_heads: int) -> tuple[torch.Tensor, ...]:
+    """Query, key and value from a joint projection's output ``B, N, 3C`` (or the three ``B, N, C`` outputs of its
+    fused :class:`SplitLayer`), each as ``B, heads, N, C / heads``."""
+    parts = qkv if isinstance(qkv, tuple) else qkv.chunk(3, dim=-1)
+    return tuple(t.reshape(t.shape[0], t.shape[1], num_heads, -1).transpose(1, 2) for t in parts)
+
+
 def channel_groups(x: torch.Tensor | tuple[torch.Tensor, ...], sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """``x.split(sizes, dim=1)``; the output of a :class:`SplitConv` already is those groups and is passed on."""
+    """``x.split(sizes, dim=1)``; the output of a :class:`SplitLayer` already is those groups and is passed on."""
     if isinstance(x, tuple):
         return x
     return x.split(sizes, dim=1)
+
+
+def fold_norm_affine(
+    norm: nn.LayerNorm | nn.GroupNorm, layer: nn.Linear | nn.Conv2d, channels: slice | None = None
+) -> None:
+    """``layer(norm(x))`` with the norm's per-channel affine folded into ``layer`` (in place; norm made plain).
+
+    ``channels`` selects the input channels of ``layer`` that receive the normalised tensor (default: all).
+    """
+    weight, bias = norm.weight, norm.bias
+    if weight is None:
+        return
+    channels = channels if channels is not None else slice(None)
+    w = layer.weight  # out, in (, 1, 1)
+    w2 = w.reshape(w.shape[0], w.shape[1], -1)
+    shift = (w2[:, channels] * bias[None, :, None]).sum(dim=(1, 2))
+    w2[:, channels] *= weight[None, :, None]
+    if layer.bias is None:
+        layer.bias = nn.Parameter(shift)
+    else:
+        layer.bias += shift
+    if isinstance(norm, nn.LayerNorm):
+        norm.weight, norm.bias, norm.elementwise_affine = None, None, False
+    else:
+        norm.weight, norm.bias, norm.affine = None, None, False
 
 
 def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:

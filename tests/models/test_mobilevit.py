@@ -10,9 +10,18 @@ from torch import nn
 
 import litevit
 from litevit.flops import count_macs
-from litevit.layers import SplitConv
+from litevit.layers import SplitLayer
 from litevit.models import mobilevit_convert as convert
-from litevit.models.mobilevit_blocks import MobileViTBlock, MobileViTConfig, SeparableAttention, fold, unfold
+from litevit.models.mobilevit_blocks import (
+    Attention,
+    MobileViTBlock,
+    MobileViTConfig,
+    SeparableAttention,
+    fold,
+    fold_tokens,
+    unfold,
+    unfold_tokens,
+)
 
 FIXTURES = fixture_files("official/mobilevit_*.json") + fixture_files("timm/mobilevit*.json")
 # one of each block kind: v1, v2, v3 on v1, v3 on v2
@@ -53,6 +62,18 @@ def test_unfold_matches_brute_force_and_f_unfold() -> None:
     # cvnets v2 unfolds with F.unfold into the same B, C, P, N order
     torch.testing.assert_close(tokens, F.unfold(x, 2, stride=2).reshape(2, 3, 4, 15), atol=0, rtol=0)
     torch.testing.assert_close(fold(tokens, 2, (6, 10)), x, atol=0, rtol=0)
+
+
+def test_token_unfold_is_unfold_then_tokens_last() -> None:
+    """v1's one-permutation unfold equals unfold followed by the token permute it replaces (B, d, P, N -> B*P, N, d),
+    bit for bit, and its fold inverts it; a side that is not a patch multiple is the same clear error."""
+    x = torch.randn(2, 3, 6, 10)
+    tokens = unfold_tokens(x, 2)
+    assert tokens.shape == (2 * 4, 15, 3)
+    assert torch.equal(tokens, unfold(x, 2).permute(0, 2, 3, 1).reshape(8, 15, 3))
+    assert torch.equal(fold_tokens(tokens, 2, (6, 10)), x)
+    with pytest.raises(ValueError, match="multiples of the patch"):
+        unfold_tokens(torch.randn(1, 3, 7, 10), 2)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (6, 10), (5, 5), (7, 9), (13, 4)])
@@ -212,6 +233,32 @@ def test_unknown_mac_convention_is_a_clear_error() -> None:
 SEPARABLE = [n for n in litevit.list_models("mobilevitv*") if litevit.get_variant(n).config.attention == "separable"]
 
 
+MHSA = [n for n in litevit.list_models("mobilevit*") if litevit.get_variant(n).config.attention == "mhsa"]
+
+
+@pytest.mark.parametrize("name", MHSA)
+def test_fused_v1_attention_has_separate_projections(name: str) -> None:
+    """Every v1 and v3-on-v1 variant's fused form projects query (scale folded in), key and value with separate
+    linear layers, the rows of the one unfused projection, and computes the unfused model (float64)."""
+    from test_contract import randomise_for_fuse_test
+
+    model = litevit.create_model(name).double()
+    randomise_for_fuse_test(model)
+    model.eval()
+    unfused = [m for m in model.modules() if isinstance(m, Attention)]
+    fused = litevit.fuse(model)
+    attentions = [m for m in fused.modules() if isinstance(m, Attention)]
+    assert len(attentions) == len(unfused) and all(isinstance(m.qkv, SplitLayer) for m in attentions)
+    for before, after in zip(unfused, attentions, strict=True):
+        dim = before.proj.out_features
+        assert [p.out_features for p in after.qkv.parts] == [dim] * 3 and after.scale == 1.0
+        assert torch.equal(after.qkv.parts[2].weight, before.qkv.weight[2 * dim :])
+    x = torch.randn(1, 3, 256, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(litevit.fuse(fused)(x), fused(x), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", SEPARABLE)
 def test_fused_separable_attention_has_separate_projections(name: str) -> None:
     """Every v2 and v3-on-v2 variant's fused form projects query, key and value with separate convolutions (the
@@ -228,7 +275,7 @@ def test_fused_separable_attention_has_separate_projections(name: str) -> None:
     model.eval()
     fused = litevit.fuse(model)
     attentions = [m for m in fused.modules() if isinstance(m, SeparableAttention)]
-    assert attentions and all(isinstance(m.qkv, SplitConv) for m in attentions)
+    assert attentions and all(isinstance(m.qkv, SplitLayer) for m in attentions)
     assert all([p.out_channels for p in m.qkv.parts] == [1, m.dim, m.dim] for m in attentions)
     x = torch.randn(1, 3, 256, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

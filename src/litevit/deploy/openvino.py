@@ -51,6 +51,24 @@ def openvino_ir(
     return model
 
 
+ATTENTION_OPS = ("ScaledDotProductAttention", "Softmax")
+
+
+def attention_nodes(ir: Any, compiled: Any) -> dict[str, list[str]]:
+    """Each attention op of the IR ``compiled`` was compiled from (``ScaledDotProductAttention``, ``Softmax``), by
+    name, with the types of the CPU plugin's runtime nodes that run it: ``["Subgraph"]`` is an attention fused into
+    one kernel, a list of several a split one, an empty list an op the plugin removed."""
+    held: dict[str, list[str]] = {
+        op.get_friendly_name(): [] for op in ir.get_ops() if op.get_type_name() in ATTENTION_OPS
+    }
+    for node in compiled.get_runtime_model().get_ops():
+        info = node.get_rt_info()
+        for name in info["originalLayersNames"].astype(str).split(","):
+            if name in held:
+                held[name].append(info["layerType"].astype(str))
+    return held
+
+
 def ignored_scope(nncf: Any, model: Any, settings: Int8Settings) -> Any:
     """The layers of an OpenVINO model that ``settings`` keep float, as NNCF's ignored scope."""
     return nncf.IgnoredScope(

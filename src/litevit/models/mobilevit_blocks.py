@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBN, SplitConv, channel_groups, drop_path, make_divisible
+from ..layers import (
+    ConvBN,
+    SplitLayer,
+    channel_groups,
+    drop_path,
+    fold_norm_affine,
+    make_divisible,
+    qkv_heads,
+    split_scaled_qkv,
+)
 
 ATTENTIONS = ("mhsa", "separable")
 
@@ -56,12 +65,18 @@ def conv_bn(
     return nn.Sequential(*layers)
 
 
-def unfold(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """``B, C, H, W -> B, C, P, N``: P = patch * patch pixel positions, N = (H / patch) * (W / patch) patches."""
-    B, C, H, W = x.shape
+def _patches(x: torch.Tensor, patch: int) -> tuple[int, int]:
+    """Patches down and across ``x`` (``B, C, H, W``), whose sides must be multiples of the patch."""
+    H, W = x.shape[-2:]
     if H % patch or W % patch:
         raise ValueError(f"unfold needs sides that are multiples of the patch {patch}; got {H}x{W}")
-    nh, nw = H // patch, W // patch
+    return H // patch, W // patch
+
+
+def unfold(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``B, C, H, W -> B, C, P, N``: P = patch * patch pixel positions, N = (H / patch) * (W / patch) patches."""
+    B, C = x.shape[:2]
+    nh, nw = _patches(x, patch)
     # B, C, H, W -> B, C, nh, ph, nw, pw -> B, C, ph, pw, nh, nw
     x = x.reshape(B, C, nh, patch, nw, patch).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(B, C, patch * patch, nh * nw)  # B, C, P, N
@@ -76,29 +91,22 @@ def fold(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
     return x.reshape(B, C, nh * patch, nw * patch)  # B, C, H, W
 
 
-def _fold_affine_into(
-    norm: nn.LayerNorm | nn.GroupNorm, layer: nn.Linear | nn.Conv2d, channels: slice | None = None
-) -> None:
-    """``layer(norm(x))`` with the norm's per-channel affine folded into ``layer`` (in place; norm made plain).
+def unfold_tokens(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """:func:`unfold` then tokens last, in one permutation: ``B, C, H, W -> B*P, N, C`` (v1's attention input)."""
+    B, C = x.shape[:2]
+    nh, nw = _patches(x, patch)
+    # B, C, nh, ph, nw, pw -> B, ph, pw, nh, nw, C
+    x = x.reshape(B, C, nh, patch, nw, patch).permute(0, 3, 5, 2, 4, 1)
+    return x.reshape(B * patch * patch, nh * nw, C)  # B*P, N, C
 
-    ``channels`` selects the input channels of ``layer`` that receive the normalised tensor (default: all).
-    """
-    weight, bias = norm.weight, norm.bias
-    if weight is None:
-        return
-    channels = channels if channels is not None else slice(None)
-    w = layer.weight  # out, in (, 1, 1)
-    w2 = w.reshape(w.shape[0], w.shape[1], -1)
-    shift = (w2[:, channels] * bias[None, :, None]).sum(dim=(1, 2))
-    w2[:, channels] *= weight[None, :, None]
-    if layer.bias is None:
-        layer.bias = nn.Parameter(shift)
-    else:
-        layer.bias += shift
-    if isinstance(norm, nn.LayerNorm):
-        norm.weight, norm.bias, norm.elementwise_affine = None, None, False
-    else:
-        norm.weight, norm.bias, norm.affine = None, None, False
+
+def fold_tokens(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`unfold_tokens`: ``B*P, N, C -> B, C, H, W``."""
+    C = x.shape[-1]
+    nh, nw = size[0] // patch, size[1] // patch
+    # B, ph, pw, nh, nw, C -> B, C, nh, ph, nw, pw
+    x = x.reshape(-1, patch, patch, nh, nw, C).permute(0, 5, 3, 1, 4, 2)
+    return x.reshape(-1, C, nh * patch, nw * patch)  # B, C, H, W
 
 
 class InvertedResidual(nn.Module):
@@ -139,8 +147,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        # B, N, 3C -> 3, B, heads, N, C / heads
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv_heads(self.qkv(x), self.num_heads)  # B, heads, N, C / heads each
         x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))  # B, heads, N, c -> B, N, C
 
@@ -196,20 +203,17 @@ class TransformerBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> TransformerBlock:
-        """Fold both norms' affine terms into qkv / fc1 and the attention scale into the query rows; separable
-        attention gets separate query, key and value convolutions (no split node in an exported graph)."""
+        """Fold both norms' affine terms into qkv / fc1 and the attention scale into the query rows; query, key and
+        value become separate layers (no split node in an exported graph)."""
         fused = copy.deepcopy(self)
         fused.drop_path = 0.0
-        _fold_affine_into(fused.norm1, fused.attn.qkv)
-        _fold_affine_into(fused.norm2, fused.mlp.fc1)
-        if isinstance(fused.attn, SeparableAttention) and isinstance(fused.attn.qkv, nn.Conv2d):
-            dim = fused.attn.dim
-            fused.attn.qkv = SplitConv.from_conv(fused.attn.qkv, [1, dim, dim])
-        if isinstance(fused.attn, Attention):
-            dim = fused.attn.proj.out_features
-            fused.attn.qkv.weight[:dim] *= fused.attn.scale
-            fused.attn.qkv.bias[:dim] *= fused.attn.scale
-            fused.attn.scale = 1.0
+        fold_norm_affine(fused.norm1, fused.attn.qkv)
+        fold_norm_affine(fused.norm2, fused.mlp.fc1)
+        attn = fused.attn
+        if isinstance(attn, Attention) and isinstance(attn.qkv, nn.Linear):
+            attn.qkv, attn.scale = split_scaled_qkv(attn.qkv, attn.scale), 1.0
+        elif isinstance(attn, SeparableAttention) and isinstance(attn.qkv, nn.Conv2d):
+            attn.qkv = SplitLayer.from_layer(attn.qkv, [1, attn.dim, attn.dim])
         return fused
 
 
@@ -255,15 +259,9 @@ class MobileViTBlock(nn.Module):
         """Unfold, transformer, norm, fold: ``B, d, H, W -> B, d, H, W`` (sides multiples of the patch)."""
         size = (local.shape[-2], local.shape[-1])
         p = self.patch_size
-        x = unfold(local, p)  # B, d, P, N
         if self.separable:
-            x = self.norm(self.transformer(x))
-            return fold(x, p, size)
-        B, d, P, N = x.shape
-        x = x.permute(0, 2, 3, 1).reshape(B * P, N, d)  # B, d, P, N -> B*P, N, d
-        x = self.norm(self.transformer(x))
-        x = x.reshape(B, P, N, d).permute(0, 3, 1, 2)  # B*P, N, d -> B, d, P, N
-        return fold(x, p, size)
+            return fold(self.norm(self.transformer(unfold(local, p))), p, size)  # B, d, P, N in between
+        return fold_tokens(self.norm(self.transformer(unfold_tokens(local, p))), p, size)  # B*P, N, d in between
 
     def _grid(self, height: int, width: int) -> tuple[int, int]:
         p = self.patch_size
@@ -300,5 +298,5 @@ class MobileViTBlock(nn.Module):
         if not isinstance(proj, nn.Conv2d):
             proj = proj.fuse()
             fused.conv_proj[0] = proj
-        _fold_affine_into(fused.norm, proj, slice(0, self.local_proj.out_channels))
+        fold_norm_affine(fused.norm, proj, slice(0, self.local_proj.out_channels))
         return fused
