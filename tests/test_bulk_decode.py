@@ -4,7 +4,6 @@ what ``eval_transform`` gives it alone."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
