@@ -4,7 +4,8 @@ constant batch) and against decoding alone, on generated JPEGs of mixed sizes ab
 For each model: export an int8 OpenVINO IR (random weights: speed does not depend on their values; calibrated on 32
 of the images), then time in interleaved rounds, in this process:
   model            the IR on a constant batch, ``--threads`` threads (images/s, as ``litevit bench`` measures it);
-  decode_<dec>     the images through predict's decoding (``--workers`` processes) and nothing else;
+  decode_<dec>     the images through predict's decoding (``--workers`` processes; the uint8 batches normalised
+                   in this process) and nothing else;
   predict_<dec>    ``litevit.predict_files`` into a Parquet file, the same IR, batch and threads, ``--workers``
                    decoders;
 for both decoders (``pil``, ``torchvision``), with the CPU seconds each took per image (this process and its
@@ -39,7 +40,7 @@ from litevit.bulk import predict_files
 from litevit.bulk.local import decoded
 from litevit.data import DECODERS, eval_transform, load_image
 from litevit.deploy.runtime import ExportedModel
-from litevit.predict import preprocessing
+from litevit.predict import normalized, preprocessing
 
 MODELS = ("levit_128s", "mobilevit_xxs")
 
@@ -83,10 +84,14 @@ def cpu_seconds() -> float:
 
 
 def time_decode(paths: list[str], model: ExportedModel, batch: int, workers: int, decoder: str) -> tuple[float, float]:
-    """Images/s of predict's decoding alone (its worker processes, its batches), results dropped; CPU s per image."""
+    """Images/s of predict's decoding alone (its worker processes, its batches, normalised in this process as predict
+    does), results dropped; CPU s per image."""
     data, img_size, _ = preprocessing(model)
     start, cpu = time.perf_counter(), cpu_seconds()
-    count = sum(len(chunk) for chunk, _, _ in decoded(iter(paths), data, img_size, batch, workers, decoder))
+    count = 0
+    for chunk, images, _ in decoded(iter(paths), data, img_size, batch, workers, decoder):
+        normalized(images, data)
+        count += len(chunk)
     return count / (time.perf_counter() - start), (cpu_seconds() - cpu) / count
 
 

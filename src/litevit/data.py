@@ -57,17 +57,14 @@ class FlipChannels(torch.nn.Module):
         return x.flip(-3)
 
 
-def eval_transform(data: DataConfig, img_size: int | tuple[int, int] | None = None) -> v2.Compose:
-    """The evaluation preprocessing of ``data``: PIL image (or uint8 ``C, H, W`` tensor) -> normalised float tensor.
+def eval_resize(data: DataConfig, img_size: int | tuple[int, int] | None = None) -> v2.Compose:
+    """The first part of :func:`eval_transform`: PIL image (or uint8 ``C, H, W`` tensor) -> uint8 ``C, H, W`` tensor.
 
-    Resize the short side to ``img_size / crop_pct`` (each side separately for a non-square ``img_size``), centre-crop
-    ``img_size``, scale pixels to ``[0, 1]``, reorder channels if the checkpoints expect BGR, then subtract ``mean`` and
-    divide by ``std``. ``img_size`` defaults to ``data.img_size``.
+    Resize the short side to ``img_size / crop_pct`` (each side separately for a non-square ``img_size``), then
+    centre-crop ``img_size``. ``img_size`` defaults to ``data.img_size``.
     """
     if data.interpolation not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {data.interpolation!r}; expected one of {', '.join(INTERPOLATIONS)}")
-    if data.channel_order not in _CHANNEL_ORDERS:
-        raise ValueError(f"unknown channel order {data.channel_order!r}; expected one of {', '.join(_CHANNEL_ORDERS)}")
     if not 0 < data.crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {data.crop_pct}")
     height, width = to_2tuple(img_size if img_size is not None else data.img_size)
@@ -76,17 +73,36 @@ def eval_transform(data: DataConfig, img_size: int | tuple[int, int] | None = No
         resize: int | tuple[int, int] = math.floor(height / data.crop_pct)
     else:
         resize = (math.floor(height / data.crop_pct), math.floor(width / data.crop_pct))
-    steps: list[torch.nn.Module] = [
-        # resizing before ToImage keeps PIL's resampling for PIL inputs, as the reference evaluation code does
-        v2.Resize(resize, interpolation=INTERPOLATIONS[data.interpolation], antialias=True),
-        v2.CenterCrop((height, width)),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
+    return v2.Compose(
+        [
+            # resizing before ToImage keeps PIL's resampling for PIL inputs, as the reference evaluation code does
+            v2.Resize(resize, interpolation=INTERPOLATIONS[data.interpolation], antialias=True),
+            v2.CenterCrop((height, width)),
+            v2.ToImage(),
+            v2.ToPureTensor(),
+        ]
+    )
+
+
+def eval_normalize(data: DataConfig) -> v2.Compose:
+    """The second part of :func:`eval_transform`: uint8 ``C, H, W`` or ``B, C, H, W`` tensor -> normalised float32.
+
+    Scale pixels to ``[0, 1]``, reorder channels if the checkpoints expect BGR, then subtract ``mean`` and divide by
+    ``std``; each value alone, so a batch gives each image's values exactly.
+    """
+    if data.channel_order not in _CHANNEL_ORDERS:
+        raise ValueError(f"unknown channel order {data.channel_order!r}; expected one of {', '.join(_CHANNEL_ORDERS)}")
+    steps: list[torch.nn.Module] = [v2.ToDtype(torch.float32, scale=True)]
     if data.channel_order == "BGR":
         steps.append(FlipChannels())
     steps += [v2.Normalize(mean=list(data.mean), std=list(data.std)), v2.ToPureTensor()]
     return v2.Compose(steps)
+
+
+def eval_transform(data: DataConfig, img_size: int | tuple[int, int] | None = None) -> v2.Compose:
+    """The evaluation preprocessing of ``data``: PIL image (or uint8 ``C, H, W`` tensor) -> normalised float tensor;
+    :func:`eval_resize` then :func:`eval_normalize`. ``img_size`` defaults to ``data.img_size``."""
+    return v2.Compose([eval_resize(data, img_size), eval_normalize(data)])
 
 
 # Image memory. While load_image converts a file to 8-bit RGB, the image takes width x height x a few bytes (PIL

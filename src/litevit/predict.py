@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from ._extras import printable
 from .data import (
     ImageLoadError,
     default_workers,
+    eval_normalize,
+    eval_resize,
     eval_transform,
     image_folder,
     load_image,
@@ -281,28 +284,33 @@ def columns(topk: int, embeddings: bool) -> list[str]:
     return ["path", "error", *ranked, *(["embedding"] if embeddings else [])]
 
 
-_transform_cache: dict[tuple[DataConfig, tuple[int, int]], Any] = {}
+# decode's and normalized's transforms, built once per data config (and size) in each process
+_resize = lru_cache(maxsize=1)(eval_resize)
+_normalize = lru_cache(maxsize=1)(eval_normalize)
 
 
 def decode(
     chunk: Sequence[str], data: DataConfig, img_size: tuple[int, int], decoder: str = "pil"
 ) -> tuple[np.ndarray | None, list[str | None]]:
-    """Preprocessed images of the readable files of ``chunk`` (``B, C, H, W`` float32, None if none is readable)
-    and each file's error (None when read): the preprocessing of :func:`predict` (``decoder="pil"``), or with JPEGs
-    decoded by torchvision (:func:`litevit.data.load_image_decoder`)."""
-    key = (data, img_size)
-    if key not in _transform_cache:
-        _transform_cache.clear()
-        _transform_cache[key] = eval_transform(data, img_size)
-    transform = _transform_cache[key]
+    """Resized and cropped images of the readable files of ``chunk`` (``B, C, H, W`` uint8, None if none is
+    readable: a quarter of float32's bytes through a worker's pipe) and each file's error (None when read): the first
+    part of :func:`predict`'s preprocessing (:func:`litevit.data.eval_resize`; ``decoder="pil"``), or with JPEGs
+    decoded by torchvision (:func:`litevit.data.load_image_decoder`). :func:`normalized` does the rest."""
+    resize = _resize(data, img_size)
     images, errors = [], []
     for path in chunk:
         try:
-            images.append(transform(load_image_decoder(path, decoder)).numpy())
+            images.append(resize(load_image_decoder(path, decoder)).numpy())
             errors.append(None)
         except ImageLoadError as exc:
             errors.append(str(exc))
     return (np.stack(images) if images else None), errors
+
+
+def normalized(images: np.ndarray | None, data: DataConfig) -> torch.Tensor | None:
+    """A batch from :func:`decode` as the model's input (None stays None): :func:`litevit.data.eval_normalize`, so
+    that each image equals :func:`litevit.data.eval_transform`'s output exactly."""
+    return None if images is None else _normalize(data)(torch.from_numpy(images))
 
 
 def check_embeddings(model: Classifier) -> None:
@@ -329,17 +337,18 @@ def forward(model: Classifier, x: torch.Tensor, embeddings: bool) -> tuple[torch
 def batch_rows(
     model: Classifier,
     chunk: Sequence[str],
-    images: np.ndarray | None,
+    images: torch.Tensor | None,
     errors: Sequence[str | None],
     names: Sequence[str],
     topk: int,
     embeddings: bool,
 ) -> list[Row]:
-    """One results row per path of ``chunk``: its top-``topk`` classes, or its error."""
+    """One results row per path of ``chunk``: its top-``topk`` classes, or its error; ``images``: the readable
+    ones' model input (:func:`normalized`)."""
     rows: list[Row] = []
     found: Iterator[tuple[list[int], list[float], list[float] | None]] = iter(())
     if images is not None:
-        out, features = forward(model, torch.from_numpy(images), embeddings)
+        out, features = forward(model, images, embeddings)
         values, indices = out.float().softmax(dim=-1).topk(topk, dim=-1)
         vectors = features.float().tolist() if features is not None else [None] * len(values)
         found = iter(zip(indices.tolist(), values.tolist(), vectors, strict=True))

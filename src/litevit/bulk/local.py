@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..predict import Classifier, Row, batch_rows, class_names, columns, decode, iter_sources, preprocessing
+from ..predict import Classifier, Row, batch_rows, class_names, columns, decode, iter_sources, normalized, preprocessing
 from ..registry import DataConfig
 from .files import Parts, ResultsError, Summary, read_paths_and_errors
 
@@ -38,8 +38,9 @@ def _worker_init(parent: int) -> None:
 def decoded(
     paths: Iterator[str], data: DataConfig, img_size: tuple[int, int], batch_size: int, workers: int, decoder: str
 ) -> Iterator[tuple[list[str], np.ndarray | None, list[str | None]]]:
-    """Batches of paths with their decoded images, in order; with ``workers`` processes, at most ``2 * workers``
-    batches decoded ahead of the model (memory does not grow with the number of paths)."""
+    """Batches of paths with their decoded images (:func:`litevit.predict.decode`: uint8, for
+    :func:`litevit.predict.normalized`), in order; with ``workers`` processes, at most ``2 * workers`` batches decoded
+    ahead of the model (memory does not grow with the number of paths)."""
     chunks = iter(lambda: list(itertools.islice(paths, batch_size)), [])
     if workers == 0:
         yield from ((chunk, *decode(chunk, data, img_size, decoder)) for chunk in chunks)
@@ -102,7 +103,8 @@ def run_local(
     buffer: list[Row] = []
     try:
         for chunk, images, chunk_errors in decoded(paths, data, img_size, batch_size, workers, meta["decoder"]):
-            buffer += batch_rows(classifier, chunk, images, chunk_errors, names, meta["topk"], meta["embeddings"])
+            x = normalized(images, data)  # here, not in the workers: uint8 goes through their pipes
+            buffer += batch_rows(classifier, chunk, x, chunk_errors, names, meta["topk"], meta["embeddings"])
             errors += sum(e is not None for e in chunk_errors)
             done += len(chunk)
             bar.update(len(chunk))

@@ -17,7 +17,7 @@ import torch
 
 from .._extras import require
 from ..deploy.runtime import ExportedModel
-from ..predict import Classifier, batch_rows, class_names, columns, decode, iter_sources, preprocessing
+from ..predict import Classifier, batch_rows, class_names, columns, decode, iter_sources, normalized, preprocessing
 from .files import Parts, ResultsError, Summary, arrow_table, read_paths_and_errors
 
 
@@ -40,7 +40,8 @@ class _RayPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         chunk = [str(p) for p in batch["path"]]
         images, errors = decode(chunk, self.data, self.img_size, self.meta["decoder"])
-        rows = batch_rows(self.model, chunk, images, errors, self.names, self.meta["topk"], self.meta["embeddings"])
+        x = normalized(images, self.data)
+        rows = batch_rows(self.model, chunk, x, errors, self.names, self.meta["topk"], self.meta["embeddings"])
         return arrow_table(rows, self.cols, self.meta)
 
 
