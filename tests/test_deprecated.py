@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from litevit.registry import DataConfig
 from litevit.weights import reading
@@ -76,3 +77,15 @@ def test_renamed_check_names_warn_and_answer_as_before(tmp_path) -> None:
     with pytest.warns(DeprecationWarning, match="renamed pte_reference_check"):
         assert result.reference_check is pte
     assert result.checks == (int8, pte)
+
+
+def test_split_conv_is_a_deprecated_alias_of_split_layer() -> None:
+    from litevit import layers
+
+    with pytest.warns(DeprecationWarning, match="renamed SplitLayer"):
+        old = layers.SplitConv
+    assert old is layers.SplitLayer
+    split = old.from_conv(torch.nn.Conv2d(4, 6, 1), [2, 4])
+    assert [p.out_channels for p in split.parts] == [2, 4]
+    with pytest.raises(AttributeError):
+        layers.no_such_name  # noqa: B018

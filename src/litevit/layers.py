@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -194,6 +195,8 @@ class SplitLayer(nn.Module):
             parts.append(part)
             start += size
         return cls(parts)
+
+    from_conv = from_layer  # SplitConv's name for it (see the deprecated alias below)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(part(x) for part in self.parts)
@@ -420,3 +423,10 @@ def set_img_size(model: nn.Module, img_size: int | tuple[int, int]) -> None:
     if info is not None and dataclasses.is_dataclass(info):
         data = dataclasses.replace(info.data, img_size=img_size) if isinstance(img_size, int) else info.data
         model.model_info = dataclasses.replace(info, img_size=img_size, data=data)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SplitConv":  # renamed in 0.2: it splits linear layers too
+        warnings.warn("litevit.layers.SplitConv is renamed SplitLayer", DeprecationWarning, stacklevel=2)
+        return SplitLayer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

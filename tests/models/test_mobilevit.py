@@ -64,6 +64,14 @@ def test_unfold_matches_brute_force_and_f_unfold() -> None:
     torch.testing.assert_close(fold(tokens, 2, (6, 10)), x, atol=0, rtol=0)
 
 
+def test_unfold_and_fold_are_pixel_unshuffle_and_shuffle() -> None:
+    """The patch order is pixel_unshuffle's channel order (c, ph, pw), and fold is pixel_shuffle, bit for bit: the
+    alternative forms the batch-1 graph work measured (benchmarks/speed/batch1_graph.md)."""
+    x = torch.randn(2, 3, 6, 10)
+    assert torch.equal(unfold(x, 2), F.pixel_unshuffle(x, 2).reshape(2, 3, 4, 15))
+    assert torch.equal(fold(unfold(x, 2), 2, (6, 10)), F.pixel_shuffle(unfold(x, 2).reshape(2, 12, 3, 5), 2))
+
+
 def test_token_unfold_is_unfold_then_tokens_last() -> None:
     """v1's one-permutation unfold equals unfold followed by the token permute it replaces (B, d, P, N -> B*P, N, d),
     bit for bit, and its fold inverts it; a side that is not a patch multiple is the same clear error."""
