@@ -38,12 +38,6 @@ REJECTED = {
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # coremltools' own registry calls
 # shares measured with ExecuTorch 1.5.1 after the rewrites; a drop means an operator fell back again
 MIN_SHARE = 0.95
-# what XNNPACK leaves to portable kernels after the rewrites (ExecuTorch 1.5.1): dim-order copies, and in T2T-ViT's
-# Performer the body run under autocast's wrapper (30 operators in all), which the rewrites do not enter. T2T-ViT's
-# share is measured by these (94.8 %: its fused form has fewer operators to delegate, the same ones left out).
-PORTABLE = {"dim_order_ops._to_dim_order_copy.default"}
-PERFORMER_PORTABLE = {"expand_copy.default", "sum.dim_IntList"}
-MAX_PORTABLE = 30
 
 
 def _fused(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -194,13 +188,7 @@ def _check_pte(name: str, folder: Path) -> None:
     check = result.parity_check
     assert check is not None and check.passed and check.max_rel_diff <= RTOL and result.checks == (check,)
     assert result.metadata.batch == 1 and result.metadata.variant == name
-    delegation = result.delegation
-    assert delegation is not None, name
-    if litevit.get_variant(name).family == "t2t_vit":
-        left = set(delegation.remaining) - PORTABLE - PERFORMER_PORTABLE
-        assert not left and sum(delegation.remaining.values()) <= MAX_PORTABLE, delegation.summary()
-    else:
-        assert delegation.share >= MIN_SHARE, delegation.summary()
+    assert result.delegation is not None and result.delegation.share >= MIN_SHARE, result.delegation.summary()
     loaded = ExportedModel(result.path)
     assert loaded.metadata == result.metadata
 

@@ -5,7 +5,6 @@ and the backbone's attention block. The network and its differences from the off
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import drop_path, fold_norm_affine, qkv_heads, split_scaled_qkv
+from ..layers import drop_path
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -227,7 +226,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = qkv_heads(self.qkv(x), self.num_heads)  # B, heads, N, C / heads each
+        # B, N, 3C -> 3, B, heads, N, C / heads
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # B, heads, N, C / heads
         x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, C / heads -> B, N, C
         return self.proj_drop(self.proj(x))
@@ -248,18 +248,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
-
-    @torch.no_grad()
-    def fuse(self) -> Block:
-        """Both LayerNorms' affine folded into qkv / fc1, the attention scale into the query rows, and query, key
-        and value as separate layers (no split node in an exported graph)."""
-        fused = copy.deepcopy(self)
-        fused.drop_path = 0.0
-        fold_norm_affine(fused.norm1, fused.attn.qkv)
-        fold_norm_affine(fused.norm2, fused.mlp.fc1)
-        if isinstance(fused.attn.qkv, nn.Linear):
-            fused.attn.qkv, fused.attn.scale = split_scaled_qkv(fused.attn.qkv, fused.attn.scale), 1.0
-        return fused
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}"
