@@ -396,3 +396,29 @@ def test_subcommand_help_says_what_each_does_now(capsys: pytest.CaptureFixture[s
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "@list.txt" in text and ".xml" in text and "--resume" in text and "--decoder" in text
+
+
+def test_model_rows_keep_the_order_and_run_the_model_in_its_own_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model thread runs one batch ahead of this one: rows come back in the order of the batches whatever each
+    batch takes, every batch reaches the model normalised, and an error in the model thread ends the run as itself."""
+    import threading
+
+    seen: list[tuple[str, float]] = []
+
+    def fake_rows(model, chunk, x, errors, names, topk, embeddings):  # noqa: ANN001, ANN202
+        seen.append((threading.current_thread().name, float(x.mean())))
+        time.sleep(0.02 * (3 - len(seen)) if len(seen) < 3 else 0)  # the first batches slowest
+        if chunk == ["boom"]:
+            raise RuntimeError("model failed")
+        return [{"path": p} for p in chunk]
+
+    monkeypatch.setattr(local, "batch_rows", fake_rows)
+    data = litevit.get_variant(NAME).data
+    batches = [([f"{i}.jpg", f"{i}b.jpg"], np.full((2, 3, 4, 4), i, np.uint8), [None, None]) for i in range(5)]
+    out = list(local.model_rows(None, iter(batches), data, [], 1, False))
+    assert [rows for _, _, rows in out] == [[{"path": f"{i}.jpg"}, {"path": f"{i}b.jpg"}] for i in range(5)]
+    assert all(name.startswith("litevit-model") for name, _ in seen)
+    expected = [float(local.normalized(images, data).mean()) for _, images, _ in batches]
+    assert [mean for _, mean in seen] == expected
+    with pytest.raises(RuntimeError, match="model failed"):
+        list(local.model_rows(None, iter([(["boom"], batches[0][1][:1], [None])]), data, [], 1, False))

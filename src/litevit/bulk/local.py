@@ -67,6 +67,31 @@ def decoded(
         pool.shutdown(cancel_futures=True)
 
 
+def model_rows(
+    classifier: Classifier,
+    batches: Iterator[tuple[list[str], np.ndarray | None, list[str | None]]],
+    data: DataConfig,
+    names: Sequence[str],
+    topk: int,
+    embeddings: bool,
+) -> Iterator[tuple[list[str], list[str | None], list[Row]]]:
+    """Each decoded batch with its rows, in order. The model runs in a thread of its own (OpenVINO, onnxruntime and
+    torch release the GIL while they compute), one batch ahead: this thread meanwhile takes the next batch from the
+    decoding workers, normalises it and writes the finished rows."""
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="litevit-model") as model:
+        pending: deque[tuple[list[str], list[str | None], futures.Future]] = deque()
+        for chunk, images, errors in batches:
+            x = normalized(images, data)  # here, not in the workers: uint8 goes through their pipes
+            pending.append((chunk, errors, model.submit(batch_rows, classifier, chunk, x, errors, names, topk,
+                                                        embeddings)))  # fmt: skip
+            if len(pending) > 1:
+                chunk_done, errors_done, rows = pending.popleft()
+                yield chunk_done, errors_done, rows.result()
+        while pending:
+            chunk_done, errors_done, rows = pending.popleft()
+            yield chunk_done, errors_done, rows.result()
+
+
 def run_local(
     classifier: Classifier,
     meta: dict[str, Any],
@@ -102,9 +127,9 @@ def run_local(
     bar = tqdm(desc="predict", unit="img", initial=done, disable=not progress, dynamic_ncols=True)
     buffer: list[Row] = []
     try:
-        for chunk, images, chunk_errors in decoded(paths, data, img_size, batch_size, workers, meta["decoder"]):
-            x = normalized(images, data)  # here, not in the workers: uint8 goes through their pipes
-            buffer += batch_rows(classifier, chunk, x, chunk_errors, names, meta["topk"], meta["embeddings"])
+        batches = decoded(paths, data, img_size, batch_size, workers, meta["decoder"])
+        for chunk, chunk_errors, rows in model_rows(classifier, batches, data, names, meta["topk"], meta["embeddings"]):
+            buffer += rows
             errors += sum(e is not None for e in chunk_errors)
             done += len(chunk)
             bar.update(len(chunk))
