@@ -165,20 +165,21 @@ def accuracy(names: list[str], folders: dict[str, Path], runs: Path, data: Path,
 
 
 def report(path: Path) -> str:
-    """Markdown tables of a jsonl written by this tool."""
+    """Markdown tables of a jsonl written by this tool: one per comparison, machine and older tree."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    first = records[0]
-    lines = [
-        f"Hardware: {first['cpu']}; ISA {', '.join(first['isa'])}; torch {first['torch']}, openvino "
-        f"{first['openvino']}; 1 thread, batch 1, static shapes. Raw records: `{path.as_posix()}`.", "",
-    ]  # fmt: skip
+    lines = [f"Raw records: `{path.as_posix()}`. 1 thread, batch 1, static shapes.", ""]
     for r in records:
         if "ratio_median" not in r:
             r["comparison"] += ", int8 accuracy on the digits"
-    for comparison in dict.fromkeys(r["comparison"] for r in records):
-        rows = [r for r in records if r["comparison"] == comparison]
-        lines += [f"### {comparison}", "", *dict.fromkeys(f"Command: `{r['command']}` (commit {r['commit']}, old "
-                                                          f"{r['old_commit']})." for r in rows), ""]  # fmt: skip
+    groups = dict.fromkeys((r["comparison"], r["cpu"], r["old_commit"]) for r in records)
+    for comparison, cpu, old_commit in groups:
+        rows = [r for r in records if (r["comparison"], r["cpu"], r["old_commit"]) == (comparison, cpu, old_commit)]
+        first = rows[0]
+        lines += [
+            f"### {comparison} (old {old_commit}, {cpu})", "",
+            f"Hardware: {cpu}; ISA {', '.join(first['isa'])}; torch {first['torch']}, openvino {first['openvino']}.",
+            "", *dict.fromkeys(f"Command: `{r['command']}` (commit {r['commit']})." for r in rows), "",
+        ]  # fmt: skip
         if "ratio_median" in rows[0]:
             lines += [
                 "| model | precision | IR ops old -> new | CPU-plugin nodes old -> new | element-type reorders "
