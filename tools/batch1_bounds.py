@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from batch1_graph import SKIPPED_RUNTIME, rt_info  # the nodes counted as that tool counts them
 
-SKIPPED_RUNTIME = {"Input", "Output", "Const"}  # as tools/batch1_graph.py: what the CPU plugin does not run per call
 IN_PLACE = {"Reshape"}  # runtime nodes that only relabel their input's buffer
 PRECISION_BYTES = {"f32": 4, "i32": 4, "bf16": 2, "f16": 2, "i8": 1, "u8": 1, "i64": 8}
 CHAIN_LENGTHS = (50, 100, 200)
@@ -94,10 +94,6 @@ def l2_bytes() -> int:
     return 1 << 20
 
 
-def _info(op: Any, key: str) -> str:
-    return op.get_rt_info()[key].astype(str)
-
-
 def _bytes(ports: Any) -> int:
     """The bytes of the tensors on ``ports`` (static shapes)."""
     return sum(int(np.prod(port.get_shape())) * port.get_element_type().size for port in ports)
@@ -111,7 +107,7 @@ def runtime_figures(compiled: Any) -> dict[str, int]:
     figures, constant = dict.fromkeys(keys, 0), set()
     ops = compiled.get_runtime_model().get_ordered_ops()
     for op in ops:
-        kind, name = _info(op, "layerType"), op.get_friendly_name()
+        kind, name = rt_info(op, "layerType"), op.get_friendly_name()
         sources = {i.get_source_output().get_node().get_friendly_name() for i in op.inputs()}
         figures["runtime_nodes"] += kind not in SKIPPED_RUNTIME
         if kind == "Const" or (sources and sources <= constant):
@@ -125,7 +121,7 @@ def runtime_figures(compiled: Any) -> dict[str, int]:
             continue
         for out in op.outputs():  # each weight read once, at the widest precision a per-call consumer runs at
             consumers = [i.get_node() for i in out.get_target_inputs()]
-            runs_at = [_info(c, "runtimePrecision") for c in consumers if c.get_friendly_name() not in constant]
+            runs_at = [rt_info(c, "runtimePrecision") for c in consumers if c.get_friendly_name() not in constant]
             width = max((PRECISION_BYTES.get(p, 4) for p in runs_at), default=0)
             figures["weight_bytes"] += int(np.prod(out.get_shape())) * min(out.get_element_type().size, width)
     return figures

@@ -70,7 +70,8 @@ def graph_ops(model: Any) -> dict[str, int]:
     return {kind: n for kind, n in counts.most_common() if kind not in SKIPPED_OPS}
 
 
-def _info(op: Any, key: str) -> str:
+def rt_info(op: Any, key: str) -> str:
+    """A runtime node's (or IR op's) rt_info entry ``key`` as text."""
     return op.get_rt_info()[key].astype(str)
 
 
@@ -83,13 +84,14 @@ def runner(core: Any, path: Path, precision: str, x: np.ndarray) -> tuple[Any, d
     compiled = core.compile_model(core.read_model(path), "CPU", config)
     request = compiled.create_infer_request()
     ops = compiled.get_runtime_model().get_ops()
-    runtime = collections.Counter(_info(op, "layerType") for op in ops)
+    runtime = collections.Counter(rt_info(op, "layerType") for op in ops)
     converting = 0
     for op in ops:
-        if _info(op, "layerType") != "Reorder":
+        if rt_info(op, "layerType") != "Reorder":
             continue
         source = op.input(0).get_source_output().get_node()
-        if _info(source, "layerType") != "Const" and _info(source, "outputPrecisions") != _info(op, "outputPrecisions"):
+        precisions = rt_info(source, "outputPrecisions"), rt_info(op, "outputPrecisions")
+        if rt_info(source, "layerType") != "Const" and precisions[0] != precisions[1]:
             converting += 1
     nodes = {kind: n for kind, n in runtime.most_common() if kind not in SKIPPED_RUNTIME}
     return (lambda: request.infer({0: x})), nodes, converting

@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "batch1_bounds.py"
+sys.path.insert(0, str(TOOL.parent))  # as when run: the tool imports tools/batch1_graph.py
 spec = importlib.util.spec_from_file_location("batch1_bounds", TOOL)
 bounds = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bounds)

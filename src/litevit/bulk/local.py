@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,23 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def in_order(
+    pool: futures.Executor, jobs: Iterator[tuple[Any, Callable[..., Any], tuple]], ahead: int
+) -> Iterator[tuple[Any, Any]]:
+    """Each job ``(tag, function, arguments)`` run on ``pool``, its tag and result yielded in the order of the jobs:
+    a result as soon as it and those before it are done, with at most ``ahead`` jobs submitted beyond the one
+    waited for (``jobs`` is read only as far as that)."""
+    pending: deque[tuple[Any, futures.Future]] = deque()
+    for tag, function, arguments in jobs:
+        pending.append((tag, pool.submit(function, *arguments)))
+        while len(pending) > ahead or (pending and pending[0][1].done()):
+            done, future = pending.popleft()
+            yield done, future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
+
+
 def decoded(
     paths: Iterator[str], data: DataConfig, img_size: tuple[int, int], batch_size: int, workers: int, decoder: str
 ) -> Iterator[tuple[list[str], np.ndarray | None, list[str | None]]]:
@@ -49,15 +66,8 @@ def decoded(
     context = multiprocessing.get_context(method)
     pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
     try:
-        pending: deque[tuple[list[str], futures.Future]] = deque()
-        for chunk in chunks:
-            pending.append((chunk, pool.submit(decode, chunk, data, img_size, decoder)))
-            while len(pending) > 2 * workers or (pending and pending[0][1].done()):
-                chunk_done, future = pending.popleft()
-                yield (chunk_done, *future.result())
-        while pending:
-            chunk_done, future = pending.popleft()
-            yield (chunk_done, *future.result())
+        jobs = ((chunk, decode, (chunk, data, img_size, decoder)) for chunk in chunks)
+        yield from ((chunk, *images_errors) for chunk, images_errors in in_order(pool, jobs, 2 * workers))
     except futures.process.BrokenProcessPool:
         raise ResultsError(
             "a decoding worker process ended unexpectedly (killed, or out of memory); the finished parts stay "
@@ -79,17 +89,11 @@ def model_rows(
     torch release the GIL while they compute), one batch ahead: this thread meanwhile takes the next batch from the
     decoding workers, normalises it and writes the finished rows."""
     with futures.ThreadPoolExecutor(1, thread_name_prefix="litevit-model") as model:
-        pending: deque[tuple[list[str], list[str | None], futures.Future]] = deque()
-        for chunk, images, errors in batches:
-            x = normalized(images, data)  # here, not in the workers: uint8 goes through their pipes
-            pending.append((chunk, errors, model.submit(batch_rows, classifier, chunk, x, errors, names, topk,
-                                                        embeddings)))  # fmt: skip
-            if len(pending) > 1:
-                chunk_done, errors_done, rows = pending.popleft()
-                yield chunk_done, errors_done, rows.result()
-        while pending:
-            chunk_done, errors_done, rows = pending.popleft()
-            yield chunk_done, errors_done, rows.result()
+        jobs = (  # each batch normalised here, not in the decoding workers: uint8 goes through their pipes
+            ((chunk, errors), batch_rows, (classifier, chunk, normalized(x, data), errors, names, topk, embeddings))
+            for chunk, x, errors in batches
+        )
+        yield from ((chunk, errors, rows) for (chunk, errors), rows in in_order(model, jobs, 1))
 
 
 def run_local(
