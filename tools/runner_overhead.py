@@ -45,10 +45,10 @@ def benchmark_app(path: Path, precision: str, seconds: int) -> float:
          "-infer_precision", precision, "-t", str(seconds)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    found = re.search(r"Median:\s+([\d.]+)\s*ms", out)
+    found = re.search(r"Median:\s+([\d.]+)\s*(ms|us)", out)
     if found is None:
         raise RuntimeError("benchmark_app printed no median latency: " + " | ".join(out.splitlines()[-5:]))
-    return float(found.group(1))
+    return float(found.group(1)) / (1e3 if found.group(2) == "us" else 1.0)
 
 
 def main() -> int:

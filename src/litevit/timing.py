@@ -15,10 +15,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+SETTLE_S = 0.02  # untimed calls that open each block: the caches refill over several calls after other runners ran
+BLOCK_S = 0.03  # timed calls that follow them, one sample per block
+
+
 def time_interleaved(
     runners: dict[str, Callable[[], Any]], seconds: float, warmup: float, sync: Callable[[], None] = lambda: None
 ) -> dict[str, list[float]]:
-    """Per-call times (s) of each runner, measured in interleaved rounds after a time-based warm-up."""
+    """Per-call times (s) of each runner, one per round, measured in interleaved rounds after a time-based warm-up.
+
+    Each round runs every runner as a block, as a program that calls one model in a loop runs it: untimed calls for
+    ``SETTLE_S`` (at least one), then timed calls for ``BLOCK_S`` (at least one), whose median is the round's sample.
+    The untimed calls matter: a model called right after others finds their weights and kernels in its caches and
+    runs up to 2x slower for its first 3-5 calls (EfficientViT-M0 at batch 1: 2.5 ms, 1.7, 1.3, then 1.2 ms; see
+    docs/speed.md). The order rotates every round; at least three rounds are run."""
     for run in runners.values():
         start = time.perf_counter()
         while time.perf_counter() - start < warmup:
@@ -31,10 +41,25 @@ def time_interleaved(
     while time.perf_counter() < deadline or round_index < 3:
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            sync()
-            start = time.perf_counter()
-            runners[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_block(runners[name], sync))
         round_index += 1
     return times
+
+
+def _block(run: Callable[[], Any], sync: Callable[[], None]) -> float:
+    """The median time (s) of the timed calls of one block (see :func:`time_interleaved`)."""
+    start = time.perf_counter()
+    while True:
+        run()
+        sync()
+        if time.perf_counter() - start >= SETTLE_S:
+            break
+    samples: list[float] = []
+    start = time.perf_counter()
+    while not samples or time.perf_counter() - start < BLOCK_S:
+        call = time.perf_counter()
+        run()
+        sync()
+        samples.append(time.perf_counter() - call)
+    samples.sort()
+    return samples[len(samples) // 2]

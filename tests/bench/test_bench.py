@@ -23,7 +23,9 @@ from litevit.flops import count_macs
 TINY = dict(num_classes=10, img_size=64, dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=16)
 
 
-def test_time_interleaved_rotates_and_balances() -> None:
+def test_time_interleaved_rotates_and_balances(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(litevit.timing, "SETTLE_S", 0.0)  # blocks of one untimed and one timed call
+    monkeypatch.setattr(litevit.timing, "BLOCK_S", 0.0)
     calls: list[str] = []
 
     def runner(name: str) -> None:
@@ -34,9 +36,29 @@ def test_time_interleaved_rotates_and_balances() -> None:
     runners = {name: (lambda name=name: runner(name)) for name in "abc"}
     times = bench.time_interleaved(runners, seconds=0.0, warmup=0.0)
     assert [len(t) for t in times.values()] == [3, 3, 3]  # at least three rounds, equal counts
-    assert calls[:9] == list("abc") + list("bca") + list("cab")
+    assert calls[:18] == list("aabbcc") + list("bbccaa") + list("ccaabb")
     assert min(times["b"]) >= 0.02 and statistics.median(times["b"]) < 1.0  # each call timed, in seconds
     assert max(statistics.median(times["a"]), statistics.median(times["c"])) < 0.02  # timed apart, not summed
+
+
+def test_time_interleaved_times_each_runner_warm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner is slow for its first calls after another ran (its caches cold): the samples leave those out."""
+    monkeypatch.setattr(litevit.timing, "SETTLE_S", 0.03)
+    monkeypatch.setattr(litevit.timing, "BLOCK_S", 0.01)
+    last = {"name": "", "streak": 0}
+
+    def runner(name: str) -> None:
+        last["streak"] = last["streak"] + 1 if last["name"] == name else 1
+        last["name"] = name
+        time.sleep(0.012 if last["streak"] <= 2 else 0.001)  # two cold calls, then warm
+
+    times = bench.time_interleaved({n: (lambda n=n: runner(n)) for n in "abc"}, seconds=0.0, warmup=0.0)
+    for samples in times.values():
+        assert len(samples) == 3 and max(samples) < 0.006  # warm calls only: 1 ms, not 12
+
+    monkeypatch.setattr(litevit.timing, "SETTLE_S", 0.0)  # one untimed call: the second, still cold, is timed
+    times = bench.time_interleaved({n: (lambda n=n: runner(n)) for n in "abc"}, seconds=0.0, warmup=0.0)
+    assert all(min(samples) >= 0.012 for samples in times.values())
 
 
 def test_bench_group_on_tiny_model_gives_well_formed_records() -> None:

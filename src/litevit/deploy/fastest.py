@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 import shutil
 import statistics
 import tempfile
@@ -69,7 +70,8 @@ def selection_table(s: Selection) -> list[str]:
         f"{'candidate':13s} {'ms':>8s} {'speed-up (95%)':>19s} {'agree':>7s} {'top-1':>6s} {'drop<=':>6s}  decision",
     ]
     for c in s.candidates:
-        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x ({c.ratio_low:.2f}-{c.ratio_high:.2f})"
+        interval = "few rounds" if c.ratio_low is None else f"{c.ratio_low:.2f}-{c.ratio_high:.2f}"
+        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x ({interval})"
         cells = [
             "-" if value is None else spec.format(value)
             for value, spec in ((c.ms, "{:.3f}"), (c.agreement, "{:.1%}"), (c.top1, "{:.2f}"), (c.drop_bound, "{:.2f}"))
@@ -271,7 +273,7 @@ def time_and_choose(
     ref_row = None
     if REFERENCE in times:
         median, low, high = _ratio(times, REFERENCE, chosen.name)
-        if low <= 1.0:
+        if -math.inf < low <= 1.0:
             than = "faster than" if high < 1.0 else "as fast as"
             lines.append(
                 f"OpenVINO's defaults on the fp32 IR are {than} the pick (the pick: {median:.2f}x, "
@@ -282,7 +284,7 @@ def time_and_choose(
                 f"the pick is {median:.2f}x ({low:.2f}-{high:.2f}) faster than OpenVINO's defaults on the fp32 IR"
             )
         ref_row = CandidateRecord(
-            REFERENCE, statistics.median(times[REFERENCE]) * 1e3, *_ratio(times, baseline, REFERENCE), None, None,
+            REFERENCE, statistics.median(times[REFERENCE]) * 1e3, *_finite(_ratio(times, baseline, REFERENCE)), None, None,
             None, "reference: the fp32 IR at OpenVINO's defaults, never chosen",
         )  # fmt: skip
     for t in trials:
@@ -300,6 +302,11 @@ def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, 
     return statistics.median(ratios), low, high
 
 
+def _finite(values: tuple[float | None, ...]) -> tuple[float | None, ...]:
+    """``values`` with the infinite bounds of too few rounds for an interval (:func:`median_bounds`) as None."""
+    return tuple(v if v is None or math.isfinite(v) else None for v in values)
+
+
 def _faster(times: dict[str, list[float]], fast: str, slow: str) -> bool:
     """Whether ``fast`` is faster than ``slow`` at 95 % (the interval of the per-round ratio lies above 1)."""
     return _ratio(times, slow, fast)[1] > 1.0
@@ -314,7 +321,7 @@ def _selection(
         measured = t.accuracy is not None and (images > 0 or t.accuracy.exact)
         a = t.accuracy if measured else None
         records.append(CandidateRecord(
-            t.name, t.ms, *(t.ratio or (None, None, None)), None if a is None else a.agreement,
+            t.name, t.ms, *_finite(t.ratio or (None, None, None)), None if a is None else a.agreement,
             None if a is None else a.top1, None if a is None else a.drop_bound, t.reason,
         ))  # fmt: skip
     fp32_top1 = None
