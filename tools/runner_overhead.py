@@ -45,9 +45,14 @@ def benchmark_app(path: Path, precision: str, seconds: int) -> float:
          "-infer_precision", precision, "-t", str(seconds)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    found = re.search(r"Median:\s+([\d.]+)\s*(ms|us)", out)
+    return median_ms(out)
+
+
+def median_ms(report: str) -> float:
+    """The median latency (ms) in benchmark_app's report, which prints it in ms, or in us below 1 ms."""
+    found = re.search(r"Median:\s+([\d.]+)\s*(ms|us)", report)
     if found is None:
-        raise RuntimeError("benchmark_app printed no median latency: " + " | ".join(out.splitlines()[-5:]))
+        raise RuntimeError("benchmark_app printed no median latency: " + " | ".join(report.splitlines()[-5:]))
     return float(found.group(1)) / (1e3 if found.group(2) == "us" else 1.0)
 
 

@@ -26,9 +26,10 @@ def time_interleaved(
 
     Each round runs every runner as a block, as a program that calls one model in a loop runs it: untimed calls for
     ``SETTLE_S`` (at least one), then timed calls for ``BLOCK_S`` (at least one), whose median is the round's sample.
-    The untimed calls matter: a model called right after others finds their weights and kernels in its caches and
-    runs up to 2x slower for its first 3-5 calls (EfficientViT-M0 at batch 1: 2.5 ms, 1.7, 1.3, then 1.2 ms; see
-    docs/speed.md). The order rotates every round; at least three rounds are run."""
+    The untimed calls matter: a model called right after others finds their data in the caches, not its own, and
+    runs up to 2.4x slower for its first calls, recovering over 3-10 calls (EfficientViT-M0's onnxruntime file at
+    batch 1: 3.0, 2.3, 2.0, 1.8 ms, then 1.6 ms; benchmarks/speed/cache_warmup.jsonl). The order rotates every
+    round; at least three rounds are run."""
     for run in runners.values():
         start = time.perf_counter()
         while time.perf_counter() - start < warmup:

@@ -124,8 +124,8 @@ def openvino_runner(path: str | os.PathLike, threads: int | None, precision: str
     ``"defaults"`` compiles with OpenVINO's own defaults, what a plain OpenVINO user gets.
 
     A dynamic-batch IR is compiled once per input shape it is called with, reshaped to that static shape: OpenVINO
-    plans static graphs better (int8 at batch 1, 1 thread: EfficientViT-M0 1.45x, LeViT-128S 1.34x, MobileViT-XXS
-    1.14x faster than the dynamic graph, measured interleaved on the machine of the README's figures). Graphs with
+    plans static graphs better (at batch 1, 1 thread, int8 / bf16: EfficientViT-M0 3.9x / 2.0x, LeViT-128S 1.19x /
+    1.09x, MobileViT-XXS 1.19x / 1.18x faster than the dynamic graph; benchmarks/speed/static_batch.jsonl). Graphs with
     a resize (MobileViT at sides that are not multiples of its patch grid) stay dynamic: OpenVINO 2026.4's static
     Interpolate put MobileViT-XXS at 96 px 2.7e-4 relative off float64, the dynamic one 8e-7.
     """
