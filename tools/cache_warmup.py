@@ -8,13 +8,13 @@ each call is timed: the median per call index says how many calls a runner needs
 steady speed. Call 0 is what timing one call per runner per round measured (the method before 2026-12-07); the
 steady time is the median of calls 5 and later. One JSON line per model:
 
-    .venv/bin/python tools/cache_warmup.py levit_128s efficientvit_m0 mobilevit_xxs --out benchmarks/speed/cache_warmup.jsonl
+    .venv/bin/python tools/cache_warmup.py levit_128s efficientvit_m0 mobilevit_xxs \
+        --out benchmarks/speed/cache_warmup.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from _records import emit
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16
@@ -82,7 +83,9 @@ def main() -> int:
                         row.append(time.perf_counter() - start)
                     rows[route].append(row)
                 rounds += 1
-            by_index = {r: [statistics.median(c[i] for c in v) * 1e3 for i in range(args.calls)] for r, v in rows.items()}
+            by_index = {
+                r: [statistics.median(c[i] for c in v) * 1e3 for i in range(args.calls)] for r, v in rows.items()
+            }
             steady = {r: statistics.median(t for c in v for t in c[STEADY_FROM:]) * 1e3 for r, v in rows.items()}
             record = {
                 "model": name, "batch": 1, "threads": 1, "rounds": rounds, "calls_per_block": args.calls,
@@ -93,11 +96,7 @@ def main() -> int:
                 "cpu": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__, "commit": git_commit(),
                 "command": "python tools/cache_warmup.py " + " ".join(sys.argv[1:]),
             }  # fmt: skip
-            line = json.dumps(record)
-            print(line, flush=True)
-            if args.out is not None:
-                with args.out.open("a") as f:
-                    f.write(line + "\n")
+            emit(record, args.out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

@@ -6,13 +6,13 @@ precision): as written, and reshaped to batch 1 as ``export --fastest --batch 1`
 compiles it. Both take batch-1 calls, timed interleaved (:func:`litevit.timing.time_interleaved`). One JSON line per
 IR, the static speed-up as the median per-round ratio with its p10-p90:
 
-    .venv/bin/python tools/static_batch.py efficientvit_m0 levit_128s mobilevit_xxs --out benchmarks/speed/static_batch.jsonl
+    .venv/bin/python tools/static_batch.py efficientvit_m0 levit_128s mobilevit_xxs \
+        --out benchmarks/speed/static_batch.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import torch
+from _records import emit
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16
@@ -62,7 +63,7 @@ def main() -> int:
                     kind: core.compile_model(graph, "CPU", config).create_infer_request()
                     for kind, graph in (("dynamic", written), ("static", static))
                 }
-                calls = {kind: (lambda r=r: r.infer({0: x}, share_inputs=True)) for kind, r in requests.items()}
+                calls = {kind: (lambda r=r, x=x: r.infer({0: x}, share_inputs=True)) for kind, r in requests.items()}
                 times = time_interleaved(calls, args.seconds, warmup=1.0)
                 ratios = [d / s for d, s in zip(times["dynamic"], times["static"], strict=True)]
                 record = {
@@ -74,11 +75,7 @@ def main() -> int:
                     "isa": cpu_isa(), "openvino": ov.__version__, "commit": git_commit(),
                     "command": "python tools/static_batch.py " + " ".join(sys.argv[1:]),
                 }  # fmt: skip
-                line = json.dumps(record)
-                print(line, flush=True)
-                if args.out is not None:
-                    with args.out.open("a") as f:
-                        f.write(line + "\n")
+                emit(record, args.out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

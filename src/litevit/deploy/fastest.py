@@ -284,8 +284,8 @@ def time_and_choose(
                 f"the pick is {median:.2f}x ({low:.2f}-{high:.2f}) faster than OpenVINO's defaults on the fp32 IR"
             )
         ref_row = CandidateRecord(
-            REFERENCE, statistics.median(times[REFERENCE]) * 1e3, *_finite(_ratio(times, baseline, REFERENCE)), None, None,
-            None, "reference: the fp32 IR at OpenVINO's defaults, never chosen",
+            REFERENCE, statistics.median(times[REFERENCE]) * 1e3, *_finite(_ratio(times, baseline, REFERENCE)),
+            None, None, None, "reference: the fp32 IR at OpenVINO's defaults, never chosen",
         )  # fmt: skip
     for t in trials:
         if t is chosen:
