@@ -448,3 +448,18 @@ def test_the_bf16_candidates_are_their_f32_twins_graphs_recorded_at_bf16(tmp_pat
         assert (meta.precision, meta.inference_precision) == (twin[3:], "bf16")
         assert original.inference_precision == "f32" and meta.variant == original.variant
     assert any(op == "FakeQuantize" for op, _ in ops(paths["ov-int8"]))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "says"),
+    [
+        (1.1, 1.3, "the pick is 1.20x (1.10-1.30) faster than OpenVINO's defaults"),
+        (0.9, 1.3, "OpenVINO's defaults on the fp32 IR are as fast as the pick"),
+        (0.7, 0.9, "OpenVINO's defaults on the fp32 IR are faster than the pick"),
+        (-math.inf, math.inf, "5 rounds are too few for a 95% interval: not decided"),
+    ],
+)
+def test_the_line_against_openvino_defaults_claims_only_what_the_interval_decides(
+    low: float, high: float, says: str
+) -> None:
+    assert says in F.reference_line(1.2, low, high, 5)

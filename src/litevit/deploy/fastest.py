@@ -272,17 +272,7 @@ def time_and_choose(
         )
     ref_row = None
     if REFERENCE in times:
-        median, low, high = _ratio(times, REFERENCE, chosen.name)
-        if -math.inf < low <= 1.0:
-            than = "faster than" if high < 1.0 else "as fast as"
-            lines.append(
-                f"OpenVINO's defaults on the fp32 IR are {than} the pick (the pick: {median:.2f}x, "
-                f"{low:.2f}-{high:.2f} at 95%): what a plain OpenVINO user already gets"
-            )
-        else:
-            lines.append(
-                f"the pick is {median:.2f}x ({low:.2f}-{high:.2f}) faster than OpenVINO's defaults on the fp32 IR"
-            )
+        lines.append(reference_line(*_ratio(times, REFERENCE, chosen.name), len(times[REFERENCE])))
         ref_row = CandidateRecord(
             REFERENCE, statistics.median(times[REFERENCE]) * 1e3, *_finite(_ratio(times, baseline, REFERENCE)),
             None, None, None, "reference: the fp32 IR at OpenVINO's defaults, never chosen",
@@ -300,6 +290,22 @@ def _ratio(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, 
     ratios = [a / b for a, b in zip(times[slow], times[fast], strict=False)]
     low, high = median_bounds(ratios)
     return statistics.median(ratios), low, high
+
+
+def reference_line(median: float, low: float, high: float, rounds: int) -> str:
+    """What the pick's speed-up over the fp32 IR at OpenVINO's defaults (median, 95 % interval) says."""
+    if not math.isfinite(low):
+        return (
+            f"the pick ran {median:.2f}x OpenVINO's defaults on the fp32 IR by the median; {rounds} rounds are too few "
+            "for a 95% interval: not decided"
+        )
+    if low <= 1.0:
+        than = "faster than" if high < 1.0 else "as fast as"
+        return (
+            f"OpenVINO's defaults on the fp32 IR are {than} the pick (the pick: {median:.2f}x, "
+            f"{low:.2f}-{high:.2f} at 95%): what a plain OpenVINO user already gets"
+        )
+    return f"the pick is {median:.2f}x ({low:.2f}-{high:.2f}) faster than OpenVINO's defaults on the fp32 IR"
 
 
 def _finite(values: tuple[float | None, ...]) -> tuple[float | None, ...]:
