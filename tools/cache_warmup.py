@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from _records import emit
+from _measuring import emit, speed_file
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16
 from litevit.bench.timing import git_commit
-from litevit.deploy.int8 import synthetic_calibration
 from litevit.deploy.runtime import ExportedModel
 
 STEADY_FROM = 5  # call index from which a runner is taken as warm
@@ -37,17 +36,12 @@ STEADY_FROM = 5  # call index from which a runner is taken as warm
 def runners(name: str, folder: Path) -> dict[str, ExportedModel]:
     """litevit's runners of one model's batch-1 files, by route name."""
     model = litevit.create_model(name)
-    size = model.config.img_size
     files = {"ort-fp32": ("onnx", "fp32"), "ov-fp32": ("xml", "fp32"), "ov-int8": ("xml", "int8")}
     if has_native_bf16():
         files["ov-bf16"] = ("xml", "bf16")
     paths = {}
     for route, (suffix, precision) in files.items():
-        calibration = synthetic_calibration(size, size, parent=folder) if precision == "int8" else None
-        paths[route] = litevit.export(
-            model, folder / f"{name}-{route}.{suffix}", precision=precision, batch=1, calibration=calibration,
-            calibration_images=16,
-        ).path  # fmt: skip
+        paths[route] = speed_file(model, folder / f"{name}-{route}.{suffix}", precision, batch=1)
     out = {route: ExportedModel(path, threads=1) for route, path in paths.items()}
     out["ov-defaults"] = ExportedModel(paths["ov-fp32"], threads=1, inference_precision="defaults")
     return out

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import torch
+from _measuring import speed_file
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model
 from litevit.bench.timing import git_commit
-from litevit.deploy.int8 import synthetic_calibration
 from litevit.deploy.openvino import openvino_config
 from litevit.deploy.runtime import ExportedModel
 from litevit.timing import time_interleaved
@@ -69,12 +69,7 @@ def main() -> int:
             model = litevit.create_model(name)
             size = model.config.img_size
             for precision in args.precisions:
-                int8 = precision.startswith("int8")
-                path = litevit.export(
-                    model, folder / f"{name}-{precision}.xml", precision=precision, batch=1,
-                    calibration=synthetic_calibration(size, size, parent=folder) if int8 else None,
-                    calibration_images=16,
-                ).path  # fmt: skip
+                path = speed_file(model, folder / f"{name}-{precision}.xml", precision, batch=1)
                 hint = "bf16" if precision.endswith("bf16") else "f32"
                 runner = ExportedModel(path, threads=1)
                 x = torch.randn(1, 3, size, size)

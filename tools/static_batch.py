@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import torch
-from _records import emit
+from _measuring import emit, speed_file
 
 import litevit
 from litevit._extras import cpu_isa, cpu_model, has_native_bf16
 from litevit.bench.timing import git_commit
-from litevit.deploy.int8 import synthetic_calibration
 from litevit.deploy.openvino import openvino_config
 from litevit.timing import percentile, time_interleaved
 
@@ -49,11 +48,7 @@ def main() -> int:
             for precision in args.precisions:
                 if precision.endswith("bf16") and not has_native_bf16():
                     continue
-                path = litevit.export(
-                    model, folder / f"{name}-{precision}.xml", precision=precision, batch="dynamic",
-                    calibration=synthetic_calibration(size, size, parent=folder) if precision == "int8" else None,
-                    calibration_images=16,
-                ).path  # fmt: skip
+                path = speed_file(model, folder / f"{name}-{precision}.xml", precision, batch="dynamic")
                 config = openvino_config(1, "bf16" if precision.endswith("bf16") else "f32")
                 written = core.read_model(str(path))
                 static = written.clone()

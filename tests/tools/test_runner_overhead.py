@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("openvino")
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "runner_overhead.py"
+sys.path.insert(0, str(TOOL.parent))  # as when run: the tool imports tools/_measuring.py
 spec = importlib.util.spec_from_file_location("runner_overhead", TOOL)
 overhead = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(overhead)
